@@ -1,0 +1,5 @@
+import sys
+
+from racemarl.cli import main
+
+sys.exit(main())

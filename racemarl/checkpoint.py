@@ -1,0 +1,68 @@
+"""Atomic, safe-to-load checkpoints.
+
+Saved with `torch.save` to a temporary file in the same directory, flushed to disk, then renamed
+over the old file: a kill during a save leaves the previous checkpoint intact. Loaded with
+`torch.load(weights_only=True)`, which refuses arbitrary pickled objects, so everything stored is
+tensors, numbers, strings and containers of them.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def save_atomic(obj: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path) -> dict:
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def numpy_rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def set_numpy_rng_state(rng: np.random.Generator, state: dict) -> None:
+    rng.bit_generator.state = state
+
+
+def global_rng_state() -> dict:
+    """States of the process-wide generators (python, numpy legacy, torch)."""
+    py = random.getstate()
+    np_legacy = np.random.get_state()
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_legacy[0], torch.from_numpy(np_legacy[1].astype(np.int64)), *np_legacy[2:]],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_global_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npl = state["numpy"]
+    np.random.set_state((npl[0], npl[1].numpy().astype(np.uint32), *npl[2:]))
+    torch.set_rng_state(state["torch"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,292 @@
+"""Typed, validated run configuration.
+
+One `Config` holds everything a run needs. It is built from defaults, then an optional YAML preset,
+then `--set dotted.key=value` overrides; unknown keys and wrong types are errors that name the valid
+keys. The resolved config is written to every run directory as `config.yaml`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+ALGOS = ("race", "matd3", "ea")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key."""
+
+
+@dataclass
+class EnvConfig:
+    task: str = "mamujoco/HalfCheetah-6x1"
+    """Task name, e.g. mamujoco/HalfCheetah-6x1 (see `racemarl tasks`)."""
+    agent_obsk: int = 0
+    """MA-MuJoCo observation depth: 0 = each agent sees only its own joints."""
+    max_episode_steps: int = 1000
+    """Time limit; episodes cut here are truncated (bootstrapped), not terminated."""
+
+
+@dataclass
+class NetConfig:
+    encoder_hidden: int = 400
+    """Hidden width of each per-agent observation encoder."""
+    embed_dim: int = 300
+    """Size d of the shared representation z_i the linear heads read."""
+    critic_hidden: list[int] = field(default_factory=lambda: [400, 300])
+    """Hidden widths of the centralised critics (MARL critic and PeVFA)."""
+    policy_embed_dim: int = 64
+    """Width of the PeVFA policy embedding of each agent's head."""
+
+
+@dataclass
+class LearnerConfig:
+    gamma: float = 0.99
+    tau: float = 0.005
+    """Polyak factor of the target networks."""
+    lr_actor: float = 1e-3
+    lr_critic: float = 1e-3
+    lr_encoder: float = 1e-3
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    policy_noise: float = 0.2
+    """TD3 target policy smoothing noise (fraction of the action range half-width)."""
+    noise_clip: float = 0.5
+    policy_delay: int = 2
+    """Actor, encoder and target updates happen every `policy_delay` critic updates."""
+    expl_noise: float = 0.1
+    """Gaussian exploration noise of the MARL team while collecting."""
+    start_steps: int = 10_000
+    """Env steps of random MARL-team actions before learning starts."""
+    updates_per_step: float = 1.0
+    """Gradient updates per env step collected (all teams' steps count)."""
+    grad_clip: float = 0.0
+    """Max global gradient norm (0 = no clipping)."""
+
+
+@dataclass
+class RaceConfig:
+    pop_size: int = 5
+    """Number of evolved teams (the MARL team comes on top)."""
+    elite_fraction: float = 0.2
+    tournament_size: int = 3
+    mutation_prob: float = 0.9
+    """Probability that a non-elite team mutates a given agent's head."""
+    mutation_frac: float = 0.1
+    """Fraction of each head row's weights perturbed by a mutation (at least one)."""
+    mutation_strength: float = 0.1
+    super_mutation_prob: float = 0.05
+    super_mutation_strength: float = 10.0
+    reset_prob: float = 0.05
+    mutate_bias: bool = True
+    """Also mutate head biases (the official code never does)."""
+    operators: Literal["agent", "row"] = "agent"
+    """agent = RACE's agent-level crossover/mutation; row = ERL-style operators on the whole team."""
+    injection_interval: int = 1
+    """Copy the MARL team into the population every this many generations (0 = never)."""
+    episodes_per_team: int = 1
+    """Episodes each population team plays per generation to estimate its fitness."""
+    vmm_beta: float = 0.01
+    """Weight beta of the value-aware MI loss in the encoder loss (0 = no VMM)."""
+    vfm_pevfa: bool = True
+    """Train the encoder through the PeVFA for sampled teams (off: MARL critic only)."""
+    shared_encoder: bool = True
+    """All teams share the per-agent encoders (off: each team has its own)."""
+    pevfa_teams_per_update: int = 1
+    """K: population teams sampled per update for the PeVFA and VFM losses."""
+    value_target_factor: float | None = None
+    """Factor on the max of the two next-state values in F(s) (None = gamma; the poster prints 1/2)."""
+    mi_hidden: int = 128
+
+
+@dataclass
+class Config:
+    algo: Literal["race", "matd3", "ea"] = "race"
+    seed: int = 1
+    total_steps: int = 1_000_000
+    """Env steps of all teams together."""
+    eval_interval: int = 10_000
+    eval_episodes: int = 5
+    torch_threads: int = 1
+    """Intra-op threads of PyTorch (1 keeps runs reproducible and leaves a core for the env)."""
+    progress: bool = True
+    env: EnvConfig = field(default_factory=EnvConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    race: RaceConfig = field(default_factory=RaceConfig)
+
+    def validate(self) -> "Config":
+        checks = [
+            (self.algo in ALGOS, f"algo must be one of {', '.join(ALGOS)}"),
+            (self.total_steps > 0, "total_steps must be positive"),
+            (self.eval_interval > 0, "eval_interval must be positive"),
+            (self.eval_episodes > 0, "eval_episodes must be positive"),
+            (self.torch_threads > 0, "torch_threads must be positive"),
+            (0 <= self.learner.gamma <= 1, "learner.gamma must be in [0, 1]"),
+            (0 < self.learner.tau <= 1, "learner.tau must be in (0, 1]"),
+            (self.learner.batch_size > 1, "learner.batch_size must be > 1"),
+            (self.learner.buffer_size >= self.learner.batch_size, "learner.buffer_size must be >= batch_size"),
+            (self.learner.policy_delay >= 1, "learner.policy_delay must be >= 1"),
+            (self.learner.updates_per_step >= 0, "learner.updates_per_step must be >= 0"),
+            (self.race.pop_size >= 0, "race.pop_size must be >= 0"),
+            (0 <= self.race.elite_fraction < 1, "race.elite_fraction must be in [0, 1)"),
+            (self.race.tournament_size >= 1, "race.tournament_size must be >= 1"),
+            (0 <= self.race.mutation_prob <= 1, "race.mutation_prob must be in [0, 1]"),
+            (0 < self.race.mutation_frac <= 1, "race.mutation_frac must be in (0, 1]"),
+            (self.race.super_mutation_prob + self.race.reset_prob <= 1, "race.super_mutation_prob + race.reset_prob must be <= 1"),
+            (self.race.operators in ("agent", "row"), "race.operators must be 'agent' or 'row'"),
+            (self.race.injection_interval >= 0, "race.injection_interval must be >= 0"),
+            (self.race.episodes_per_team >= 1, "race.episodes_per_team must be >= 1"),
+            (self.race.vmm_beta >= 0, "race.vmm_beta must be >= 0"),
+            (self.race.pevfa_teams_per_update >= 1, "race.pevfa_teams_per_update must be >= 1"),
+            (self.env.max_episode_steps > 0, "env.max_episode_steps must be positive"),
+            (self.env.agent_obsk >= 0, "env.agent_obsk must be >= 0"),
+        ]
+        if self.algo in ("race", "ea"):
+            checks.append((self.race.pop_size >= 2, f"algo {self.algo} needs race.pop_size >= 2"))
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        return self
+
+    @property
+    def uses_population(self) -> bool:
+        return self.algo in ("race", "ea")
+
+    @property
+    def uses_marl(self) -> bool:
+        return self.algo in ("race", "matd3")
+
+    @property
+    def uses_representation_losses(self) -> bool:
+        return self.algo == "race"
+
+
+# ---------------------------------------------------------------- (de)serialisation and overrides
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """All dotted keys of a config class, e.g. `learner.batch_size`."""
+    keys = []
+    for name, tp in _field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += valid_keys(tp, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against annotation `tp`, allowing int -> float."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return None
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, key) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _unknown_key(key: str) -> ConfigError:
+    return ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(valid_keys())}")
+
+
+def apply_dict(obj: Any, data: dict, prefix: str = "") -> None:
+    """Merge a nested dict (e.g. a YAML preset) into a config object, validating every key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    types_ = _field_types(type(obj))
+    for name, value in data.items():
+        key = prefix + str(name)
+        if name not in types_:
+            raise _unknown_key(key)
+        tp = types_[name]
+        if dataclasses.is_dataclass(tp):
+            apply_dict(getattr(obj, name), value, key + ".")
+        else:
+            setattr(obj, name, _coerce(value, tp, key))
+
+
+def apply_override(cfg: Config, assignment: str) -> None:
+    """Apply one `dotted.key=value` override; the value is parsed as YAML (so 1e-3, true, [1,2] work)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got '{assignment}'")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    if key not in valid_keys():
+        raise _unknown_key(key)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    nested: dict = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    apply_dict(cfg, nested)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    cfg = Config()
+    apply_dict(cfg, data)
+    return cfg.validate()
+
+
+def load_yaml(path: str | Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    return data
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def build_config(preset: str | Path | None = None, overrides: list[str] = (), **top_level: Any) -> Config:
+    """Defaults <- preset YAML <- explicit top-level values (CLI flags) <- --set overrides."""
+    cfg = Config()
+    if preset is not None:
+        apply_dict(cfg, load_yaml(preset))
+    apply_dict(cfg, {k: v for k, v in top_level.items() if v is not None})
+    for assignment in overrides:
+        apply_override(cfg, assignment)
+    return cfg.validate()

@@ -1,0 +1,172 @@
+"""MATD3: centralised twin critic, TD3 target smoothing, delayed updates of the MARL team's
+linear heads and of the shared per-agent encoders.
+
+The actors are built from the parts RACE uses (shared encoders + linear team heads), so RACE
+(`racemarl.race.RaceLearner`) is this learner plus extra losses supplied through two hooks:
+`extra_critic_losses` (more value functions trained each update) and `extra_encoder_losses`
+(more terms in the encoder loss at each delayed actor update).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from racemarl.buffer import Batch
+from racemarl.config import Config
+from racemarl.envs.base import EnvSpec
+from racemarl.nets.critics import TwinCritic
+from racemarl.nets.policy import ActionLayout, AgentEncoders, heads_forward, init_heads
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or inf; the parameters were not stepped with it."""
+
+
+def soft_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tensor, tau: float) -> None:
+    with torch.no_grad():
+        if isinstance(target, torch.Tensor):
+            target.lerp_(source, tau)
+            return
+        for t, s in zip(target.parameters(), source.parameters()):
+            t.lerp_(s, tau)
+
+
+class MATD3(nn.Module):
+    def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
+        super().__init__()
+        self.spec, self.cfg, self.lcfg = spec, cfg, cfg.learner
+        self.generator = generator  # target-smoothing noise
+        self.layout = ActionLayout(spec)
+        self.max_obs = max(spec.obs_dims)
+        self.encoders = AgentEncoders(spec.obs_dims, cfg.net.encoder_hidden, cfg.net.embed_dim)
+        self.encoders_targ = copy.deepcopy(self.encoders).requires_grad_(False)
+        heads = init_heads(1, spec.n_agents, self.layout.max_act, cfg.net.embed_dim, self.layout.row_mask, generator)[0]
+        self.marl_heads = nn.Parameter(heads)  # [N, A, d+1]
+        self.register_buffer("marl_heads_targ", heads.clone())
+        self.critic = TwinCritic(spec.state_dim, self.layout.joint_dim, cfg.net.critic_hidden)
+        self.critic_targ = copy.deepcopy(self.critic).requires_grad_(False)
+        lc = self.lcfg
+        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=lc.lr_critic)
+        self.opt_actor = torch.optim.Adam([self.marl_heads], lr=lc.lr_actor)
+        self.opt_encoder = torch.optim.Adam(self.encoders.parameters(), lr=lc.lr_encoder)
+        self.n_updates = 0
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """Deterministic actions of T teams, each on its own observation.
+
+        obs `[T, N, max_obs]`, heads `[T, N, A, d+1]` -> padded actions `[T, N, A]`.
+        """
+        z = self.encoders(obs.transpose(0, 1))  # [N, T, d]
+        pre = torch.einsum("ntd,tnad->nta", z, heads[..., :-1]) + heads[..., -1].transpose(0, 1)
+        return self.layout.squash(pre).transpose(0, 1)
+
+    def policy(self, z: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """Flat joint actions of one team `[N, A, d+1]` -> `[B, U]`, or K teams -> `[K, B, U]`."""
+        return self.layout.flatten(self.layout.squash(heads_forward(z, heads)))
+
+    def smoothed_policy(self, z: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """TD3 target policy smoothing: clipped Gaussian noise on the target action."""
+        a = self.layout.squash(heads_forward(z, heads))
+        noise = torch.randn(a.shape, generator=self.generator) * self.lcfg.policy_noise
+        noise = noise.clamp(-self.lcfg.noise_clip, self.lcfg.noise_clip) * self.layout.scale
+        return self.layout.flatten(self.layout.clamp(a + noise))
+
+    # ------------------------------------------------------------------ learning
+    def update(self, batch: Batch, population: torch.Tensor | None = None) -> dict[str, float]:
+        """One gradient update. `population` `[P, N, A, d+1]` holds the evolved teams' heads (RACE)."""
+        lc = self.lcfg
+        not_done = 1.0 - batch.terminated
+        with torch.no_grad():
+            z_next = self.encoders_targ(batch.next_obs)
+            q_next = self.critic_targ(batch.next_state, self.smoothed_policy(z_next, self.marl_heads_targ)).min(0).values
+            y = batch.reward + lc.gamma * not_done * q_next
+        q = self.critic(batch.state, batch.action)
+        critic_loss = (q - y).pow(2).mean(1).sum()
+        losses: dict[str, torch.Tensor] = {"critic": critic_loss}
+        losses.update(self.extra_critic_losses(batch, z_next, q_next, population))
+        self._step(sum(losses.values()), self.critic_optimizers(), losses)
+
+        self.n_updates += 1
+        if self.n_updates % lc.policy_delay == 0:
+            z = self.encoders(batch.obs)
+            with self.frozen(self.critic_modules()):
+                actor_loss = -self.critic(batch.state, self.policy(z, self.marl_heads))[0].mean()
+                enc_losses = {"actor": actor_loss, **self.extra_encoder_losses(batch, z, population)}
+                total = sum(enc_losses.values())
+                self._step(total, self.encoder_optimizers(), enc_losses)
+            losses.update(enc_losses)
+            self.update_targets()
+        return {k: v.item() for k, v in losses.items()}
+
+    def _step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor]) -> None:
+        if not torch.isfinite(loss):
+            bad = [k for k, v in parts.items() if not torch.isfinite(v)]
+            raise NonFiniteLossError(f"non-finite loss ({', '.join(bad)}) at update {self.n_updates + 1}")
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.lcfg.grad_clip > 0:
+            for opt in optimizers:
+                params = [p for g in opt.param_groups for p in g["params"]]
+                nn.utils.clip_grad_norm_(params, self.lcfg.grad_clip)
+        for opt in optimizers:
+            opt.step()
+
+    class frozen:
+        """Context manager: no parameter gradients for the given modules (they are only read)."""
+
+        def __init__(self, modules: list[nn.Module]):
+            self.modules = modules
+
+        def __enter__(self) -> None:
+            for m in self.modules:
+                m.requires_grad_(False)
+
+        def __exit__(self, *exc: Any) -> None:
+            for m in self.modules:
+                m.requires_grad_(True)
+
+    def update_targets(self) -> None:
+        tau = self.lcfg.tau
+        soft_update(self.critic_targ, self.critic, tau)
+        soft_update(self.encoders_targ, self.encoders, tau)
+        soft_update(self.marl_heads_targ, self.marl_heads.detach(), tau)
+
+    # ------------------------------------------------------------------ hooks for RACE
+    def extra_critic_losses(self, batch: Batch, z_next: torch.Tensor, q_next: torch.Tensor,
+                            population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return {}
+
+    def extra_encoder_losses(self, batch: Batch, z: torch.Tensor, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return {}
+
+    def critic_modules(self) -> list[nn.Module]:
+        return [self.critic]
+
+    def critic_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt_critic]
+
+    def encoder_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt_actor, self.opt_encoder]
+
+    # ------------------------------------------------------------------ checkpointing
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
+
+    def full_state(self) -> dict:
+        return {
+            "model": self.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+            "n_updates": self.n_updates,
+        }
+
+    def load_full_state(self, sd: dict) -> None:
+        self.load_state_dict(sd["model"])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(sd["optimizers"][k])
+        self.n_updates = int(sd["n_updates"])

@@ -1,0 +1,82 @@
+"""Grouped layers: G independent small networks evaluated as one batched matrix product.
+
+Tensors are group-major, `[G, B, features]`. Groups whose input is narrower than the widest one
+are zero-padded on the input side; their padded weight rows start at zero and, because the padded
+inputs are always zero, never receive gradient, so each group behaves exactly like its own
+`nn.Linear(in_g, out)`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GroupedLinear(nn.Module):
+    def __init__(self, in_features: int | Sequence[int], out_features: int, groups: int | None = None):
+        super().__init__()
+        if isinstance(in_features, int):
+            if groups is None:
+                raise ValueError("groups is required when in_features is an int")
+            in_features = [in_features] * groups
+        self.in_features = list(in_features)
+        self.groups = len(self.in_features)
+        self.out_features = out_features
+        max_in = max(self.in_features)
+        self.weight = nn.Parameter(torch.zeros(self.groups, max_in, out_features))
+        self.bias = nn.Parameter(torch.zeros(self.groups, 1, out_features))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        # The same distribution as nn.Linear's default, with each group's own fan-in.
+        for g, fan_in in enumerate(self.in_features):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weight[g, :fan_in].uniform_(-bound, bound)
+            self.weight[g, fan_in:].zero_()
+            self.bias[g].uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # one input shared by every group
+            x = x.expand(self.groups, *x.shape)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class GroupedLayerNorm(nn.Module):
+    """LayerNorm over the feature dimension with a separate affine transform per group."""
+
+    def __init__(self, groups: int, features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(groups, 1, features))
+        self.bias = nn.Parameter(torch.zeros(groups, 1, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), self.weight)
+
+
+class GroupedMLP(nn.Module):
+    """G independent MLPs: Linear-act-...-Linear, with no activation after the last layer."""
+
+    def __init__(self, in_features: int | Sequence[int], hidden: Sequence[int], out_features: int,
+                 groups: int | None = None, activation: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        sizes = list(hidden) + [out_features]
+        layers: list[nn.Module] = []
+        prev: int | Sequence[int] = in_features
+        for i, width in enumerate(sizes):
+            layers.append(GroupedLinear(prev, width, groups))
+            groups = layers[-1].groups
+            if i < len(sizes) - 1:
+                layers.append(activation())
+            prev = width
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -1,0 +1,102 @@
+"""The RACE learner: MATD3 plus the PeVFA, V_zeta and the encoder's VFM + beta * VMM loss.
+
+Per update, on one batch of the shared buffer:
+- PeVFA Q_theta(s, u, W_j) regresses r + gamma * min Q_theta'(s', pi_j(s'), W_j) for K teams j
+  drawn from the population plus the MARL team (heads enter detached: no gradient into W_j).
+- V_zeta(s) regresses F(s) = r + c * max(Q_psi'(s', pi_marl(s')), max_j Q_theta'(s', pi_j(s'), W_j)),
+  c = `race.value_target_factor` (default gamma).
+- At each delayed actor update the encoders minimise
+  L_VFM + beta * L_VMM = -Q_psi(s, pi_marl(s)) - Q_theta(s, pi_j(s), W_j) - beta * E[w(s) I(z_i; s)],
+  where the first term is also the MARL heads' loss, W_j is detached, and the MI critic T_omega
+  ascends the same bound. Critics are only read by these terms, never updated by them.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from racemarl.buffer import Batch
+from racemarl.config import Config
+from racemarl.envs.base import EnvSpec
+from racemarl.marl.matd3 import MATD3, soft_update
+from racemarl.nets.critics import PeVFA, StateValue
+from racemarl.nets.mi import SeparableCritic, jsd_mi_per_sample, value_weights
+
+
+class RaceLearner(MATD3):
+    def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
+        super().__init__(spec, cfg, generator)
+        rc, net = cfg.race, cfg.net
+        self.rcfg = rc
+        self.pevfa = PeVFA(spec.state_dim, self.layout.joint_dim, net.critic_hidden, spec.n_agents,
+                           net.embed_dim + 1, self.layout.row_mask, net.policy_embed_dim)
+        self.pevfa_targ = copy.deepcopy(self.pevfa).requires_grad_(False)
+        self.value = StateValue(spec.state_dim)
+        self.mi_critic = SeparableCritic(spec.state_dim, net.embed_dim, spec.n_agents, rc.mi_hidden)
+        lc = cfg.learner
+        self.opt_pevfa = torch.optim.Adam(self.pevfa.parameters(), lr=lc.lr_critic)
+        self.opt_value = torch.optim.Adam(self.value.parameters(), lr=lc.lr_critic)
+        self.opt_mi = torch.optim.Adam(self.mi_critic.parameters(), lr=lc.lr_critic)
+        self._teams: torch.Tensor | None = None  # heads of the teams drawn for this update
+
+    def draw_teams(self, population: torch.Tensor | None) -> torch.Tensor:
+        """K teams drawn uniformly from population + MARL team, heads detached: `[K, N, A, d+1]`."""
+        marl = self.marl_heads.detach()[None]
+        pool = marl if population is None or len(population) == 0 else torch.cat([population, marl])
+        idx = torch.randint(0, len(pool), (self.rcfg.pevfa_teams_per_update,), generator=self.generator)
+        return pool[idx]
+
+    def extra_critic_losses(self, batch: Batch, z_next: torch.Tensor, q_next: torch.Tensor,
+                            population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        teams = self._teams = self.draw_teams(population)
+        k = teams.shape[0]
+        gamma = self.lcfg.gamma
+        not_done = 1.0 - batch.terminated
+        state_k = batch.state.expand(k, *batch.state.shape)
+        with torch.no_grad():
+            a_next = self.smoothed_policy(z_next, teams)  # [K, B, U]
+            qt_next = self.pevfa_targ(batch.next_state.expand_as(state_k), a_next, teams).min(0).values  # [K, B]
+            y = batch.reward + gamma * not_done * qt_next
+            factor = gamma if self.rcfg.value_target_factor is None else self.rcfg.value_target_factor
+            best_next = torch.maximum(q_next, qt_next.max(0).values)
+            f_target = batch.reward + factor * not_done * best_next
+        qt = self.pevfa(state_k, batch.action.expand(k, *batch.action.shape), teams)  # [2, K, B]
+        pevfa_loss = (qt - y).pow(2).mean((1, 2)).sum()
+        value_loss = (self.value(batch.state) - f_target).pow(2).mean()
+        return {"pevfa": pevfa_loss, "value": value_loss}
+
+    def extra_encoder_losses(self, batch: Batch, z: torch.Tensor, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.rcfg.vfm_pevfa:
+            teams = self._teams if self._teams is not None else self.draw_teams(population)
+            k = teams.shape[0]
+            a = self.policy(z, teams)  # heads detached: gradient reaches the encoders only
+            out["vfm"] = -self.pevfa(batch.state.expand(k, *batch.state.shape), a, teams)[0].mean()
+        if self.rcfg.vmm_beta > 0:
+            mi = jsd_mi_per_sample(self.mi_critic(batch.state, z))  # [N, B]
+            with torch.no_grad():
+                w = value_weights(self.value(batch.state))
+            self.last_mi = mi.detach().mean()
+            out["vmm"] = -self.rcfg.vmm_beta * (w * mi).mean()
+        return out
+
+    def update(self, batch: Batch, population: torch.Tensor | None = None) -> dict[str, float]:
+        losses = super().update(batch, population)
+        if "vmm" in losses:
+            losses["vmm"] /= self.rcfg.vmm_beta  # report L_VMM itself, not beta * L_VMM
+            losses["mi"] = float(self.last_mi)
+        return losses
+
+    def update_targets(self) -> None:
+        super().update_targets()
+        soft_update(self.pevfa_targ, self.pevfa, self.lcfg.tau)
+
+    def critic_modules(self) -> list:
+        return [self.critic, self.pevfa, self.value]
+
+    def critic_optimizers(self) -> list:
+        return [self.opt_critic, self.opt_pevfa, self.opt_value]
+
+    def encoder_optimizers(self) -> list:
+        return [self.opt_actor, self.opt_encoder, self.opt_mi]

@@ -1,0 +1,265 @@
+"""The training loop: one generation = the teams play, the learner updates, the population evolves."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from racemarl import checkpoint as ckpt
+from racemarl.buffer import ReplayBuffer
+from racemarl.config import Config, from_dict, save_yaml, to_dict
+from racemarl.envs import make_env
+from racemarl.evolution import GenerationReport, evolve, inject
+from racemarl.marl.matd3 import MATD3, NonFiniteLossError
+from racemarl.metrics import MetricsLogger, write_summary
+from racemarl.nets.policy import init_heads
+from racemarl.race import RaceLearner
+from racemarl.rollout import run_episodes
+
+LATEST = "latest.pt"
+
+
+class RunError(RuntimeError):
+    """A run could not start or continue (bad run directory, resume mismatch, diverged losses)."""
+
+
+@dataclass
+class Progress:
+    """Counters of a run; saved in every checkpoint."""
+
+    env_steps: int = 0
+    generation: int = 0
+    updates: int = 0
+    evals: int = 0
+    next_eval: int = 0
+    wall_time: float = 0.0
+    update_credit: float = 0.0  # fractional updates carried over between generations
+    train_returns: list[float] = field(default_factory=list)  # MARL (or population) returns since last eval
+    last_fitness: list[float] = field(default_factory=list)
+    last_injected: int | None = None
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    loss_counts: dict[str, int] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        torch.set_num_threads(cfg.torch_threads)
+        ckpt.seed_everything(cfg.seed)
+        self.rng = np.random.default_rng([cfg.seed, 0])  # rollouts: env seeds, noise, random actions
+        self.evo_rng = np.random.default_rng([cfg.seed, 1])  # evolution
+        self.torch_gen = torch.Generator().manual_seed(cfg.seed)  # init, target smoothing, team draws
+        env_kw = dict(agent_obsk=cfg.env.agent_obsk, max_episode_steps=cfg.env.max_episode_steps)
+        n_train_envs = int(cfg.uses_marl) + (cfg.race.pop_size * cfg.race.episodes_per_team if cfg.uses_population else 0)
+        self.envs = [make_env(cfg.env.task, **env_kw) for _ in range(n_train_envs)]
+        self.spec = self.envs[0].spec
+        if self.spec.discrete:
+            raise RunError(f"{cfg.env.task} is a discrete task; algo {cfg.algo} here supports continuous tasks only")
+        self.eval_envs = [make_env(cfg.env.task, **env_kw) for _ in range(cfg.eval_episodes)]
+        learner_cls = RaceLearner if cfg.uses_representation_losses else MATD3
+        self.learner = learner_cls(self.spec, cfg, self.torch_gen)
+        layout = self.learner.layout
+        self.population = None
+        self.best_heads = self.learner.marl_heads.detach().clone()
+        if cfg.uses_population:
+            self.population = init_heads(cfg.race.pop_size, self.spec.n_agents, layout.max_act, cfg.net.embed_dim,
+                                         layout.row_mask, self.torch_gen)
+            self.best_heads = self.population[0].clone()
+        self.buffer = ReplayBuffer(cfg.learner.buffer_size, self.spec.n_agents, self.learner.max_obs,
+                                   self.spec.state_dim, layout.joint_dim, seed=cfg.seed)
+        self.progress = Progress(next_eval=0)
+        if resume:
+            self._load(self.run_dir / "checkpoints" / LATEST)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, self.run_dir / "config.yaml")
+        self.logger = MetricsLogger(self.run_dir, self.progress.rows, purge_step=self.progress.env_steps if resume else None)
+
+    # ------------------------------------------------------------------ one generation
+    def play_generation(self) -> tuple[np.ndarray, int]:
+        """Every team plays; returns the population's fitness and the env steps taken."""
+        cfg, p = self.cfg, self.progress
+        teams, noise, random_act = [], [], []
+        if cfg.uses_marl:
+            teams.append(self.learner.marl_heads.detach()[None])
+            noise.append(cfg.learner.expl_noise)
+            random_act.append(p.env_steps < cfg.learner.start_steps)
+        if cfg.uses_population:
+            teams.append(self.population.repeat_interleave(cfg.race.episodes_per_team, 0))
+            noise += [0.0] * (len(self.envs) - len(noise))
+            random_act += [False] * (len(self.envs) - len(random_act))
+        stats = run_episodes(self.envs, torch.cat(teams), self.learner.act, self.rng, noise_std=np.array(noise),
+                             random_actions=np.array(random_act), buffer=self.buffer)
+        fitness = np.array([])
+        if cfg.uses_marl:
+            p.train_returns.append(float(stats.returns[0]))
+        if cfg.uses_population:
+            fitness = stats.returns[int(cfg.uses_marl):].reshape(cfg.race.pop_size, -1).mean(1)
+            if not cfg.uses_marl:
+                p.train_returns.append(float(fitness.mean()))
+        return fitness, int(stats.lengths.sum())
+
+    def learn(self, new_steps: int) -> None:
+        cfg, p = self.cfg, self.progress
+        if not cfg.uses_marl or p.env_steps < cfg.learner.start_steps or len(self.buffer) < cfg.learner.batch_size:
+            return
+        p.update_credit += new_steps * cfg.learner.updates_per_step
+        n = int(p.update_credit)
+        p.update_credit -= n
+        for _ in range(n):
+            try:
+                losses = self.learner.update(self.buffer.sample(cfg.learner.batch_size), self.population)
+            except NonFiniteLossError as e:
+                path = self.run_dir / "checkpoints" / "last_good.pt"
+                ckpt.save_atomic(self._state(), path)
+                raise RunError(f"{e}; training stopped. Last good state saved to {path}") from e
+            for k, v in losses.items():
+                p.loss_sums[k] = p.loss_sums.get(k, 0.0) + v
+                p.loss_counts[k] = p.loss_counts.get(k, 0) + 1
+        p.updates += n
+
+    def evolve_population(self, fitness: np.ndarray) -> None:
+        cfg, p = self.cfg, self.progress
+        if not cfg.uses_population:
+            return
+        self.best_heads = self.population[int(np.argmax(fitness))].clone()
+        p.last_fitness = [float(f) for f in fitness]
+        self.population, report = evolve(self.population, fitness, self.learner.layout.row_mask, cfg.race, self.evo_rng)
+        p.last_injected = None
+        interval = cfg.race.injection_interval
+        if cfg.uses_marl and interval > 0 and p.generation % interval == 0:
+            p.last_injected = inject(self.population, self.learner.marl_heads, fitness, report)
+
+    # ------------------------------------------------------------------ evaluation and logging
+    def evaluate_team(self, heads: torch.Tensor) -> np.ndarray:
+        """Greedy returns of one team over `eval_episodes` episodes with fixed seeds per evaluation."""
+        rng = np.random.default_rng([self.cfg.seed, 2, self.progress.evals])
+        tiled = heads[None].expand(len(self.eval_envs), *heads.shape)
+        return run_episodes(self.eval_envs, tiled, self.learner.act, rng).returns
+
+    def evaluate(self, start_time: float, steps_at_start: int) -> dict:
+        cfg, p = self.cfg, self.progress
+        row: dict = {"env_steps": p.env_steps, "generation": p.generation, "updates": p.updates}
+        results = {}
+        if cfg.uses_marl:
+            results["marl"] = self.evaluate_team(self.learner.marl_heads.detach())
+            row["eval_return_marl"] = float(results["marl"].mean())
+        if cfg.uses_population:
+            results["best_team"] = self.evaluate_team(self.best_heads)
+            row["eval_return_best_team"] = float(results["best_team"].mean())
+        best = max(results.values(), key=lambda r: r.mean())
+        row["eval_return"] = float(best.mean())
+        row["eval_return_std"] = float(best.std())
+        row["train_return"] = float(np.mean(p.train_returns)) if p.train_returns else math.nan
+        if p.last_fitness:
+            f = np.array(p.last_fitness)
+            row.update(fitness_max=float(f.max()), fitness_mean=float(f.mean()), fitness_min=float(f.min()))
+            row["injected_slot"] = p.last_injected
+        names = {"critic": "loss_critic", "actor": "loss_actor", "pevfa": "loss_pevfa", "value": "loss_value",
+                 "vfm": "loss_vfm", "vmm": "loss_vmm", "mi": "mi_estimate"}
+        for k, col in names.items():
+            if p.loss_counts.get(k):
+                row[col] = p.loss_sums[k] / p.loss_counts[k]
+        elapsed = time.perf_counter() - start_time
+        row["wall_time"] = p.wall_time + elapsed
+        row["sps"] = (p.env_steps - steps_at_start) / max(elapsed, 1e-9)
+        p.train_returns, p.loss_sums, p.loss_counts = [], {}, {}
+        p.evals += 1
+        self.logger.log_row(row)
+        return row
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict:
+        cfg, p = self.cfg, self.progress
+        start, steps_at_start = time.perf_counter(), p.env_steps
+        bar = _progress_bar(cfg, p.env_steps)
+        last_eval = p.rows[-1]["eval_return"] if p.rows else None
+        try:
+            while p.env_steps < cfg.total_steps:
+                fitness, steps = self.play_generation()
+                p.env_steps += steps
+                p.generation += 1
+                self.learn(steps)
+                self.evolve_population(fitness)
+                bar.update(steps)
+                if p.env_steps >= p.next_eval or p.env_steps >= cfg.total_steps:
+                    row = self.evaluate(start, steps_at_start)
+                    last_eval = row["eval_return"]
+                    p.next_eval = (p.env_steps // cfg.eval_interval + 1) * cfg.eval_interval
+                    self.save(start)
+                bar.set_postfix(sps=f"{(p.env_steps - steps_at_start) / (time.perf_counter() - start):.0f}",
+                                eval=f"{last_eval:.1f}" if last_eval is not None else "-")
+        finally:
+            bar.close()
+            self.logger.close()
+        return self.summary(start)
+
+    def summary(self, start: float) -> dict:
+        p = self.progress
+        evals = [r["eval_return"] for r in p.rows]
+        wall = p.wall_time + (time.perf_counter() - start) if not p.rows else p.rows[-1]["wall_time"]
+        summary = {
+            "task": self.cfg.env.task, "algo": self.cfg.algo, "seed": self.cfg.seed,
+            "final_eval_return": evals[-1] if evals else None,
+            "best_eval_return": max(evals) if evals else None,
+            "total_env_steps": p.env_steps, "updates": p.updates, "generations": p.generation,
+            "wall_time": wall, "mean_sps": p.env_steps / wall if wall > 0 else None,
+        }
+        write_summary(self.run_dir, summary)
+        return summary
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict:
+        p = self.progress
+        return {
+            "config": to_dict(self.cfg),
+            "progress": vars(p).copy(),
+            "learner": self.learner.full_state(),
+            "population": self.population,
+            "best_heads": self.best_heads,
+            "buffer": self.buffer.state_dict(),
+            "rng": {
+                "rollout": ckpt.numpy_rng_state(self.rng),
+                "evolution": ckpt.numpy_rng_state(self.evo_rng),
+                "torch_gen": self.torch_gen.get_state(),
+                "global": ckpt.global_rng_state(),
+            },
+        }
+
+    def save(self, start: float) -> None:
+        self.progress.wall_time = self.progress.rows[-1]["wall_time"] if self.progress.rows else 0.0
+        state = self._state()
+        ckpt.save_atomic(state, self.run_dir / "checkpoints" / LATEST)
+
+    def _load(self, path: Path) -> None:
+        if not path.exists():
+            raise RunError(f"no checkpoint to resume from at {path}")
+        sd = ckpt.load(path)
+        saved = from_dict(sd["config"])
+        if saved.env.task != self.cfg.env.task or saved.algo != self.cfg.algo:
+            raise RunError(f"checkpoint {path} is for {saved.algo} on {saved.env.task}, not {self.cfg.algo} on {self.cfg.env.task}")
+        self.progress = Progress(**sd["progress"])
+        self.learner.load_full_state(sd["learner"])
+        self.population = sd["population"]
+        self.best_heads = sd["best_heads"]
+        self.buffer.load_state_dict(sd["buffer"])
+        ckpt.set_numpy_rng_state(self.rng, sd["rng"]["rollout"])
+        ckpt.set_numpy_rng_state(self.evo_rng, sd["rng"]["evolution"])
+        self.torch_gen.set_state(sd["rng"]["torch_gen"])
+        ckpt.set_global_rng_state(sd["rng"]["global"])
+
+
+def _progress_bar(cfg: Config, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.total_steps, initial=initial, unit="step", disable=not cfg.progress,
+                desc=f"{cfg.algo} {cfg.env.task}", dynamic_ncols=True, smoothing=0.05)
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    return Trainer(cfg, run_dir, resume=resume).train()
