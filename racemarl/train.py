@@ -79,6 +79,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, self.run_dir / "config.yaml")
         self.logger = MetricsLogger(self.run_dir, self.progress.rows, purge_step=self.progress.env_steps if resume else None)
+        self._clock_start, self._clock_base = time.perf_counter(), self.progress.wall_time
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds of the whole run, earlier sessions of a resumed run included."""
+        return self._clock_base + time.perf_counter() - self._clock_start
 
     # ------------------------------------------------------------------ one generation
     def play_generation(self) -> tuple[np.ndarray, int]:
@@ -142,7 +147,7 @@ class Trainer:
         tiled = heads[None].expand(len(self.eval_envs), *heads.shape)
         return run_episodes(self.eval_envs, tiled, self.learner.act, rng).returns
 
-    def evaluate(self, start_time: float, steps_at_start: int) -> dict:
+    def evaluate(self, interval_start: tuple[float, int]) -> dict:
         cfg, p = self.cfg, self.progress
         row: dict = {"env_steps": p.env_steps, "generation": p.generation, "updates": p.updates}
         results = {}
@@ -165,9 +170,8 @@ class Trainer:
         for k, col in names.items():
             if p.loss_counts.get(k):
                 row[col] = p.loss_sums[k] / p.loss_counts[k]
-        elapsed = time.perf_counter() - start_time
-        row["wall_time"] = p.wall_time + elapsed
-        row["sps"] = (p.env_steps - steps_at_start) / max(elapsed, 1e-9)
+        row["wall_time"] = self.elapsed()
+        row["sps"] = (p.env_steps - interval_start[1]) / max(row["wall_time"] - interval_start[0], 1e-9)
         p.train_returns, p.loss_sums, p.loss_counts = [], {}, {}
         p.evals += 1
         self.logger.log_row(row)
@@ -176,7 +180,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
         cfg, p = self.cfg, self.progress
-        start, steps_at_start = time.perf_counter(), p.env_steps
+        session_steps = p.env_steps
+        interval_start = (self.elapsed(), p.env_steps)
         bar = _progress_bar(cfg, p.env_steps)
         last_eval = p.rows[-1]["eval_return"] if p.rows else None
         try:
@@ -188,21 +193,23 @@ class Trainer:
                 self.evolve_population(fitness)
                 bar.update(steps)
                 if p.env_steps >= p.next_eval or p.env_steps >= cfg.total_steps:
-                    row = self.evaluate(start, steps_at_start)
+                    row = self.evaluate(interval_start)
+                    interval_start = (row["wall_time"], p.env_steps)
                     last_eval = row["eval_return"]
                     p.next_eval = (p.env_steps // cfg.eval_interval + 1) * cfg.eval_interval
-                    self.save(start)
-                bar.set_postfix(sps=f"{(p.env_steps - steps_at_start) / (time.perf_counter() - start):.0f}",
+                    self.save()
+                session_time = self.elapsed() - self._clock_base
+                bar.set_postfix(sps=f"{(p.env_steps - session_steps) / max(session_time, 1e-9):.0f}",
                                 eval=f"{last_eval:.1f}" if last_eval is not None else "-")
         finally:
             bar.close()
             self.logger.close()
-        return self.summary(start)
+        return self.summary()
 
-    def summary(self, start: float) -> dict:
+    def summary(self) -> dict:
         p = self.progress
         evals = [r["eval_return"] for r in p.rows]
-        wall = p.wall_time + (time.perf_counter() - start) if not p.rows else p.rows[-1]["wall_time"]
+        wall = self.elapsed()
         summary = {
             "task": self.cfg.env.task, "algo": self.cfg.algo, "seed": self.cfg.seed,
             "final_eval_return": evals[-1] if evals else None,
@@ -218,7 +225,7 @@ class Trainer:
         p = self.progress
         return {
             "config": to_dict(self.cfg),
-            "progress": vars(p).copy(),
+            "progress": {**vars(p), "wall_time": self.elapsed()},
             "learner": self.learner.full_state(),
             "population": self.population,
             "best_heads": self.best_heads,
@@ -231,10 +238,8 @@ class Trainer:
             },
         }
 
-    def save(self, start: float) -> None:
-        self.progress.wall_time = self.progress.rows[-1]["wall_time"] if self.progress.rows else 0.0
-        state = self._state()
-        ckpt.save_atomic(state, self.run_dir / "checkpoints" / LATEST)
+    def save(self) -> None:
+        ckpt.save_atomic(self._state(), self.run_dir / "checkpoints" / LATEST)
 
     def _load(self, path: Path) -> None:
         if not path.exists():

@@ -1,0 +1,27 @@
+import pytest
+
+from racemarl.config import Config, build_config
+
+TINY = [
+    "env.max_episode_steps=20",
+    "net.encoder_hidden=16",
+    "net.embed_dim=8",
+    "net.critic_hidden=[16,16]",
+    "net.policy_embed_dim=8",
+    "race.mi_hidden=8",
+    "learner.batch_size=16",
+    "learner.start_steps=40",
+    "learner.buffer_size=1000",
+    "race.pop_size=3",
+]
+
+
+def tiny_config(algo: str = "race", total_steps: int = 160, extra: list[str] = (), **top) -> Config:
+    """A config that trains in about a second: short episodes, tiny networks."""
+    return build_config(None, TINY + list(extra), algo=algo, total_steps=total_steps, eval_interval=40,
+                        eval_episodes=1, progress=False, **top)
+
+
+@pytest.fixture
+def tiny():
+    return tiny_config
