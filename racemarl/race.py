@@ -35,9 +35,9 @@ class RaceLearner(MATD3):
         self.value = StateValue(spec.state_dim)
         self.mi_critic = SeparableCritic(spec.state_dim, net.embed_dim, spec.n_agents, rc.mi_hidden)
         lc = cfg.learner
-        self.opt_pevfa = torch.optim.Adam(self.pevfa.parameters(), lr=lc.lr_critic)
-        self.opt_value = torch.optim.Adam(self.value.parameters(), lr=lc.lr_critic)
-        self.opt_mi = torch.optim.Adam(self.mi_critic.parameters(), lr=lc.lr_critic)
+        self.opt_pevfa = torch.optim.Adam(self.pevfa.parameters(), lr=lc.lr_critic, fused=True)
+        self.opt_value = torch.optim.Adam(self.value.parameters(), lr=lc.lr_critic, fused=True)
+        self.opt_mi = torch.optim.Adam(self.mi_critic.parameters(), lr=lc.lr_critic, fused=True)
         self._teams: torch.Tensor | None = None  # heads of the teams drawn for this update
 
     def draw_teams(self, population: torch.Tensor | None) -> torch.Tensor:
@@ -45,7 +45,7 @@ class RaceLearner(MATD3):
         marl = self.marl_heads.detach()[None]
         pool = marl if population is None or len(population) == 0 else torch.cat([population, marl])
         idx = torch.randint(0, len(pool), (self.rcfg.pevfa_teams_per_update,), generator=self.generator)
-        return pool[idx]
+        return pool[idx].detach()
 
     def extra_critic_losses(self, batch: Batch, z_next: torch.Tensor, q_next: torch.Tensor,
                             population: torch.Tensor | None) -> dict[str, torch.Tensor]:

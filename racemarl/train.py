@@ -51,6 +51,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         torch.set_num_threads(cfg.torch_threads)
+        torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls and tanh several-fold
         ckpt.seed_everything(cfg.seed)
         self.rng = np.random.default_rng([cfg.seed, 0])  # rollouts: env seeds, noise, random actions
         self.evo_rng = np.random.default_rng([cfg.seed, 1])  # evolution

@@ -18,8 +18,8 @@ TINY = [
 
 def tiny_config(algo: str = "race", total_steps: int = 160, extra: list[str] = (), **top) -> Config:
     """A config that trains in about a second: short episodes, tiny networks."""
-    return build_config(None, TINY + list(extra), algo=algo, total_steps=total_steps, eval_interval=40,
-                        eval_episodes=1, progress=False, **top)
+    top = {"eval_interval": 40, "eval_episodes": 1, "progress": False, **top}
+    return build_config(None, TINY + list(extra), algo=algo, total_steps=total_steps, **top)
 
 
 @pytest.fixture

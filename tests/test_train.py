@@ -106,7 +106,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ReplayBuffer, "sample", poisoned)
     trainer = Trainer(tiny_config("matd3"), tmp_path)
-    with pytest.raises(RunError, match="non-finite loss .*critic.*last_good.pt"):
+    with pytest.raises(RunError, match="non-finite .*last_good.pt"):
         trainer.train()
     state = ckpt.load(tmp_path / "checkpoints" / "last_good.pt")
     assert all(torch.isfinite(v).all() for v in state["learner"]["model"].values())

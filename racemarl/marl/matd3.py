@@ -9,6 +9,7 @@ The actors are built from the parts RACE uses (shared encoders + linear team hea
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -49,9 +50,9 @@ class MATD3(nn.Module):
         self.critic = TwinCritic(spec.state_dim, self.layout.joint_dim, cfg.net.critic_hidden)
         self.critic_targ = copy.deepcopy(self.critic).requires_grad_(False)
         lc = self.lcfg
-        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=lc.lr_critic)
-        self.opt_actor = torch.optim.Adam([self.marl_heads], lr=lc.lr_actor)
-        self.opt_encoder = torch.optim.Adam(self.encoders.parameters(), lr=lc.lr_encoder)
+        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=lc.lr_critic, fused=True)
+        self.opt_actor = torch.optim.Adam([self.marl_heads], lr=lc.lr_actor, fused=True)
+        self.opt_encoder = torch.optim.Adam(self.encoders.parameters(), lr=lc.lr_encoder, fused=True)
         self.n_updates = 0
 
     # ------------------------------------------------------------------ acting
@@ -80,6 +81,8 @@ class MATD3(nn.Module):
     def update(self, batch: Batch, population: torch.Tensor | None = None) -> dict[str, float]:
         """One gradient update. `population` `[P, N, A, d+1]` holds the evolved teams' heads (RACE)."""
         lc = self.lcfg
+        if not all(torch.isfinite(t).all() for t in dataclasses.astuple(batch)):
+            raise NonFiniteLossError(f"non-finite values in the sampled batch at update {self.n_updates + 1}")
         not_done = 1.0 - batch.terminated
         with torch.no_grad():
             z_next = self.encoders_targ(batch.next_obs)
@@ -91,8 +94,7 @@ class MATD3(nn.Module):
         losses.update(self.extra_critic_losses(batch, z_next, q_next, population))
         self._step(sum(losses.values()), self.critic_optimizers(), losses)
 
-        self.n_updates += 1
-        if self.n_updates % lc.policy_delay == 0:
+        if (self.n_updates + 1) % lc.policy_delay == 0:
             z = self.encoders(batch.obs)
             with self.frozen(self.critic_modules()):
                 actor_loss = -self.critic(batch.state, self.policy(z, self.marl_heads))[0].mean()
@@ -101,6 +103,7 @@ class MATD3(nn.Module):
                 self._step(total, self.encoder_optimizers(), enc_losses)
             losses.update(enc_losses)
             self.update_targets()
+        self.n_updates += 1
         return {k: v.item() for k, v in losses.items()}
 
     def _step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor]) -> None:
