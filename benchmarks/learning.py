@@ -26,9 +26,11 @@ RESULTS = ROOT / "results"
 def run_one(task: str, algo: str, seed: int, steps: int, out: Path, extra: list[str], log_dir: Path) -> dict:
     summary = out / "summary.json"
     if not summary.exists():
-        cmd = [sys.executable, "-m", "racemarl", "train", "--task", task, "--algo", algo, "--seed", str(seed),
-               "--total-steps", str(steps), "--no-progress", *extra]
-        cmd += ["--resume", str(out)] if (out / "checkpoints" / "latest.pt").exists() else ["--out", str(out)]
+        cmd = [sys.executable, "-m", "racemarl", "train", "--total-steps", str(steps), "--no-progress"]
+        if (out / "checkpoints" / "latest.pt").exists():  # an interrupted run: continue it
+            cmd += ["--resume", str(out)]
+        else:
+            cmd += ["--task", task, "--algo", algo, "--seed", str(seed), "--out", str(out), *extra]
         log = log_dir / f"{out.name}.log"
         with log.open("a") as f:
             subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True)

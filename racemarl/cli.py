@@ -20,12 +20,15 @@ def _train(args: argparse.Namespace) -> int:
         if args.out and Path(args.out) != run_dir:
             raise RunError("--resume continues the run in its own directory; drop --out")
         cfg = from_dict(load_yaml(cfg_path))
-        overrides = {"total_steps": args.total_steps}
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(cfg, k, v)
-        if args.set or args.config or args.task or args.algo or args.seed is not None:
+        given = {"env.task": (args.task, cfg.env.task), "algo": (args.algo, cfg.algo), "seed": (args.seed, cfg.seed)}
+        for key, (flag, saved) in given.items():
+            if flag is not None and flag != saved:
+                raise RunError(f"--resume: the run was started with {key}={saved}, not {flag}")
+        if args.set or args.config or args.eval_interval or args.eval_episodes:
             raise RunError("--resume takes the run's saved config; only --total-steps may change it")
+        if args.total_steps is not None:
+            cfg.total_steps = args.total_steps
+        cfg.progress = not args.no_progress
         cfg.validate()
     else:
         if not args.out:
