@@ -32,6 +32,7 @@ class GenerationReport:
     elites: list[int]
     parents: list[tuple[int, int]]  # per child slot, in `children` order
     children: list[int]
+    sources: np.ndarray  # [P, N]: the old team each new team's agent i descends from
     injected_slot: int | None = None
 
 
@@ -45,16 +46,25 @@ def tournament(fitness: np.ndarray, size: int, rng: np.random.Generator) -> int:
     return int(contenders[np.argmax(fitness[contenders])])
 
 
-def agent_crossover(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exchange whole agent heads between teams a, b `[N, A, d+1]`; each agent swaps with prob 1/2."""
-    swap = torch.from_numpy(rng.random(a.shape[0]) < 0.5)[:, None, None]
-    return torch.where(swap, b, a), torch.where(swap, a, b)
+Children = tuple[torch.Tensor, torch.Tensor, np.ndarray]
 
 
-def row_crossover(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """ERL-style: every head row (of any agent) comes from either parent."""
-    swap = torch.from_numpy(rng.random(a.shape[:2]) < 0.5)[:, :, None]
-    return torch.where(swap, b, a), torch.where(swap, a, b)
+def agent_crossover(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator) -> Children:
+    """Exchange whole agent heads between teams a, b `[N, A, d+1]`; each agent swaps with prob 1/2.
+
+    Returns the two children and, per agent, whether child 1 took that agent from b.
+    """
+    swap = rng.random(a.shape[0]) < 0.5
+    mask = torch.from_numpy(swap)[:, None, None]
+    return torch.where(mask, b, a), torch.where(mask, a, b), swap
+
+
+def row_crossover(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator) -> Children:
+    """ERL-style: every head row (of any agent) comes from either parent. An agent's own parameters
+    beyond the head (unshared encoders) follow its first row."""
+    swap = rng.random(a.shape[:2]) < 0.5
+    mask = torch.from_numpy(swap)[:, :, None]
+    return torch.where(mask, b, a), torch.where(mask, a, b), swap[:, 0]
 
 
 def perturb(w: torch.Tensor, positions: torch.Tensor, cfg: RaceConfig, rng: np.random.Generator) -> None:
@@ -108,12 +118,15 @@ def evolve(heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg
     children = [i for i in range(pop) if i not in elites]
     crossover = agent_crossover if cfg.operators == "agent" else row_crossover
     new = heads.clone()
+    sources = np.repeat(np.arange(pop)[:, None], heads.shape[1], axis=1)
     parents: list[tuple[int, int]] = []
     for c in range(0, len(children), 2):
         pa, pb = tournament(fitness, cfg.tournament_size, rng), tournament(fitness, cfg.tournament_size, rng)
-        kids = crossover(heads[pa], heads[pb], rng)
-        for slot, kid in zip(children[c : c + 2], kids):
+        kid_a, kid_b, swap = crossover(heads[pa], heads[pb], rng)
+        lineage = (np.where(swap, pb, pa), np.where(swap, pa, pb))
+        for slot, kid, src in zip(children[c : c + 2], (kid_a, kid_b), lineage):
             new[slot] = kid
+            sources[slot] = src
             parents.append((pa, pb))
     for slot in children:
         if cfg.operators == "agent":
@@ -122,7 +135,15 @@ def evolve(heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg
                     mutate_agent_head(new[slot, i], row_mask[i], cfg, rng)
         elif rng.random() < cfg.mutation_prob:
             mutate_team_rows(new[slot], row_mask, cfg, rng)
-    return new * row_mask[None, :, :, None], GenerationReport(elites=elites, parents=parents, children=children)
+    report = GenerationReport(elites=elites, parents=parents, children=children, sources=sources)
+    return new * row_mask[None, :, :, None], report
+
+
+def follow_sources(params: torch.Tensor, sources: np.ndarray) -> torch.Tensor:
+    """Rearrange per-agent team parameters `[P, N, ...]` (e.g. unshared encoders) the way evolution
+    rearranged the heads: new team p's agent i gets old team `sources[p, i]`'s agent i."""
+    agents = np.arange(sources.shape[1])[None, :]
+    return params[torch.from_numpy(sources), torch.from_numpy(np.broadcast_to(agents, sources.shape).copy())]
 
 
 def inject(heads: torch.Tensor, marl_heads: torch.Tensor, fitness: np.ndarray, report: GenerationReport) -> int:

@@ -40,21 +40,29 @@ class RaceLearner(MATD3):
         self.opt_mi = torch.optim.Adam(self.mi_critic.parameters(), lr=lc.lr_critic, fused=True)
         self._teams: torch.Tensor | None = None  # heads of the teams drawn for this update
 
-    def draw_teams(self, population: torch.Tensor | None) -> torch.Tensor:
-        """K teams drawn uniformly from population + MARL team, heads detached: `[K, N, A, d+1]`."""
+    def draw_teams(self, population: torch.Tensor | None) -> tuple[torch.Tensor, dict | None]:
+        """K teams drawn uniformly from population + MARL team: heads `[K, N, A, d+1]` (detached) and,
+        with unshared encoders, each drawn team's encoder parameters `{name: [K, N, ...]}`."""
         marl = self.marl_heads.detach()[None]
         pool = marl if population is None or len(population) == 0 else torch.cat([population, marl])
         idx = torch.randint(0, len(pool), (self.rcfg.pevfa_teams_per_update,), generator=self.generator)
-        return pool[idx].detach()
+        if self.pop_encoders is None:
+            return pool[idx].detach(), None
+        marl_enc = self.encoder_params()
+        encoders = {k: torch.cat([v, marl_enc[k]])[idx] for k, v in self.pop_encoders.items()}
+        return pool[idx].detach(), encoders
 
     def extra_critic_losses(self, batch: Batch, z_next: torch.Tensor, q_next: torch.Tensor,
                             population: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        teams = self._teams = self.draw_teams(population)
+        teams, encoders = self.draw_teams(population)
+        self._teams = teams
         k = teams.shape[0]
         gamma = self.lcfg.gamma
         not_done = 1.0 - batch.terminated
         state_k = batch.state.expand(k, *batch.state.shape)
         with torch.no_grad():
+            if encoders is not None:  # unshared ablation: each team reads its own encoders
+                z_next = self.encode_teams(batch.next_obs.expand(k, *batch.next_obs.shape), encoders)
             a_next = self.smoothed_policy(z_next, teams)  # [K, B, U]
             qt_next = self.pevfa_targ(batch.next_state.expand_as(state_k), a_next, teams).min(0).values  # [K, B]
             y = batch.reward + gamma * not_done * qt_next
@@ -69,7 +77,10 @@ class RaceLearner(MATD3):
     def extra_encoder_losses(self, batch: Batch, z: torch.Tensor, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if self.rcfg.vfm_pevfa:
-            teams = self._teams if self._teams is not None else self.draw_teams(population)
+            if self.pop_encoders is None:
+                teams = self._teams if self._teams is not None else self.draw_teams(population)[0]
+            else:  # unshared ablation: only the MARL team's encoders are trained by gradients
+                teams = self.marl_heads.detach()[None]
             k = teams.shape[0]
             a = self.policy(z, teams)  # heads detached: gradient reaches the encoders only
             out["vfm"] = -self.pevfa(batch.state.expand(k, *batch.state.shape), a, teams)[0].mean()
@@ -81,8 +92,9 @@ class RaceLearner(MATD3):
             out["vmm"] = -self.rcfg.vmm_beta * (w * mi).mean()
         return out
 
-    def update(self, batch: Batch, population: torch.Tensor | None = None) -> dict[str, float]:
-        losses = super().update(batch, population)
+    def update(self, batch: Batch, population: torch.Tensor | None = None,
+               pop_encoders: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        losses = super().update(batch, population, pop_encoders)
         if "vmm" in losses:
             losses["vmm"] /= self.rcfg.vmm_beta  # report L_VMM itself, not beta * L_VMM
             losses["mi"] = float(self.last_mi)

@@ -1,6 +1,7 @@
 """Lockstep rollouts: T environments, each driven by one team's heads, one batched forward pass per step."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,19 +18,22 @@ class EpisodeStats:
     lengths: np.ndarray  # [T]
 
 
+Policy = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
+
+
 def run_episodes(
     envs: list[MultiAgentEnv],
-    heads: torch.Tensor,
-    act_fn,
+    policy: Policy,
     rng: np.random.Generator,
     *,
     noise_std: np.ndarray | None = None,
     random_actions: np.ndarray | None = None,
     buffer: ReplayBuffer | None = None,
 ) -> EpisodeStats:
-    """Play one episode in every env; env t acts with `heads[t]` (`[T, N, A, d+1]`).
+    """Play one episode in every env, all envs stepping in lockstep.
 
-    `act_fn(obs [k, N, max_obs], heads [k, ...]) -> actions [k, N, A]` is the batched policy.
+    `policy(obs [k, N, max_obs], env_indices [k]) -> padded actions [k, N, A]` acts for the k envs
+    still running, in one batched call (each env is driven by its own team).
     `noise_std[t]` adds Gaussian exploration noise (in units of the action half-range) and
     `random_actions[t]` replaces env t's actions by uniform ones. Every transition goes to `buffer`.
     """
@@ -53,7 +57,7 @@ def run_episodes(
 
     while active.any():
         idx = np.flatnonzero(active)
-        actions = act_fn(torch.from_numpy(obs[idx]), heads[idx]).numpy()
+        actions = policy(torch.from_numpy(obs[idx]), idx).numpy()
         rows: dict[str, list] = {k: [] for k in ReplayBuffer.FIELDS}
         for j, t in enumerate(idx):
             per_agent = []

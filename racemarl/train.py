@@ -13,7 +13,7 @@ from racemarl import checkpoint as ckpt
 from racemarl.buffer import ReplayBuffer
 from racemarl.config import Config, from_dict, save_yaml, to_dict
 from racemarl.envs import make_env
-from racemarl.evolution import GenerationReport, evolve, inject
+from racemarl.evolution import evolve, follow_sources, inject
 from racemarl.marl.matd3 import MATD3, NonFiniteLossError
 from racemarl.metrics import MetricsLogger, write_summary
 from racemarl.nets.policy import init_heads
@@ -66,11 +66,14 @@ class Trainer:
         learner_cls = RaceLearner if cfg.uses_representation_losses else MATD3
         self.learner = learner_cls(self.spec, cfg, self.torch_gen)
         layout = self.learner.layout
-        self.population = None
-        self.best_heads = self.learner.marl_heads.detach().clone()
+        self.population = None  # [P, N, A, d+1] evolved heads
+        self.pop_encoders = None  # {name: [P, N, ...]} each team's own encoders (unshared ablation only)
+        self.best_heads, self.best_encoders = self.learner.marl_heads.detach().clone(), None
         if cfg.uses_population:
             self.population = init_heads(cfg.race.pop_size, self.spec.n_agents, layout.max_act, cfg.net.embed_dim,
                                          layout.row_mask, self.torch_gen)
+            if not cfg.race.shared_encoder:
+                self.pop_encoders = self.learner.fresh_encoder_params(cfg.race.pop_size)
             self.best_heads = self.population[0].clone()
         self.buffer = ReplayBuffer(cfg.learner.buffer_size, self.spec.n_agents, self.learner.max_obs,
                                    self.spec.state_dim, layout.joint_dim, seed=cfg.seed)
@@ -90,17 +93,24 @@ class Trainer:
     def play_generation(self) -> tuple[np.ndarray, int]:
         """Every team plays; returns the population's fitness and the env steps taken."""
         cfg, p = self.cfg, self.progress
-        teams, noise, random_act = [], [], []
+        heads, encoders, noise, random_act = [], [], [], []
         if cfg.uses_marl:
-            teams.append(self.learner.marl_heads.detach()[None])
+            heads.append(self.learner.marl_heads.detach()[None])
+            encoders.append(self.learner.encoder_params())
             noise.append(cfg.learner.expl_noise)
             random_act.append(p.env_steps < cfg.learner.start_steps)
         if cfg.uses_population:
-            teams.append(self.population.repeat_interleave(cfg.race.episodes_per_team, 0))
+            repeat = cfg.race.episodes_per_team
+            heads.append(self.population.repeat_interleave(repeat, 0))
+            if self.pop_encoders is not None:
+                encoders.append({k: v.repeat_interleave(repeat, 0) for k, v in self.pop_encoders.items()})
             noise += [0.0] * (len(self.envs) - len(noise))
             random_act += [False] * (len(self.envs) - len(random_act))
-        stats = run_episodes(self.envs, torch.cat(teams), self.learner.act, self.rng, noise_std=np.array(noise),
-                             random_actions=np.array(random_act), buffer=self.buffer)
+        team_encoders = None
+        if self.pop_encoders is not None:
+            team_encoders = {k: torch.cat([e[k] for e in encoders]) for k in encoders[0]}
+        stats = run_episodes(self.envs, self.team_policy(torch.cat(heads), team_encoders), self.rng,
+                             noise_std=np.array(noise), random_actions=np.array(random_act), buffer=self.buffer)
         fitness = np.array([])
         if cfg.uses_marl:
             p.train_returns.append(float(stats.returns[0]))
@@ -109,6 +119,15 @@ class Trainer:
             if not cfg.uses_marl:
                 p.train_returns.append(float(fitness.mean()))
         return fitness, int(stats.lengths.sum())
+
+    def team_policy(self, heads: torch.Tensor, encoders: dict | None = None):
+        """The batched policy of a stack of teams for `run_episodes` (env t is driven by team t)."""
+
+        def policy(obs: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+            team_enc = None if encoders is None else {k: v[idx] for k, v in encoders.items()}
+            return self.learner.act(obs, heads[idx], team_enc)
+
+        return policy
 
     def learn(self, new_steps: int) -> None:
         cfg, p = self.cfg, self.progress
@@ -119,7 +138,7 @@ class Trainer:
         p.update_credit -= n
         for _ in range(n):
             try:
-                losses = self.learner.update(self.buffer.sample(cfg.learner.batch_size), self.population)
+                losses = self.learner.update(self.buffer.sample(cfg.learner.batch_size), self.population, self.pop_encoders)
             except NonFiniteLossError as e:
                 path = self.run_dir / "checkpoints" / "last_good.pt"
                 ckpt.save_atomic(self._state(), path)
@@ -133,20 +152,29 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         if not cfg.uses_population:
             return
-        self.best_heads = self.population[int(np.argmax(fitness))].clone()
+        best = int(np.argmax(fitness))
+        self.best_heads = self.population[best].clone()
+        if self.pop_encoders is not None:
+            self.best_encoders = {k: v[best : best + 1].clone() for k, v in self.pop_encoders.items()}
         p.last_fitness = [float(f) for f in fitness]
         self.population, report = evolve(self.population, fitness, self.learner.layout.row_mask, cfg.race, self.evo_rng)
+        if self.pop_encoders is not None:  # each agent's own encoder travels with its head
+            self.pop_encoders = {k: follow_sources(v, report.sources) for k, v in self.pop_encoders.items()}
         p.last_injected = None
         interval = cfg.race.injection_interval
         if cfg.uses_marl and interval > 0 and p.generation % interval == 0:
-            p.last_injected = inject(self.population, self.learner.marl_heads, fitness, report)
+            slot = p.last_injected = inject(self.population, self.learner.marl_heads, fitness, report)
+            if self.pop_encoders is not None:
+                for k, v in self.learner.encoder_params().items():
+                    self.pop_encoders[k][slot] = v[0]
 
     # ------------------------------------------------------------------ evaluation and logging
-    def evaluate_team(self, heads: torch.Tensor) -> np.ndarray:
+    def evaluate_team(self, heads: torch.Tensor, encoders: dict | None = None) -> np.ndarray:
         """Greedy returns of one team over `eval_episodes` episodes with fixed seeds per evaluation."""
         rng = np.random.default_rng([self.cfg.seed, 2, self.progress.evals])
-        tiled = heads[None].expand(len(self.eval_envs), *heads.shape)
-        return run_episodes(self.eval_envs, tiled, self.learner.act, rng).returns
+        n = len(self.eval_envs)
+        tiled_enc = None if encoders is None else {k: v.expand(n, *v.shape[1:]) for k, v in encoders.items()}
+        return run_episodes(self.eval_envs, self.team_policy(heads[None].expand(n, *heads.shape), tiled_enc), rng).returns
 
     def evaluate(self, interval_start: tuple[float, int]) -> dict:
         cfg, p = self.cfg, self.progress
@@ -156,7 +184,7 @@ class Trainer:
             results["marl"] = self.evaluate_team(self.learner.marl_heads.detach())
             row["eval_return_marl"] = float(results["marl"].mean())
         if cfg.uses_population:
-            results["best_team"] = self.evaluate_team(self.best_heads)
+            results["best_team"] = self.evaluate_team(self.best_heads, self.best_encoders)
             row["eval_return_best_team"] = float(results["best_team"].mean())
         best = max(results.values(), key=lambda r: r.mean())
         row["eval_return"] = float(best.mean())
@@ -230,6 +258,8 @@ class Trainer:
             "learner": self.learner.full_state(),
             "population": self.population,
             "best_heads": self.best_heads,
+            "pop_encoders": self.pop_encoders,
+            "best_encoders": self.best_encoders,
             "buffer": self.buffer.state_dict(),
             "rng": {
                 "rollout": ckpt.numpy_rng_state(self.rng),
@@ -253,6 +283,7 @@ class Trainer:
         self.learner.load_full_state(sd["learner"])
         self.population = sd["population"]
         self.best_heads = sd["best_heads"]
+        self.pop_encoders, self.best_encoders = sd["pop_encoders"], sd["best_encoders"]
         self.buffer.load_state_dict(sd["buffer"])
         ckpt.set_numpy_rng_state(self.rng, sd["rng"]["rollout"])
         ckpt.set_numpy_rng_state(self.evo_rng, sd["rng"]["evolution"])

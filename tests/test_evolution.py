@@ -82,7 +82,7 @@ def test_agent_crossover_exchanges_whole_agent_heads():
     swaps = np.zeros(N)
     draws = 400
     for _ in range(draws):
-        c1, c2 = agent_crossover(a, b, rng)
+        c1, c2, _ = agent_crossover(a, b, rng)
         for i in range(N):
             kept = same(c1[i], a[i]) and same(c2[i], b[i])
             swapped = same(c1[i], b[i]) and same(c2[i], a[i])
@@ -98,7 +98,7 @@ def test_row_crossover_takes_each_row_from_one_parent_independently():
     rng = np.random.default_rng(2)
     mixed_within_agent = False
     for _ in range(200):
-        c1, c2 = row_crossover(a, b, rng)
+        c1, c2, _ = row_crossover(a, b, rng)
         for i in range(N):
             src = []
             for r in range(ACT_DIMS[i]):

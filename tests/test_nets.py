@@ -353,3 +353,15 @@ def test_twin_critic_groups_are_independent():
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+def test_conditioned_critic_equals_concatenated_input():
+    from racemarl.nets.critics import TwinCritic
+
+    torch.manual_seed(0)
+    critic = TwinCritic(5, 3, [16, 8], extra_dim=4)
+    s, u, e = torch.randn(2, 7, 5), torch.randn(2, 7, 3), torch.randn(2, 4)
+    fast = critic.forward_conditioned(s, u, e)
+    x = torch.cat([s, u, e[:, None, :].expand(2, 7, 4)], dim=-1).reshape(14, -1)
+    slow = critic.net(x).squeeze(-1).view(2, 2, 7)
+    torch.testing.assert_close(fast, slow)

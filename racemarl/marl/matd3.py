@@ -54,17 +54,42 @@ class MATD3(nn.Module):
         self.opt_actor = torch.optim.Adam([self.marl_heads], lr=lc.lr_actor, fused=True)
         self.opt_encoder = torch.optim.Adam(self.encoders.parameters(), lr=lc.lr_encoder, fused=True)
         self.n_updates = 0
+        self.pop_encoders: dict[str, torch.Tensor] | None = None  # set per update (unshared ablation)
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, heads: torch.Tensor, encoders: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Deterministic actions of T teams, each on its own observation.
 
-        obs `[T, N, max_obs]`, heads `[T, N, A, d+1]` -> padded actions `[T, N, A]`.
+        obs `[T, N, max_obs]`, heads `[T, N, A, d+1]` -> padded actions `[T, N, A]`. `encoders`
+        (unshared-encoder ablation) holds each team's own encoder parameters `[T, N, ...]`; by
+        default every team reads the shared encoders.
         """
-        z = self.encoders(obs.transpose(0, 1))  # [N, T, d]
+        if encoders is None:
+            z = self.encoders(obs.transpose(0, 1))  # [N, T, d]
+        else:
+            z = self.encode_teams(obs[:, :, None, :], encoders)[:, :, 0].transpose(0, 1)
         pre = torch.einsum("ntd,tnad->nta", z, heads[..., :-1]) + heads[..., -1].transpose(0, 1)
         return self.layout.squash(pre).transpose(0, 1)
+
+    def encode_teams(self, obs: torch.Tensor, encoders: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each team's own encoders on its observations: obs `[K, N, B, max_obs]`, parameters
+        `{name: [K, N, ...]}` -> z `[K, N, B, d]` (one grouped pass over all K * N encoders)."""
+        k, n, b, _ = obs.shape
+        flat = {name: p.reshape(k * n, *p.shape[2:]) for name, p in encoders.items()}
+        z = torch.func.functional_call(self.encoders, flat, (obs.reshape(k * n, b, -1),))
+        return z.view(k, n, b, -1)
+
+    def fresh_encoder_params(self, n_teams: int) -> dict[str, torch.Tensor]:
+        """Newly initialised encoders for `n_teams` teams, stacked `{name: [n_teams, N, ...]}`."""
+        fresh = [AgentEncoders(self.spec.obs_dims, self.cfg.net.encoder_hidden, self.cfg.net.embed_dim)
+                 for _ in range(n_teams)]
+        return {name: torch.stack([dict(e.named_parameters())[name].detach() for e in fresh])
+                for name, _ in self.encoders.named_parameters()}
+
+    def encoder_params(self) -> dict[str, torch.Tensor]:
+        """The MARL team's encoder parameters as a one-team stack `{name: [1, N, ...]}` (detached)."""
+        return {name: p.detach()[None].clone() for name, p in self.encoders.named_parameters()}
 
     def policy(self, z: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
         """Flat joint actions of one team `[N, A, d+1]` -> `[B, U]`, or K teams -> `[K, B, U]`."""
@@ -78,8 +103,11 @@ class MATD3(nn.Module):
         return self.layout.flatten(self.layout.clamp(a + noise))
 
     # ------------------------------------------------------------------ learning
-    def update(self, batch: Batch, population: torch.Tensor | None = None) -> dict[str, float]:
-        """One gradient update. `population` `[P, N, A, d+1]` holds the evolved teams' heads (RACE)."""
+    def update(self, batch: Batch, population: torch.Tensor | None = None,
+               pop_encoders: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """One gradient update. `population` `[P, N, A, d+1]` holds the evolved teams' heads and
+        `pop_encoders` their own encoders when encoders are not shared (both used by RACE only)."""
+        self.pop_encoders = pop_encoders
         lc = self.lcfg
         if not all(torch.isfinite(t).all() for t in dataclasses.astuple(batch)):
             raise NonFiniteLossError(f"non-finite values in the sampled batch at update {self.n_updates + 1}")

@@ -10,15 +10,27 @@ from racemarl.nets.layers import GroupedMLP
 
 
 class TwinCritic(nn.Module):
-    """Two independent MLPs on (s, u[, e]) evaluated as one grouped product. Returns `[2, B]`."""
+    """Two independent MLPs on (s, u[, e]) evaluated as one grouped product."""
 
     def __init__(self, state_dim: int, joint_act_dim: int, hidden: Sequence[int], extra_dim: int = 0):
         super().__init__()
-        self.net = GroupedMLP(state_dim + joint_act_dim + extra_dim, hidden, 1, groups=2)
+        self.in_dim = state_dim + joint_act_dim
+        self.net = GroupedMLP(self.in_dim + extra_dim, hidden, 1, groups=2)
 
-    def forward(self, state: torch.Tensor, action: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        parts = [state, action] if extra is None else [state, action, extra]
-        return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """state `[B, S]`, action `[B, U]` -> `[2, B]`."""
+        return self.net(torch.cat([state, action], dim=-1)).squeeze(-1)
+
+    def forward_conditioned(self, state: torch.Tensor, action: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        """K groups of samples, each conditioned on one extra vector: state `[K, B, S]`, action `[K, B, U]`,
+        extra `[K, E]` -> `[2, K, B]`. The extra input's share of the first layer is computed once per
+        group instead of once per sample (same result as concatenating it to every sample)."""
+        k, b = state.shape[:2]
+        first, rest = self.net.net[0], self.net.net[1:]
+        x = torch.cat([state, action], dim=-1).reshape(k * b, -1)
+        h = torch.baddbmm(first.bias, x.expand(2, *x.shape), first.weight[:, : self.in_dim])
+        h = h.view(2, k, b, -1) + torch.einsum("ke,geh->gkh", extra, first.weight[:, self.in_dim :])[:, :, None]
+        return rest(h.view(2, k * b, -1)).view(2, k, b)
 
 
 class PolicyEmbedding(nn.Module):
@@ -55,10 +67,7 @@ class PeVFA(nn.Module):
 
     def forward(self, state: torch.Tensor, action: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
         """state `[K, B, S]`, action `[K, B, U]`, heads `[K, N, A, d+1]` -> `[2, K, B]`."""
-        k, b = state.shape[:2]
-        e = self.embedding(heads.detach())[:, None, :].expand(k, b, -1)
-        q = self.critic(state.reshape(k * b, -1), action.reshape(k * b, -1), e.reshape(k * b, -1))
-        return q.view(2, k, b)
+        return self.critic.forward_conditioned(state, action, self.embedding(heads.detach()))
 
 
 class StateValue(nn.Module):

@@ -97,11 +97,14 @@ def heads_forward(z: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
     """Pre-activation actions of linear heads on representations.
 
     z `[N, B, d]` with heads `[N, A, d+1]` (one team) -> `[N, B, A]`;
-    z `[N, B, d]` with heads `[K, N, A, d+1]` (K teams, same batch) -> `[K, N, B, A]`.
+    z `[N, B, d]` with heads `[K, N, A, d+1]` (K teams, same batch) -> `[K, N, B, A]`;
+    z `[K, N, B, d]` (each team's own encoders) with heads `[K, N, A, d+1]` -> `[K, N, B, A]`.
     """
     w, b = heads[..., :-1], heads[..., -1]
     if heads.dim() == 3:
         return torch.baddbmm(b[:, None, :], z, w.transpose(1, 2))
+    if z.dim() == 4:
+        return torch.einsum("knbd,knad->knba", z, w) + b[:, :, None, :]
     return torch.einsum("nbd,knad->knba", z, w) + b[:, :, None, :]
 
 
