@@ -59,6 +59,16 @@ def _tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from racemarl.config import to_dict
+
+    cfg = build_config(args.config, args.set)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="racemarl", description="RACE: evolutionary MARL with shared encoders.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -77,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
+
+    c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- --set) as YAML")
+    c.add_argument("--config", help="YAML preset")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.set_defaults(func=_config)
 
     k = sub.add_parser("tasks", help="list the available tasks")
     k.set_defaults(func=_tasks)

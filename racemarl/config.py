@@ -91,8 +91,8 @@ class RaceConfig:
     """Copy the MARL team into the population every this many generations (0 = never)."""
     episodes_per_team: int = 1
     """Episodes each population team plays per generation to estimate its fitness."""
-    vmm_beta: float = 0.01
-    """Weight beta of the value-aware MI loss in the encoder loss (0 = no VMM)."""
+    vmm_beta: float = 0.001
+    """Weight beta of the value-aware MI loss in the encoder loss (0 = no VMM; official default 0.001)."""
     vfm_pevfa: bool = True
     """Train the encoder through the PeVFA for sampled teams (off: MARL critic only)."""
     shared_encoder: bool = True

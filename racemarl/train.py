@@ -169,6 +169,17 @@ class Trainer:
                     self.pop_encoders[k][slot] = v[0]
 
     # ------------------------------------------------------------------ evaluation and logging
+    def log_generation(self, fitness: np.ndarray) -> None:
+        """Per-generation TensorBoard scalars (metrics.csv holds one row per evaluation)."""
+        p = self.progress
+        values = {"train_return": p.train_returns[-1]} if p.train_returns else {}
+        if len(fitness):
+            values.update(fitness_max=float(fitness.max()), fitness_mean=float(fitness.mean()),
+                          fitness_min=float(fitness.min()))
+        if p.last_injected is not None:
+            values["injected_slot"] = p.last_injected
+        self.logger.scalars(values, p.env_steps, prefix="generation/")
+
     def evaluate_team(self, heads: torch.Tensor, encoders: dict | None = None) -> np.ndarray:
         """Greedy returns of one team over `eval_episodes` episodes with fixed seeds per evaluation."""
         rng = np.random.default_rng([self.cfg.seed, 2, self.progress.evals])
@@ -220,6 +231,7 @@ class Trainer:
                 p.generation += 1
                 self.learn(steps)
                 self.evolve_population(fitness)
+                self.log_generation(fitness)
                 bar.update(steps)
                 if p.env_steps >= p.next_eval or p.env_steps >= cfg.total_steps:
                     row = self.evaluate(interval_start)
