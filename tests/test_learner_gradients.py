@@ -17,7 +17,7 @@ import torch
 from racemarl.buffer import Batch
 from racemarl.config import Config, NetConfig
 from racemarl.envs.base import EnvSpec
-from racemarl.marl.matd3 import MATD3, NonFiniteLossError
+from racemarl.marl.matd3 import MATD3, NonFiniteLossError, frozen
 from racemarl.nets.mi import jsd_mi_per_sample, value_weights
 from racemarl.nets.policy import ActionLayout, init_heads
 from racemarl.race import RaceLearner
@@ -165,7 +165,7 @@ def test_vfm_term_trains_encoders_only_not_marl_heads():
     z = learner.encoders(batch.obs)
     losses = learner.extra_encoder_losses(batch, z, None)
     assert set(losses) == {"vfm"}
-    with learner.frozen(learner.critic_modules()):
+    with frozen(learner.critic_modules()):
         losses["vfm"].backward()
     assert learner.marl_heads.grad is None
     assert has_grad_everywhere(learner.encoders)

@@ -8,9 +8,10 @@ The actors are built from the parts RACE uses (shared encoders + linear team hea
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -24,6 +25,18 @@ from racemarl.nets.policy import ActionLayout, AgentEncoders, heads_forward, ini
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or inf; the parameters were not stepped with it."""
+
+
+@contextlib.contextmanager
+def frozen(modules: list[nn.Module]) -> Iterator[None]:
+    """No parameter gradients for `modules` inside the block: they are only read (inputs still get gradients)."""
+    for m in modules:
+        m.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.requires_grad_(True)
 
 
 def soft_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tensor, tau: float) -> None:
@@ -124,7 +137,7 @@ class MATD3(nn.Module):
 
         if (self.n_updates + 1) % lc.policy_delay == 0:
             z = self.encoders(batch.obs)
-            with self.frozen(self.critic_modules()):
+            with frozen(self.critic_modules()):
                 actor_loss = -self.critic(batch.state, self.policy(z, self.marl_heads))[0].mean()
                 enc_losses = {"actor": actor_loss, **self.extra_encoder_losses(batch, z, population)}
                 total = sum(enc_losses.values())
@@ -147,20 +160,6 @@ class MATD3(nn.Module):
                 nn.utils.clip_grad_norm_(params, self.lcfg.grad_clip)
         for opt in optimizers:
             opt.step()
-
-    class frozen:
-        """Context manager: no parameter gradients for the given modules (they are only read)."""
-
-        def __init__(self, modules: list[nn.Module]):
-            self.modules = modules
-
-        def __enter__(self) -> None:
-            for m in self.modules:
-                m.requires_grad_(False)
-
-        def __exit__(self, *exc: Any) -> None:
-            for m in self.modules:
-                m.requires_grad_(True)
 
     def update_targets(self) -> None:
         tau = self.lcfg.tau
