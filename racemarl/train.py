@@ -232,7 +232,7 @@ class Trainer:
                 self.learn(steps)
                 self.evolve_population(fitness)
                 self.log_generation(fitness)
-                bar.update(steps)
+                bar.update(min(steps, bar.total - bar.n))  # the last generation may overshoot the budget
                 if p.env_steps >= p.next_eval or p.env_steps >= cfg.total_steps:
                     row = self.evaluate(interval_start)
                     interval_start = (row["wall_time"], p.env_steps)
