@@ -80,7 +80,8 @@ def main() -> None:
     runs_dir.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     extra = ["--eval-interval", str(args.eval_interval)] + [x for s in args.set for x in ("--set", s)]
-    grid = [(t, a, int(s)) for t in args.tasks.split(",") for a in args.algos.split(",") for s in args.seeds.split(",")]
+    # Seed-major order: the first runs to finish give a complete comparison of every algorithm.
+    grid = [(t, a, int(s)) for s in args.seeds.split(",") for t in args.tasks.split(",") for a in args.algos.split(",")]
     start = time.time()
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         futures = [pool.submit(run_one, t, a, s, args.total_steps,
