@@ -7,6 +7,7 @@ from pathlib import Path
 
 from racemarl.config import ALGOS, ConfigError, build_config, from_dict, load_yaml
 from racemarl.envs import MissingDependencyError, UnknownTaskError
+from racemarl.runs import RunDirError
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -52,10 +53,114 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _tasks(args: argparse.Namespace) -> int:
-    from racemarl.envs import list_tasks
+    from racemarl.envs import list_tasks, make_env
 
-    for t in list_tasks():
-        print(t)
+    names = list_tasks()
+    if args.names_only:
+        for t in names:
+            print(t)
+        return 0
+    rows = []
+    for t in names:
+        try:
+            env = make_env(t, agent_obsk=args.agent_obsk)
+        except MissingDependencyError as e:
+            raise MissingDependencyError(f"{e}; `racemarl tasks --names-only` lists the names without it") from e
+        s = env.spec
+        env.close()
+        rows.append((t, str(s.n_agents), ",".join(map(str, s.obs_dims)), str(s.state_dim), ",".join(map(str, s.act_dims))))
+    header = ("task", "agents", "obs sizes (per agent)", "state", "action sizes (per agent)")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(f"(observation sizes with agent_obsk={args.agent_obsk}; --agent-obsk K for others)")
+    return 0
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"racemarl: warning: {line}", file=sys.stderr)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from racemarl.evaluate import evaluate_run
+
+    r = evaluate_run(args.run_dir, checkpoint=args.checkpoint, episodes=args.episodes, team=args.team,
+                     seed=args.seed, video=args.video, out=args.out)
+    print(f"{r['algo']} on {r['task']}, team {r['team']}, checkpoint at {r['env_steps']} env steps "
+          f"(generation {r['generation']})")
+    print(f"return over {r['episodes']} greedy episodes: mean {r['mean']:.2f} ± {r['std']:.2f} (std), "
+          f"min {r['min']:.2f}, max {r['max']:.2f}" + (f", win rate {r['win_rate']:.2f}" if "win_rate" in r else ""))
+    if "video" in r:
+        print(f"video of the first episode ({r['video_frames']} frames): {r['video']}")
+    print(f"written: {r['out']}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from racemarl.sweep import Sweep, SweepSpec, parse_names, parse_seeds
+
+    spec = SweepSpec(tasks=parse_names(args.tasks, "tasks"), algos=parse_names(args.algos, "algos"),
+                     seeds=parse_seeds(args.seeds), total_steps=args.total_steps, sets=list(args.set),
+                     config=args.config, eval_interval=args.eval_interval, eval_episodes=args.eval_episodes)
+    return Sweep(spec, args.out, workers=args.workers, backend=args.backend).run()
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from racemarl.plot import learning_curves, plot_curves
+    from racemarl.runs import duplicate_seeds, load_runs
+
+    runs = load_runs(args.dirs)
+    _warn(duplicate_seeds(runs))
+    curves = learning_curves(runs, args.metric, smooth=args.smooth, ci=args.ci, level=args.level)
+    out = plot_curves(curves, args.out, metric=args.metric, ci=args.ci, level=args.level, smooth=args.smooth,
+                      title=args.title)
+    for (task, algo), c in curves.items():
+        last = f"{c.mean[-1]:.1f} at {int(c.x[-1])} env steps" if len(c.x) else "no common range"
+        print(f"{task} {algo}: {c.n_seeds} seed(s), last mean {last}")
+    print(f"written: {out}")
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from racemarl.report import results_table
+    from racemarl.runs import duplicate_seeds, load_runs
+
+    runs = load_runs(args.dirs)
+    _warn(duplicate_seeds(runs))
+    text = results_table(runs, args.metric, fmt=args.format, digits=args.digits)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"written: {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from racemarl.report import export_marl_eval
+    from racemarl.runs import duplicate_seeds, load_runs
+
+    runs = load_runs(args.dirs)
+    _warn(duplicate_seeds(runs))
+    out, warnings = export_marl_eval(runs, args.out, args.metric, args.name)
+    _warn(warnings)
+    print(f"written: {out} ({len(runs)} runs, marl-eval format, metric {args.metric} as {args.name})")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from racemarl.runs import run_info
+
+    info = run_info(args.run_dir)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    from racemarl.runs import format_info
+
+    print(format_info(info))
     return 0
 
 
@@ -93,8 +198,65 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     c.set_defaults(func=_config)
 
-    k = sub.add_parser("tasks", help="list the available tasks")
+    k = sub.add_parser("tasks", help="list the tasks with their agents, observation, state and action sizes")
+    k.add_argument("--names-only", action="store_true", help="only the names, one a line")
+    k.add_argument("--agent-obsk", type=int, default=0, help="MaMuJoCo observation depth for the sizes (default 0)")
     k.set_defaults(func=_tasks)
+
+    e = sub.add_parser("eval", help="greedy episodes of a saved run's team; JSON summary, optional MP4 video")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--checkpoint", metavar="PATH", help="default RUN_DIR/checkpoints/latest.pt")
+    e.add_argument("--episodes", type=int, default=10, help="greedy episodes (default 10)")
+    e.add_argument("--team", help="marl (default for race/matd3), best (default for ea) or a population slot K")
+    e.add_argument("--video", metavar="FILE.mp4", help="record the first episode off-screen (MaMuJoCo)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the episodes' env seeds (default 0)")
+    e.add_argument("--out", metavar="FILE.json", help="default RUN_DIR/eval.json")
+    e.set_defaults(func=_eval)
+
+    w = sub.add_parser("sweep", help="train a grid of tasks x algos x seeds as subprocesses; restartable")
+    w.add_argument("--tasks", required=True, help="comma-separated task names")
+    w.add_argument("--algos", default="race", help="comma-separated, e.g. race,matd3 (default race)")
+    w.add_argument("--seeds", default="1", help="1-5 or 1,3,7 (default 1)")
+    w.add_argument("--total-steps", type=int, required=True, help="env steps of each run")
+    w.add_argument("--out", required=True, help="sweep folder (one run directory per grid point)")
+    w.add_argument("--workers", type=int, help="runs at a time (default: number of CPU cores)")
+    w.add_argument("--backend", choices=("local", "ray"), default="local")
+    w.add_argument("--config", help="YAML preset for every run")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    w.add_argument("--eval-interval", type=int)
+    w.add_argument("--eval-episodes", type=int)
+    w.set_defaults(func=_sweep)
+
+    def add_dirs(q: argparse.ArgumentParser) -> None:
+        q.add_argument("dirs", nargs="+", metavar="DIR", help="run directories or folders holding them (searched recursively)")
+        q.add_argument("--metric", default="eval_return", help="a numeric metrics.csv column (default eval_return)")
+
+    g = sub.add_parser("plot", help="learning curves: a panel per task, a line per algo, mean and CI over seeds")
+    add_dirs(g)
+    g.add_argument("--out", required=True, metavar="FIG.png|.pdf|.svg")
+    g.add_argument("--smooth", type=int, default=1, metavar="W", help="moving average over W evaluations (default 1 = none)")
+    g.add_argument("--ci", choices=("t", "bootstrap"), default="t", help="band: Student-t interval (default) or bootstrap")
+    g.add_argument("--level", type=float, default=0.95, help="confidence level of the band (default 0.95)")
+    g.add_argument("--title")
+    g.set_defaults(func=_plot)
+
+    b = sub.add_parser("table", help="final and best return per task and algo (mean ± s.e. over seeds)")
+    add_dirs(b)
+    b.add_argument("--format", choices=("md", "csv"), default="md")
+    b.add_argument("--digits", type=int, default=1, help="decimals in the Markdown table (default 1)")
+    b.add_argument("--out", metavar="FILE", help="write to a file instead of printing")
+    b.set_defaults(func=_table)
+
+    x = sub.add_parser("export", help="write the runs' evaluations in marl-eval's JSON format")
+    add_dirs(x)
+    x.add_argument("--out", required=True, metavar="results.json")
+    x.add_argument("--name", default="episode_return", help="metric name in the JSON (default episode_return)")
+    x.set_defaults(func=_export)
+
+    i = sub.add_parser("info", help="a run's config, progress, last metrics, checkpoints and whether it finished")
+    i.add_argument("run_dir", metavar="RUN_DIR")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=_info)
     return p
 
 
@@ -104,11 +266,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, UnknownTaskError, MissingDependencyError, RunError) as e:
+    except (ConfigError, UnknownTaskError, MissingDependencyError, RunError, RunDirError) as e:
         print(f"racemarl: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("racemarl: interrupted; resume with `racemarl train --resume RUN_DIR`", file=sys.stderr)
+        if args.command == "sweep":
+            print("racemarl: interrupted; run the same sweep command again to continue", file=sys.stderr)
+        elif args.command == "train":
+            print("racemarl: interrupted; resume with `racemarl train --resume RUN_DIR`", file=sys.stderr)
+        else:
+            print("racemarl: interrupted", file=sys.stderr)
         return 130
 
 

@@ -105,6 +105,21 @@ class RaceConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Optional experiment trackers; metrics.csv and TensorBoard are always written."""
+
+    wandb: bool = False
+    """Forward every metrics.csv row to Weights & Biases (pip install 'racemarl[tracking]')."""
+    mlflow: bool = False
+    """Forward every metrics.csv row to MLflow (pip install 'racemarl[tracking]')."""
+    project: str = "racemarl"
+    """W&B project / MLflow experiment name."""
+    mode: Literal["offline", "online"] = "offline"
+    """offline: W&B writes RUN_DIR/wandb (upload later with `wandb sync`), MLflow a file store in RUN_DIR/mlruns;
+    online: W&B uploads as it goes, MLflow logs to MLFLOW_TRACKING_URI."""
+
+
+@dataclass
 class Config:
     algo: Literal["race", "matd3", "ea"] = "race"
     seed: int = 1
@@ -119,6 +134,7 @@ class Config:
     net: NetConfig = field(default_factory=NetConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     race: RaceConfig = field(default_factory=RaceConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> "Config":
         checks = [

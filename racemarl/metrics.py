@@ -1,10 +1,17 @@
-"""Run outputs: metrics.csv (one row per evaluation), TensorBoard events, summary.json."""
+"""Run outputs: metrics.csv (one row per evaluation), TensorBoard events, summary.json.
+
+Every row also goes to the optional trackers of `racemarl.tracking` (W&B, MLflow) when switched on.
+"""
 from __future__ import annotations
 
 import csv
 import json
 import math
+import sys
 from pathlib import Path
+
+from racemarl.config import LoggingConfig
+from racemarl.tracking import make_trackers
 
 COLUMNS = [
     "env_steps", "generation", "updates", "wall_time", "sps",
@@ -16,9 +23,12 @@ WALL_CLOCK_COLUMNS = ("wall_time", "sps")
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, rows: list[dict] | None = None, purge_step: int | None = None):
+    def __init__(self, run_dir: Path, rows: list[dict] | None = None, purge_step: int | None = None,
+                 tracking: LoggingConfig | None = None):
         self.path = run_dir / "metrics.csv"
         self.rows: list[dict] = rows if rows is not None else []  # shared with the run state
+        # W&B / MLflow: from `tracking`, else from the run's config.yaml (written before the logger)
+        self.trackers = make_trackers(run_dir, tracking, resumed=purge_step is not None)
         self._rewrite()  # on resume: exactly the rows the checkpoint knows about
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -42,6 +52,15 @@ class MetricsLogger:
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=COLUMNS).writerow(_format(row))
         self.scalars(row, row["env_steps"], prefix="eval/")
+        for tracker in list(self.trackers):
+            values = {k: float(v) for k, v in row.items()
+                      if k != "env_steps" and isinstance(v, (int, float)) and math.isfinite(v)}
+            try:
+                tracker.log(values, int(row["env_steps"]))
+            except Exception as e:  # noqa: BLE001 - a tracker must never stop training
+                print(f"racemarl: warning: {tracker.name} logging failed ({type(e).__name__}: {e}); "
+                      f"it is off for the rest of this run", file=sys.stderr)
+                self.trackers.remove(tracker)
 
     def scalars(self, values: dict, step: int, prefix: str = "") -> None:
         if self.tb is None:
@@ -53,6 +72,12 @@ class MetricsLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        for tracker in self.trackers:
+            try:
+                tracker.close()
+            except Exception as e:  # noqa: BLE001
+                print(f"racemarl: warning: closing {tracker.name} failed ({type(e).__name__}: {e})", file=sys.stderr)
+        self.trackers = []
 
 
 def _format(row: dict) -> dict:

@@ -82,7 +82,8 @@ class Trainer:
             self._load(self.run_dir / "checkpoints" / LATEST)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, self.run_dir / "config.yaml")
-        self.logger = MetricsLogger(self.run_dir, self.progress.rows, purge_step=self.progress.env_steps if resume else None)
+        self.logger = MetricsLogger(self.run_dir, self.progress.rows, purge_step=self.progress.env_steps if resume else None,
+                                    tracking=cfg.logging)
         self._clock_start, self._clock_base = time.perf_counter(), self.progress.wall_time
 
     def elapsed(self) -> float:

@@ -1,0 +1,236 @@
+"""Learning curves of run directories: one panel per task, one line per algorithm.
+
+`learning_curves` computes the data (pure, no matplotlib): for each (task, algo) the runs' curves are
+smoothed, interpolated onto a common grid of env steps, and summarised by the mean over seeds and a
+confidence band. `plot_curves` draws them with matplotlib's Agg backend.
+
+Alignment. Runs evaluate when their env-step counter crosses a multiple of `eval_interval`, so runs
+of one group are evaluated at slightly different steps (and partial runs stop early). The grid is
+the union of all the group's evaluation steps inside the range that **every** run covers (from the
+largest first step to the smallest last step); each run is linearly interpolated onto it. Nothing is
+extrapolated: a group's curve ends where its shortest run ends. Runs evaluated at identical steps
+are used as they are.
+
+Bands. `ci="t"` (default): Student-t interval of the mean over seeds,
+mean +- t_{(1+level)/2, n-1} * sd / sqrt(n), sd with n-1 degrees of freedom. `ci="bootstrap"`:
+percentile bootstrap of the mean over seeds (2000 resamples of the seeds, fixed generator).
+One seed gives no band (lo = hi = mean).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from racemarl.runs import Run, RunDirError, check_metric, group_runs
+
+CI_METHODS = ("t", "bootstrap")
+BOOTSTRAP_RESAMPLES = 2000
+# the same colour for an algorithm in every figure
+FIXED_COLOURS = {"race": "tab:red", "matd3": "tab:blue", "ea": "tab:green"}
+OTHER_COLOURS = ["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Quantile of Student's t distribution (bisection on the CDF; accurate to ~1e-10)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def confidence_band(values: np.ndarray, ci: str = "t", level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """values `[n_seeds, n_points]` -> (mean, lo, hi), each `[n_points]`."""
+    if ci not in CI_METHODS:
+        raise RunDirError(f"unknown confidence interval {ci!r}; valid: {', '.join(CI_METHODS)}")
+    values = np.asarray(values, dtype=float)
+    n = values.shape[0]
+    mean = values.mean(axis=0)
+    if n < 2:
+        return mean, mean.copy(), mean.copy()
+    if ci == "t":
+        half = t_quantile(0.5 + level / 2.0, n - 1) * values.std(axis=0, ddof=1) / math.sqrt(n)
+        return mean, mean - half, mean + half
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
+    means = values[picks].mean(axis=1)  # [B, n_points]
+    alpha = (1.0 - level) / 2.0
+    return mean, np.quantile(means, alpha, axis=0), np.quantile(means, 1.0 - alpha, axis=0)
+
+
+def moving_average(y: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over the last `window` evaluations (fewer at the start)."""
+    y = np.asarray(y, dtype=float)
+    if window <= 1 or len(y) == 0:
+        return y
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    idx = np.arange(1, len(y) + 1)
+    start = np.maximum(idx - window, 0)
+    return (c[idx] - c[start]) / (idx - start)
+
+
+# ---------------------------------------------------------------- curves
+
+
+@dataclass
+class Curve:
+    task: str
+    algo: str
+    x: np.ndarray  # env steps (the common grid)
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    n_seeds: int
+    seeds: list[int]
+
+
+def align(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Runs' (x, y) -> (grid, values `[n_runs, len(grid)]`) by linear interpolation (see module doc)."""
+    start = max(float(x[0]) for x, _ in series)
+    end = min(float(x[-1]) for x, _ in series)
+    if start > end:
+        return np.array([]), np.zeros((len(series), 0))
+    grid = np.unique(np.concatenate([x for x, _ in series]))
+    grid = grid[(grid >= start) & (grid <= end)]
+    return grid, np.stack([np.interp(grid, x, y) for x, y in series])
+
+
+def learning_curves(runs: list[Run], metric: str = "eval_return", smooth: int = 1, ci: str = "t",
+                    level: float = 0.95) -> dict[tuple[str, str], Curve]:
+    """Mean curve and confidence band over seeds per (task, algo); groups without data are left out."""
+    check_metric(runs, metric)
+    if smooth < 1:
+        raise RunDirError(f"--smooth must be >= 1, got {smooth}")
+    if not 0.0 < level < 1.0:
+        raise RunDirError(f"confidence level must be in (0, 1), got {level}")
+    curves = {}
+    for (task, algo), members in group_runs(runs).items():
+        series, seeds = [], []
+        for run in members:
+            xs, ys = run.series(metric)
+            if not xs:
+                continue
+            x = np.asarray(xs, dtype=float)
+            order = np.argsort(x, kind="stable")
+            series.append((x[order], moving_average(np.asarray(ys, dtype=float)[order], smooth)))
+            seeds.append(run.seed)
+        if not series:
+            continue
+        grid, values = align(series)
+        mean, lo, hi = confidence_band(values, ci, level)
+        curves[(task, algo)] = Curve(task, algo, grid, mean, lo, hi, len(series), seeds)
+    if not curves:
+        raise RunDirError(f"no run has values of {metric!r} yet")
+    return curves
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def _steps_label(x: float, _pos: int = 0) -> str:
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:g}{suffix}"
+    return f"{x:g}"
+
+
+def plot_curves(curves: dict[tuple[str, str], Curve], out: str | Path, metric: str = "eval_return",
+                ci: str = "t", level: float = 0.95, smooth: int = 1, title: str | None = None) -> Path:
+    """One panel per task, one line per algorithm (same colour in every panel), shaded band."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise RunDirError("plotting needs matplotlib: pip install 'racemarl[plot]'") from e
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise RunDirError(f"--out must end in .png, .pdf or .svg, got {out.name}")
+    tasks = sorted({t for t, _ in curves})
+    algos = sorted({a for _, a in curves})
+    others = [a for a in algos if a not in FIXED_COLOURS]
+    colours = {a: FIXED_COLOURS.get(a) or OTHER_COLOURS[others.index(a) % len(OTHER_COLOURS)] for a in algos}
+    ncols = min(len(tasks), 3)
+    nrows = math.ceil(len(tasks) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 3.8 * nrows), squeeze=False)
+    band = f"{level:.0%} t-interval" if ci == "t" else f"{level:.0%} bootstrap CI"
+    for ax, task in zip(axes.flat, tasks):
+        for algo in algos:
+            c = curves.get((task, algo))
+            if c is None or len(c.x) == 0:
+                continue
+            ax.plot(c.x, c.mean, color=colours[algo], lw=1.8, label=f"{algo} (n={c.n_seeds})",
+                    marker="o" if len(c.x) == 1 else None)
+            if c.n_seeds > 1:
+                ax.fill_between(c.x, c.lo, c.hi, color=colours[algo], alpha=0.2, lw=0)
+        ax.set_title(task.removeprefix("mamujoco/"), fontsize=11)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(metric)
+        ax.xaxis.set_major_formatter(FuncFormatter(_steps_label))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9, loc="best")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    smooth_txt = f", moving average over {smooth} evaluations" if smooth > 1 else ""
+    fig.suptitle(title or f"{metric}: mean over seeds, shaded {band}{smooth_txt}", fontsize=11)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out

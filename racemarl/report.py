@@ -1,0 +1,154 @@
+"""Results tables (Markdown / CSV) and the marl-eval JSON export of run directories."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from racemarl.runs import Run, RunDirError, check_metric, group_runs
+
+TABLE_FORMATS = ("md", "csv")
+
+
+@dataclass
+class GroupStats:
+    task: str
+    algo: str
+    seeds: list[int]
+    final: list[float]  # per run: the metric at its last evaluation
+    best: list[float]  # per run: the best value of the metric over its evaluations
+    steps: list[int]  # per run: env steps of its last evaluation
+    finished: int  # runs whose summary.json covers their budget
+
+
+def mean_se(values: list[float]) -> tuple[float, float | None]:
+    """Mean and standard error of the mean (sd with n-1 degrees of freedom); None for one value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def format_mean_se(values: list[float], digits: int = 1) -> str:
+    mean, se = mean_se(values)
+    return f"{mean:.{digits}f}" if se is None else f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def group_stats(runs: list[Run], metric: str = "eval_return") -> list[GroupStats]:
+    check_metric(runs, metric)
+    out = []
+    for (task, algo), members in group_runs(runs).items():
+        g = GroupStats(task, algo, [], [], [], [], 0)
+        for run in members:
+            xs, ys = run.series(metric)
+            if not ys:
+                continue
+            g.seeds.append(run.seed)
+            g.final.append(ys[-1])
+            g.best.append(max(ys))
+            g.steps.append(int(xs[-1]))
+            g.finished += run.finished
+        if g.seeds:
+            out.append(g)
+    if not out:
+        raise RunDirError(f"no run has values of {metric!r} yet")
+    return out
+
+
+def _steps_text(steps: list[int]) -> str:
+    lo, hi = min(steps), max(steps)
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def results_table(runs: list[Run], metric: str = "eval_return", fmt: str = "md", digits: int = 1) -> str:
+    """Per task and algorithm: final and best `metric` (mean ± s.e. over seeds), seeds, env steps."""
+    if fmt not in TABLE_FORMATS:
+        raise RunDirError(f"unknown table format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")
+    stats = group_stats(runs, metric)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["task", "algo", "metric", "n_seeds", "seeds", "finished", "env_steps_min", "env_steps_max",
+                    "final_mean", "final_se", "best_mean", "best_se"])
+        for g in stats:
+            fm, fs = mean_se(g.final)
+            bm, bs = mean_se(g.best)
+            w.writerow([g.task, g.algo, metric, len(g.seeds), " ".join(map(str, g.seeds)), g.finished,
+                        min(g.steps), max(g.steps), f"{fm:.6g}", "" if fs is None else f"{fs:.6g}",
+                        f"{bm:.6g}", "" if bs is None else f"{bs:.6g}"])
+        return buf.getvalue()
+    lines = [f"| task | algo | seeds | env steps | final {metric} | best {metric} |",
+             "|---|---|---|---|---|---|"]
+    for g in stats:
+        seeds = f"{len(g.seeds)}" + ("" if g.finished == len(g.seeds) else f" ({g.finished} finished)")
+        lines.append(f"| {g.task} | {g.algo} | {seeds} | {_steps_text(g.steps)} | "
+                     f"{format_mean_se(g.final, digits)} | {format_mean_se(g.best, digits)} |")
+    lines.append("")
+    lines.append("mean ± standard error over seeds; final = last evaluation, best = best evaluation of each run")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- marl-eval export
+
+
+def split_task(task: str) -> tuple[str, str]:
+    """'mamujoco/HalfCheetah-6x1' -> ('mamujoco', 'halfcheetah-6x1') (marl-eval lower-cases names)."""
+    env, _, name = task.partition("/")
+    return env.lower(), (name or env).lower()
+
+
+def marl_eval_data(runs: list[Run], metric: str = "eval_return", name: str = "episode_return") -> tuple[dict, list[str]]:
+    """marl-eval's raw-data layout: env -> task -> algo -> run_i -> step_k / absolute_metrics.
+
+    Returns (data, warnings). Each `step_k` holds `step_count` (env steps) and `[value]`: metrics.csv
+    keeps the mean over the evaluation episodes, not every episode. `absolute_metrics` holds the
+    per-episode returns of `racemarl eval` when the run directory has an eval.json, else the last
+    evaluation's value.
+    """
+    check_metric(runs, metric)
+    data: dict = {}
+    warnings: list[str] = []
+    for (task, algo), members in group_runs(runs).items():
+        env_name, task_name = split_task(task)
+        algo_runs: dict = {}
+        for run in members:
+            xs, ys = run.series(metric)
+            if not ys:
+                continue
+            steps = {f"step_{k}": {"step_count": int(x), name: [float(y)]} for k, (x, y) in enumerate(zip(xs, ys))}
+            absolute = [float(ys[-1])]
+            eval_json = run.path / "eval.json"
+            if eval_json.is_file():
+                try:
+                    absolute = [float(v) for v in json.loads(eval_json.read_text())["returns"]]
+                except (KeyError, TypeError, ValueError) as e:
+                    warnings.append(f"{eval_json}: unreadable ({e}); absolute metric = last evaluation")
+            steps["absolute_metrics"] = {name: absolute}
+            algo_runs[f"run_{len(algo_runs)}"] = steps
+        if algo_runs:
+            data.setdefault(env_name, {}).setdefault(task_name, {})[algo] = algo_runs
+    if not data:
+        raise RunDirError(f"no run has values of {metric!r} yet")
+    for env_name, tasks in data.items():
+        counts = {(t, a, r): len(steps) - 1 for t, algos in tasks.items() for a, rs in algos.items() for r, steps in rs.items()}
+        n_runs = {(t, a): len(rs) for t, algos in tasks.items() for a, rs in algos.items()}
+        if len(set(counts.values())) > 1:
+            warnings.append(f"{env_name}: runs have different numbers of evaluations "
+                            f"({min(counts.values())}–{max(counts.values())}); marl-eval needs equal counts")
+        if len(set(n_runs.values())) > 1:
+            warnings.append(f"{env_name}: task/algorithm pairs have different numbers of runs; marl-eval needs equal counts")
+    return data, warnings
+
+
+def export_marl_eval(runs: list[Run], out: str | Path, metric: str = "eval_return",
+                     name: str = "episode_return") -> tuple[Path, list[str]]:
+    data, warnings = marl_eval_data(runs, metric, name)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    return out, warnings

@@ -1,0 +1,303 @@
+"""Finding, loading and validating run directories (for eval, plot, table, export, info and sweep).
+
+A run directory is what `racemarl train --out DIR` creates; it is recognised by its `config.yaml`
+and `metrics.csv`. This module only reads files: it imports neither torch nor the simulators.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from racemarl.config import Config, ConfigError, from_dict, load_yaml
+
+REQUIRED_FILES = ("config.yaml", "metrics.csv")
+LATEST_CHECKPOINT = Path("checkpoints") / "latest.pt"
+
+
+class RunDirError(ValueError):
+    """A user-facing problem with run directories, checkpoints, metrics or teams (one line)."""
+
+
+def missing_files(path: Path) -> list[str]:
+    return [name for name in REQUIRED_FILES if not (path / name).is_file()]
+
+
+def is_run_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and not missing_files(path)
+
+
+def require_run_dir(path: str | Path) -> Path:
+    """`path` as a Path if it is a run directory, else a RunDirError naming what is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise RunDirError(f"{path} does not exist")
+    if not path.is_dir():
+        raise RunDirError(f"{path} is not a run directory (not a directory)")
+    missing = missing_files(path)
+    if missing:
+        raise RunDirError(f"{path} is not a run directory (no {' and no '.join(missing)})")
+    return path
+
+
+def _number(text: str | None) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(value) else value
+
+
+@dataclass
+class Run:
+    """One run directory, read from disk."""
+
+    path: Path
+    config: Config
+    columns: list[str]  # the header of metrics.csv
+    rows: list[dict[str, float | None]]  # metrics.csv, numbers parsed, "" -> None
+    summary: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.config.env.task
+
+    @property
+    def algo(self) -> str:
+        return self.config.algo
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def finished(self) -> bool:
+        """summary.json exists and covers the configured budget."""
+        if self.summary is None:
+            return False
+        steps = self.summary.get("total_env_steps")
+        return steps is None or steps >= self.config.total_steps
+
+    @property
+    def env_steps(self) -> int:
+        """Env steps at the last evaluation (0 before the first)."""
+        if self.summary is not None and self.summary.get("total_env_steps") is not None:
+            return int(self.summary["total_env_steps"])
+        steps = [r["env_steps"] for r in self.rows if r.get("env_steps") is not None]
+        return int(steps[-1]) if steps else 0
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / LATEST_CHECKPOINT
+
+    def series(self, metric: str) -> tuple[list[float], list[float]]:
+        """(env_steps, values) of the rows where `metric` has a value."""
+        xs, ys = [], []
+        for r in self.rows:
+            x, y = r.get("env_steps"), r.get(metric)
+            if x is not None and y is not None:
+                xs.append(x)
+                ys.append(y)
+        return xs, ys
+
+
+def read_metrics_table(path: Path) -> tuple[list[str], list[dict[str, float | None]]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [{k: _number(v) for k, v in row.items() if k is not None} for row in reader]
+        return list(reader.fieldnames or []), rows
+
+
+def load_run(path: str | Path) -> Run:
+    path = require_run_dir(path)
+    try:
+        config = from_dict(load_yaml(path / "config.yaml"))
+    except ConfigError as e:
+        raise RunDirError(f"{path / 'config.yaml'}: {e}") from e
+    columns, rows = read_metrics_table(path / "metrics.csv")
+    if "env_steps" not in columns:
+        raise RunDirError(f"{path / 'metrics.csv'} has no env_steps column")
+    summary = None
+    if (path / "summary.json").is_file():
+        try:
+            summary = json.loads((path / "summary.json").read_text())
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{path / 'summary.json'} is not valid JSON ({e})") from e
+    return Run(path=path, config=config, columns=columns, rows=rows, summary=summary)
+
+
+def find_run_dirs(paths: list[str | Path]) -> list[Path]:
+    """Run directories given directly or found below the given directories (e.g. a sweep folder)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise RunDirError(f"{p} does not exist")
+        if is_run_dir(p):
+            found.append(p)
+            continue
+        if not p.is_dir():
+            raise RunDirError(f"{p} is not a run directory or a folder of runs")
+        below = sorted(c.parent for c in p.rglob("config.yaml") if is_run_dir(c.parent))
+        if not below:
+            raise RunDirError(
+                f"{p} holds no run directories (a run directory has {' and '.join(REQUIRED_FILES)}; "
+                f"{p} has no {' and no '.join(missing_files(p))})"
+            )
+        found += below
+    unique: dict[Path, None] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), None)
+    return [Path(p) for p in unique]
+
+
+def load_runs(paths: list[str | Path]) -> list[Run]:
+    return [load_run(p) for p in find_run_dirs(paths)]
+
+
+def numeric_columns(runs: list[Run]) -> list[str]:
+    """Columns of metrics.csv that hold a number in at least one row of one run (header order)."""
+    columns: dict[str, None] = {}
+    for run in runs:
+        for c in run.columns:
+            if any(r.get(c) is not None for r in run.rows):
+                columns.setdefault(c, None)
+    return list(columns)
+
+
+def check_metric(runs: list[Run], metric: str) -> None:
+    valid = numeric_columns(runs)
+    if metric not in valid:
+        known = any(metric in run.columns for run in runs)
+        why = "has no values in these runs" if known else "is not a metrics.csv column"
+        raise RunDirError(f"metric {metric!r} {why}; valid metrics: {', '.join(valid) or '(none: no evaluations yet)'}")
+
+
+def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
+    """Runs grouped by (task, algo), groups and members sorted (members by seed, then path)."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.task, run.algo), []).append(run)
+    return {k: sorted(v, key=lambda r: (r.seed, str(r.path))) for k, v in sorted(groups.items())}
+
+
+def duplicate_seeds(runs: list[Run]) -> list[str]:
+    """Warnings for (task, algo, seed) triples that occur in more than one run directory."""
+    seen: dict[tuple[str, str, int], list[Path]] = {}
+    for run in runs:
+        seen.setdefault((run.task, run.algo, run.seed), []).append(run.path)
+    return [f"{algo} on {task} seed {seed} appears {len(ps)} times ({', '.join(map(str, ps))}); "
+            f"each counts as a separate sample"
+            for (task, algo, seed), ps in seen.items() if len(ps) > 1]
+
+
+# ---------------------------------------------------------------- racemarl info
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def run_info(path: str | Path) -> dict:
+    """What `racemarl info` shows, as a dict (JSON-ready)."""
+    from racemarl.config import Config, to_dict
+
+    run = load_run(path)
+    cfg = run.config
+    last = next((r for r in reversed(run.rows) if r.get("env_steps") is not None), None)
+    defaults = _flatten(to_dict(Config()))
+    skip = {"algo", "seed", "total_steps", "env.task", "progress", "eval_interval", "eval_episodes"}
+    overrides = {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in skip and defaults.get(k) != v}
+    ckpt_dir = run.path / "checkpoints"
+    checkpoints = {}
+    if ckpt_dir.is_dir():
+        checkpoints = {c.name: c.stat().st_size for c in sorted(ckpt_dir.glob("*.pt"))}
+    s = run.summary or {}
+    env_steps = s.get("total_env_steps", None if last is None else int(last["env_steps"]))
+    return {
+        "run_dir": str(run.path),
+        "task": run.task, "algo": run.algo, "seed": run.seed,
+        "total_steps": cfg.total_steps, "eval_interval": cfg.eval_interval, "eval_episodes": cfg.eval_episodes,
+        "overrides": overrides,
+        "env_steps": env_steps or 0,
+        "generation": s.get("generations", None if last is None else _int(last.get("generation"))),
+        "updates": s.get("updates", None if last is None else _int(last.get("updates"))),
+        "wall_time": s.get("wall_time", None if last is None else last.get("wall_time")),
+        "evaluations": sum(1 for r in run.rows if r.get("env_steps") is not None),
+        "last_metrics": {k: v for k, v in (last or {}).items() if v is not None},
+        "checkpoints": checkpoints,
+        "finished": run.finished,
+        "summary": run.summary,
+    }
+
+
+def _int(v: float | None) -> int | None:
+    return None if v is None else int(v)
+
+
+def format_info(info: dict) -> str:
+    total = info["total_steps"]
+    steps = info["env_steps"]
+    pct = 100.0 * steps / total if total else 0.0
+    lines = [
+        ("run", info["run_dir"]),
+        ("task", info["task"]),
+        ("algo", info["algo"]),
+        ("seed", str(info["seed"])),
+        ("budget", f"{total} env steps; evaluation every {info['eval_interval']} env steps, "
+                   f"{info['eval_episodes']} episode(s)"),
+        ("config", ", ".join(f"{k}={v}" for k, v in info["overrides"].items()) or "defaults"),
+        ("progress", f"{steps} / {total} env steps ({pct:.1f}%), generation {info['generation'] if info['generation'] is not None else '-'}, "
+                     f"updates {info['updates'] if info['updates'] is not None else '-'}, "
+                     f"wall time {_duration(info['wall_time'])}, {info['evaluations']} evaluation(s)"),
+    ]
+    m = info["last_metrics"]
+    if m:
+        lines.append(("last eval", ", ".join(f"{k}={_short(v)}" for k, v in m.items())))
+    else:
+        lines.append(("last eval", "none yet"))
+    ck = info["checkpoints"]
+    lines.append(("checkpoints", ", ".join(f"{k} ({_size(v)})" for k, v in ck.items()) or "none"))
+    if info["finished"]:
+        s = info["summary"] or {}
+        lines.append(("finished", f"yes: final eval return {_short(s.get('final_eval_return'))}, "
+                                  f"best {_short(s.get('best_eval_return'))}, mean {_short(s.get('mean_sps'))} env steps/s"))
+    else:
+        cont = f"racemarl train --resume {info['run_dir']}" if "latest.pt" in ck else "start it again (no checkpoint)"
+        lines.append(("finished", f"no (continue with: {cont})"))
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
+
+
+def _short(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,452 @@
+"""Grids of training runs: `racemarl sweep`.
+
+Every (task, algo, seed) is one `python -m racemarl train` subprocess writing to its own run
+directory `OUT/<task>__<algo>__s<seed>` (characters other than letters, digits, `.`, `_` and `-` in
+the task become `_`), with its output in `OUT/logs/<name>.log`. At most `workers` run at once.
+
+Restarting a sweep is safe and finishes the grid:
+- a run whose summary.json covers the budget is skipped;
+- a run with `checkpoints/latest.pt` continues with `train --resume` (metrics.csv is rewritten from
+  the checkpoint, so rows logged after the last checkpoint are not duplicated);
+- a run directory without a checkpoint (killed before its first save) is deleted and started anew.
+
+Children die with the sweep: they share its process group (Ctrl-C reaches them), a SIGTERM or
+SIGINT sent to the sweep alone is forwarded to them, and on Linux each child asks the kernel for
+SIGKILL when the sweep process dies (PR_SET_PDEATHSIG), so even `kill -9` of the sweep leaves no
+orphan writing into a run directory. A lock file (`OUT/.sweep.lock`) stops two sweeps from working
+on one folder at the same time.
+
+`OUT/sweep.json` records the config of the folder (`--config`, `--set`, `--eval-interval`,
+`--eval-episodes`); a restart must use the same ones (the budget and the grid may change).
+`OUT/index.json` lists the grid: task, algo, seed, run dir, status, final and best eval return.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from racemarl.config import ALGOS, ConfigError, build_config
+from racemarl.runs import LATEST_CHECKPOINT, RunDirError
+
+BACKENDS = ("local", "ray")
+SWEEP_FILE = "sweep.json"
+INDEX_FILE = "index.json"
+LOCK_FILE = ".sweep.lock"
+LOG_DIR = "logs"
+POLL_S = 0.2
+GRACE_S = 10.0
+
+
+class SweepInterrupted(Exception):
+    """The sweep received SIGINT or SIGTERM."""
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'1-5' -> [1, 2, 3, 4, 5]; '1,3,7' -> [1, 3, 7]; '1-3,9' works too."""
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(-?\d+)\s*-\s*(-?\d+)", part) if "-" in part.lstrip("-") else None
+        try:
+            if m:
+                lo, hi = int(m.group(1)), int(m.group(2))
+                if hi < lo:
+                    raise ValueError
+                seeds += range(lo, hi + 1)
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise ConfigError(f"--seeds: cannot read {part!r}; use a range like 1-5 or a list like 1,3,7") from None
+    if not seeds:
+        raise ConfigError("--seeds: no seeds given")
+    return list(dict.fromkeys(seeds))
+
+
+def parse_names(text: str, what: str) -> list[str]:
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not names:
+        raise ConfigError(f"--{what}: nothing given")
+    return list(dict.fromkeys(names))
+
+
+def run_name(task: str, algo: str, seed: int) -> str:
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', task)}__{algo}__s{seed}"
+
+
+@dataclass(frozen=True)
+class Point:
+    task: str
+    algo: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return run_name(self.task, self.algo, self.seed)
+
+    def label(self) -> str:
+        return f"{self.algo} {self.task} seed {self.seed}"
+
+
+@dataclass
+class SweepSpec:
+    tasks: list[str]
+    algos: list[str]
+    seeds: list[int]
+    total_steps: int
+    sets: list[str]
+    config: str | None = None
+    eval_interval: int | None = None
+    eval_episodes: int | None = None
+
+    def points(self) -> list[Point]:
+        return [Point(t, a, s) for t in self.tasks for a in self.algos for s in self.seeds]
+
+    def folder_config(self) -> dict:
+        """What every run of the folder shares (the budget and the grid may change between restarts)."""
+        return {"config": None if self.config is None else str(Path(self.config).resolve()), "set": list(self.sets),
+                "eval_interval": self.eval_interval, "eval_episodes": self.eval_episodes}
+
+    def validate(self) -> None:
+        from racemarl.envs import parse_task
+
+        if self.total_steps is None or self.total_steps <= 0:
+            raise ConfigError("--total-steps must be positive")
+        for algo in self.algos:
+            if algo not in ALGOS:
+                raise ConfigError(f"--algos: unknown algo {algo!r}; valid: {', '.join(ALGOS)}")
+        for task in self.tasks:
+            parse_task(task)  # UnknownTaskError names the valid tasks
+        for p in self.points():  # the overrides must make a valid config for every grid point
+            build_config(self.config, self.sets, algo=p.algo, seed=p.seed, total_steps=self.total_steps,
+                         eval_interval=self.eval_interval, eval_episodes=self.eval_episodes, env={"task": p.task})
+
+
+# ---------------------------------------------------------------- one run
+
+
+def run_state(run_dir: Path, total_steps: int) -> str:
+    """'finished', 'resume' (a checkpoint to continue from) or 'new'."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        try:
+            done = json.loads(summary.read_text()).get("total_env_steps", 0) >= total_steps
+        except (json.JSONDecodeError, TypeError):
+            done = False
+        if done:
+            return "finished"
+    if (run_dir / LATEST_CHECKPOINT).is_file():
+        return "resume"
+    return "new"
+
+
+def train_command(p: Point, spec: SweepSpec, run_dir: Path, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "racemarl", "train", "--no-progress", "--total-steps", str(spec.total_steps)]
+    if resume:
+        return cmd + ["--resume", str(run_dir)]
+    cmd += ["--task", p.task, "--algo", p.algo, "--seed", str(p.seed), "--out", str(run_dir)]
+    if spec.config:
+        cmd += ["--config", str(spec.config)]
+    if spec.eval_interval:
+        cmd += ["--eval-interval", str(spec.eval_interval)]
+    if spec.eval_episodes:
+        cmd += ["--eval-episodes", str(spec.eval_episodes)]
+    for s in spec.sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def _die_with_parent(parent_pid: int):
+    """preexec_fn: SIGKILL this child when the sweep process dies (Linux); no-op elsewhere."""
+
+    def setup() -> None:
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+            except (OSError, AttributeError):
+                pass
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return setup
+
+
+def launch(cmd: list[str], log_path: Path) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log:
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+        log.flush()
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                preexec_fn=_die_with_parent(os.getpid()))
+
+
+def run_blocking(cmd: list[str], log_path: str) -> int:
+    """One run to the end in this process's child (used by the ray backend's tasks)."""
+    return launch(cmd, Path(log_path)).wait()
+
+
+def last_error_line(log_path: Path) -> str | None:
+    if not log_path.is_file():
+        return None
+    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip() and not ln.startswith("# ")]
+    return lines[-1][:300] if lines else None
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+class Sweep:
+    def __init__(self, spec: SweepSpec, out: str | Path, workers: int | None = None, backend: str = "local",
+                 echo=print):
+        if backend not in BACKENDS:
+            raise ConfigError(f"--backend: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        if workers is not None and workers < 1:
+            raise ConfigError("--workers must be >= 1")
+        self.spec, self.backend, self.echo = spec, backend, echo
+        self.out = Path(out).resolve()
+        self.workers = workers or os.cpu_count() or 1
+        self.points = spec.points()
+        self.status: dict[Point, dict] = {}
+        self._lock_fd: int | None = None
+        self._signal: str | None = None  # set by the SIGINT/SIGTERM handler
+
+    def _check_signal(self) -> None:
+        if self._signal is not None:
+            raise SweepInterrupted(self._signal)
+
+    def run_dir(self, p: Point) -> Path:
+        return self.out / p.name
+
+    def log_path(self, p: Point) -> Path:
+        return self.out / LOG_DIR / f"{p.name}.log"
+
+    # -------------------------------------------------------------- bookkeeping
+    def _check_folder_config(self) -> None:
+        path = self.out / SWEEP_FILE
+        mine = self.spec.folder_config()
+        if path.is_file():
+            saved = json.loads(path.read_text()).get("folder_config", {})
+            if saved != mine:
+                diffs = [f"{k}: {saved.get(k)!r} (now {mine.get(k)!r})" for k in mine if saved.get(k) != mine.get(k)]
+                raise RunDirError(f"{self.out} was started with other settings ({'; '.join(diffs)}); "
+                                  f"restart it with the same ones or use another --out")
+        data = {"folder_config": mine, "tasks": self.spec.tasks, "algos": self.spec.algos, "seeds": self.spec.seeds,
+                "total_steps": self.spec.total_steps}
+        _write_json(path, data)
+
+    def _acquire_lock(self) -> None:
+        import fcntl
+
+        fd = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 64).decode(errors="replace").strip()
+            os.close(fd)
+            raise RunDirError(f"another sweep (pid {other or '?'}) is working on {self.out}; wait for it or stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def entry(self, p: Point, status: str, **extra) -> dict:
+        run_dir = self.run_dir(p)
+        e = {"task": p.task, "algo": p.algo, "seed": p.seed, "run_dir": p.name, "status": status,
+             "final_eval_return": None, "best_eval_return": None, "env_steps": None,
+             "log": str(Path(LOG_DIR) / f"{p.name}.log")}
+        summary = run_dir / "summary.json"
+        if status == "finished" and summary.is_file():
+            s = json.loads(summary.read_text())
+            e.update(final_eval_return=s.get("final_eval_return"), best_eval_return=s.get("best_eval_return"),
+                     env_steps=s.get("total_env_steps"))
+        e.update(extra)
+        return e
+
+    def write_index(self) -> None:
+        entries = [self.status.get(p) or self.entry(p, "pending") for p in self.points]
+        _write_json(self.out / INDEX_FILE, {"total_steps": self.spec.total_steps, "runs": entries})
+
+    def _finish(self, p: Point, rc: int, interrupted: bool) -> None:
+        state = run_state(self.run_dir(p), self.spec.total_steps)
+        if state == "finished":
+            self.status[p] = self.entry(p, "finished")
+            e = self.status[p]
+            self.echo(f"done     {p.label()}: final {_fmt(e['final_eval_return'])}, best {_fmt(e['best_eval_return'])}")
+        elif interrupted:
+            self.status[p] = self.entry(p, "interrupted", returncode=rc)
+        else:
+            err = last_error_line(self.log_path(p))
+            self.status[p] = self.entry(p, "failed", returncode=rc, error=err)
+            self.echo(f"FAILED   {p.label()} (exit {rc}): {err or '?'}; log: {self.log_path(p)}")
+        self.write_index()
+
+    def _prepare(self, p: Point) -> list[str] | None:
+        """The command for a grid point, or None if it is finished."""
+        run_dir = self.run_dir(p)
+        state = run_state(run_dir, self.spec.total_steps)
+        if state == "finished":
+            self.status[p] = self.entry(p, "finished")
+            self.echo(f"skip     {p.label()} (finished)")
+            return None
+        if state == "new" and run_dir.exists():
+            if (run_dir / "summary.json").exists():  # finished a smaller budget, checkpoint gone: keep it
+                err = "cannot extend the budget: the run has summary.json but no checkpoints/latest.pt"
+                self.status[p] = self.entry(p, "failed", error=err)
+                self.echo(f"FAILED   {p.label()}: {err}")
+                return None
+            shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to continue from
+        return train_command(p, self.spec, run_dir, resume=state == "resume")
+
+    # -------------------------------------------------------------- running
+    def run(self) -> int:
+        """Run the grid; 0 if every run finished, 1 if one failed, 130 if interrupted."""
+        self.spec.validate()
+        if self.backend == "ray":
+            _require_ray()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def interrupt(signum, _frame):  # only a flag: the loops stop their children, then raise
+            self._signal = signal.Signals(signum).name
+
+        try:
+            self._check_folder_config()
+            for sig in previous:
+                signal.signal(sig, interrupt)
+            todo = []
+            for p in self.points:
+                cmd = self._prepare(p)
+                if cmd is not None:
+                    todo.append((p, cmd))
+                self._check_signal()
+            self.write_index()
+            n_done = len(self.points) - len(todo)
+            self.echo(f"sweep {self.out}: {len(self.points)} runs, {n_done} finished, {len(todo)} to run, "
+                      f"{min(self.workers, max(len(todo), 1))} at a time ({self.backend})")
+            if todo:
+                (self._run_ray if self.backend == "ray" else self._run_local)(todo)
+        except SweepInterrupted as e:
+            self.write_index()
+            self.echo(f"sweep interrupted ({e}); run the same command again to continue")
+            return 130
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._release_lock()
+        self.write_index()
+        statuses = [self.status[p]["status"] for p in self.points]
+        failed = statuses.count("failed")
+        self.echo(f"sweep finished: {statuses.count('finished')}/{len(self.points)} runs finished"
+                  + (f", {failed} failed" if failed else "") + f"; index: {self.out / INDEX_FILE}")
+        return 1 if failed else 0
+
+    def _run_local(self, todo: list[tuple[Point, list[str]]]) -> None:
+        queue = list(todo)
+        running: dict[Point, subprocess.Popen] = {}
+        try:
+            while queue or running:
+                self._check_signal()
+                while queue and len(running) < self.workers:
+                    p, cmd = queue.pop(0)
+                    running[p] = launch(cmd, self.log_path(p))
+                    self.status[p] = self.entry(p, "running")
+                    self.echo(f"{'resume' if '--resume' in cmd else 'start':8} {p.label()} -> {self.run_dir(p)}")
+                    self.write_index()
+                for p, proc in list(running.items()):
+                    rc = proc.poll()
+                    if rc is not None:
+                        del running[p]
+                        self._finish(p, rc, interrupted=False)
+                time.sleep(POLL_S)
+        except SweepInterrupted:
+            _stop(list(running.values()))
+            for p, proc in running.items():
+                self._finish(p, proc.returncode if proc.returncode is not None else -1, interrupted=True)
+            raise
+
+    def _run_ray(self, todo: list[tuple[Point, list[str]]]) -> None:
+        import ray
+
+        refs = {}
+        try:
+            if not ray.is_initialized():
+                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False, logging_level="error")
+            task = ray.remote(num_cpus=1, max_retries=0)(run_blocking)
+            for p, cmd in todo:
+                refs[task.remote(cmd, str(self.log_path(p)))] = p
+                self.status[p] = self.entry(p, "queued")
+                self.echo(f"{'resume' if '--resume' in cmd else 'queue':8} {p.label()} -> {self.run_dir(p)}")
+            self.write_index()
+            while refs:
+                self._check_signal()
+                ready, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    p = refs.pop(ref)
+                    try:
+                        rc = ray.get(ref)
+                    except Exception as e:  # noqa: BLE001 - a task that died
+                        self.echo(f"ray task of {p.label()} failed: {type(e).__name__}: {e}")
+                        rc = -1
+                    self._finish(p, rc, interrupted=False)
+        except SweepInterrupted:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            for p in refs.values():
+                self._finish(p, -1, interrupted=True)
+            raise
+        finally:
+            ray.shutdown()
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Let children that already got the signal (Ctrl-C reaches the whole group) exit, then SIGINT, then SIGKILL."""
+    for sig, wait in ((None, 2.0), (signal.SIGINT, GRACE_S), (signal.SIGKILL, 5.0)):
+        alive = [p for p in procs if p.poll() is None]
+        if not alive:
+            return
+        for p in alive:
+            if sig is not None:
+                try:
+                    p.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(p.poll() is None for p in alive):
+            time.sleep(0.05)
+
+
+def _require_ray() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise RunDirError("--backend ray needs ray: pip install 'racemarl[ray]'") from None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.1f}"

@@ -1,0 +1,157 @@
+"""`racemarl table`, `export` (marl-eval), `info`, `tasks`, and the optional W&B / MLflow logging."""
+import csv
+import io
+import json
+import sys
+
+import pytest
+
+from racemarl.cli import main
+from racemarl.envs import list_tasks, make_env
+from racemarl.metrics import read_metrics
+from racemarl.tracking import TrackingError, make_trackers
+from racemarl.report import mean_se
+from racemarl.runs import load_runs
+from racemarl.train import train
+from tests.conftest import tiny_config
+from tests.test_plot import write_fake_run
+
+
+@pytest.fixture
+def fake_runs(tmp_path):
+    root = tmp_path / "runs"
+    write_fake_run(root / "r1", "race", 1, [0, 100, 200], [0.0, 30.0, 10.0])
+    write_fake_run(root / "r2", "race", 2, [0, 100, 200], [0.0, 40.0, 20.0])
+    write_fake_run(root / "m1", "matd3", 1, [0, 100, 210], [1.0, 2.0, 3.0], summary=False)
+    write_fake_run(root / "h1", "race", 1, [0, 100], [5.0, 6.0], task="mamujoco/Hopper-3x1")
+    return root
+
+
+def test_mean_se():
+    assert mean_se([10.0, 20.0]) == (15.0, 5.0)
+    assert mean_se([3.0]) == (3.0, None)
+
+
+def test_table_markdown(fake_runs, capsys):
+    assert main(["table", str(fake_runs)]) == 0
+    out = capsys.readouterr().out
+    assert "| task | algo | seeds | env steps | final eval_return | best eval_return |" in out
+    assert "| mamujoco/HalfCheetah-6x1 | race | 2 | 200 | 15.0 ± 5.0 | 35.0 ± 5.0 |" in out
+    assert "| mamujoco/HalfCheetah-6x1 | matd3 | 1 (0 finished) | 210 | 3.0 | 3.0 |" in out
+    assert "| mamujoco/Hopper-3x1 | race | 1 | 100 | 6.0 | 6.0 |" in out
+
+
+def test_table_csv_and_other_metric(fake_runs, tmp_path, capsys):
+    write_fake_run(tmp_path / "x" / "a", "race", 1, [0, 100], [0.0, 1.0], extra={1: {"train_return": 4.0}})
+    write_fake_run(tmp_path / "x" / "b", "race", 2, [0, 100], [0.0, 1.0], extra={1: {"train_return": 8.0}})
+    assert main(["table", str(tmp_path / "x"), "--format", "csv", "--metric", "train_return"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["algo"], r["metric"], r["n_seeds"], r["seeds"]) == ("race", "train_return", "2", "1 2")
+    assert float(r["final_mean"]) == 6.0 and float(r["final_se"]) == 2.0
+
+
+def test_table_unknown_metric_lists_valid_ones(fake_runs, capsys):
+    assert main(["table", str(fake_runs), "--metric", "eval_retrun"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "valid metrics: env_steps, generation, updates, eval_return" in err
+
+
+def test_export_marl_eval_structure(fake_runs, tmp_path, capsys):
+    (fake_runs / "r2" / "eval.json").write_text(json.dumps({"returns": [19.0, 21.0, 20.0]}))
+    out = tmp_path / "results.json"
+    assert main(["export", str(fake_runs), "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert list(data) == ["mamujoco"]
+    assert sorted(data["mamujoco"]) == ["halfcheetah-6x1", "hopper-3x1"]
+    race = data["mamujoco"]["halfcheetah-6x1"]["race"]
+    assert list(race) == ["run_0", "run_1"]  # seeds 1, 2 in order
+    assert list(race["run_0"]) == ["step_0", "step_1", "step_2", "absolute_metrics"]  # absolute last
+    assert race["run_0"]["step_1"] == {"step_count": 100, "episode_return": [30.0]}
+    assert race["run_0"]["absolute_metrics"] == {"episode_return": [10.0]}  # no eval.json: last evaluation
+    assert race["run_1"]["absolute_metrics"] == {"episode_return": [19.0, 21.0, 20.0]}  # from eval.json
+    assert data["mamujoco"]["halfcheetah-6x1"]["matd3"]["run_0"]["step_2"]["step_count"] == 210
+    assert "different numbers of runs" in capsys.readouterr().err  # marl-eval needs a balanced grid
+
+
+def test_info_of_a_real_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_config("race", seed=3), run)
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    for needle in ("mamujoco/HalfCheetah-6x1", "race", "seed         3", "160 / 160 env steps (100.0%)",
+                   "generation", "updates", "wall time", "eval_return=", "latest.pt (", "finished     yes",
+                   "race.pop_size=3"):
+        assert needle in out, (needle, out)
+    assert main(["info", str(run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["finished"] is True and info["env_steps"] == 160 and "latest.pt" in info["checkpoints"]
+    (run / "summary.json").unlink()
+    assert main(["info", str(run)]) == 0
+    assert f"no (continue with: racemarl train --resume {run})" in capsys.readouterr().out
+    assert main(["info", str(tmp_path)]) == 2
+    assert "is not a run directory (no config.yaml and no metrics.csv)" in capsys.readouterr().err
+
+
+def test_tasks_lists_sizes(capsys):
+    assert main(["tasks", "--names-only"]) == 0
+    assert capsys.readouterr().out.split() == list_tasks()
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["task", "agents"]
+    spec = make_env("mamujoco/HalfCheetah-6x1").spec
+    row = next(ln.split() for ln in lines if ln.startswith("mamujoco/HalfCheetah-6x1 "))
+    assert row == ["mamujoco/HalfCheetah-6x1", "6", ",".join(map(str, spec.obs_dims)), str(spec.state_dim), "1,1,1,1,1,1"]
+    assert sum(ln.startswith("mamujoco/") for ln in lines) == len(list_tasks())
+
+
+# ---------------------------------------------------------------- W&B / MLflow
+
+
+def test_tracking_is_off_by_default(tmp_path):
+    assert make_trackers(tmp_path) == []
+
+
+@pytest.mark.parametrize("pkg, key", [("wandb", "logging.wandb"), ("mlflow", "logging.mlflow")])
+def test_tracking_without_the_package_is_a_clear_error(tmp_path, monkeypatch, capsys, pkg, key):
+    monkeypatch.setitem(sys.modules, pkg, None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, f"{pkg}.tracking", None)
+    with pytest.raises(TrackingError, match=rf"{key} is on but {pkg} is not installed.*pip install 'racemarl\[tracking\]'"):
+        train(tiny_config("matd3", total_steps=40, extra=[f"{key}=true"]), tmp_path / "r")
+    # and through the CLI: one line, exit 2
+    args = ["train", "--algo", "matd3", "--total-steps", "40", "--eval-interval", "40", "--eval-episodes", "1",
+            "--no-progress", "--out", str(tmp_path / "c"), "--set", f"{key}=true"]
+    for s in ["env.max_episode_steps=20", "net.encoder_hidden=16", "net.embed_dim=8", "net.critic_hidden=[16,16]",
+              "learner.batch_size=16", "learner.start_steps=20"]:
+        args += ["--set", s]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "racemarl[tracking]" in err
+
+
+def test_mlflow_logging_offline(tmp_path):
+    pytest.importorskip("mlflow", reason="optional: pip install 'racemarl[tracking]'")
+    from mlflow.tracking import MlflowClient
+
+    run = tmp_path / "run"
+    train(tiny_config("matd3", extra=["logging.mlflow=true"]), run)
+    ids = json.loads((run / "tracking.json").read_text())
+    client = MlflowClient(tracking_uri=(run / "mlruns").resolve().as_uri())
+    history = client.get_metric_history(ids["mlflow"], "eval_return")
+    rows = read_metrics(run / "metrics.csv")
+    assert [m.step for m in history] == [int(r["env_steps"]) for r in rows]
+    assert [m.value for m in history] == pytest.approx([float(r["eval_return"]) for r in rows], rel=1e-5)
+    assert client.get_run(ids["mlflow"]).data.params["learner.batch_size"] == "16"
+
+
+def test_wandb_logging_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="optional: pip install 'racemarl[tracking]'")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    train(tiny_config("matd3", total_steps=80, extra=["logging.wandb=true"]), run)
+    run_id = json.loads((run / "tracking.json").read_text())["wandb"]
+    offline = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert offline and list(offline[0].glob("*.wandb"))
+    assert len(load_runs([run])[0].rows) == 3
