@@ -1,8 +1,9 @@
 """Multi-agent environments behind one interface, created from task names.
 
 Task names look like ``<family>/<Scenario>[-<partition>]``, e.g. ``mamujoco/HalfCheetah-6x1`` or
-``mamujoco/Hopper`` (single agent controlling the whole robot). Simulator packages are imported only
-by `make_env`, so this module imports without them.
+``mamujoco/Hopper`` (single agent controlling the whole robot), ``smax/3m`` (JaxMARL's SMAX, JAX
+StarCraft-like maps) or ``smac/3m`` (the real SMAC on StarCraft II). Simulator packages are imported
+only by `make_env`, so this module imports without them.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Callable
 
 from racemarl.envs.base import EnvSpec, MultiAgentEnv, StepResult
 from racemarl.envs.mamujoco import MAMUJOCO_PARTITIONS, mamujoco_config_error, mamujoco_task_name
+from racemarl.envs.smac import SMAC_MAPS, smac_config_error, smac_task_name
+from racemarl.envs.smax import SMAX_MAPS, smax_config_error, smax_task_name
 
 __all__ = [
     "EnvSpec",
@@ -75,6 +78,78 @@ def _make_mamujoco(
     )
 
 
+# ---------------------------------------------------------------- family: smax (JaxMARL)
+
+
+def _list_smax() -> list[str]:
+    return [smax_task_name(m) for m in SMAX_MAPS]
+
+
+def _parse_smax(task: str, rest: str) -> tuple[str, None]:
+    error = smax_config_error(rest)
+    if error is not None:
+        raise UnknownTaskError(f"unknown task {task!r}: {error}")
+    return rest, None
+
+
+def _make_smax(
+    map_name: str,
+    partition: str | None,
+    *,
+    agent_obsk: int,
+    max_episode_steps: int | None,
+    render_mode: str | None,
+) -> MultiAgentEnv:
+    del partition, agent_obsk  # SMAX maps have no partitions; agent_obsk is a MaMuJoCo option
+    if render_mode is not None:
+        raise ValueError(f"smax/{map_name}: rendering is not supported (render_mode={render_mode!r})")
+    try:
+        import jax  # noqa: F401
+
+        from racemarl.envs.smax import _import_smax
+
+        _import_smax()
+    except ImportError as e:
+        raise MissingDependencyError(f"SMAX tasks need jaxmarl ({e}): pip install 'racemarl[smax]'") from e
+    from racemarl.envs.smax import SmaxEnv
+
+    return SmaxEnv(map_name, max_episode_steps=max_episode_steps)
+
+
+# ---------------------------------------------------------------- family: smac (StarCraft II)
+
+
+def _list_smac() -> list[str]:
+    return [smac_task_name(m) for m in SMAC_MAPS]
+
+
+def _parse_smac(task: str, rest: str) -> tuple[str, None]:
+    error = smac_config_error(rest)
+    if error is not None:
+        raise UnknownTaskError(f"unknown task {task!r}: {error}")
+    return rest, None
+
+
+def _make_smac(
+    map_name: str,
+    partition: str | None,
+    *,
+    agent_obsk: int,
+    max_episode_steps: int | None,
+    render_mode: str | None,
+) -> MultiAgentEnv:
+    del partition, agent_obsk
+    if render_mode is not None:
+        raise ValueError(f"smac/{map_name}: render_mode is not supported (SMAC saves replays instead)")
+    from racemarl.envs.smac import SmacEnv, import_starcraft2env
+
+    try:
+        factory = import_starcraft2env()
+    except ImportError as e:
+        raise MissingDependencyError(str(e)) from e
+    return SmacEnv(map_name, max_episode_steps=max_episode_steps, env_factory=factory)
+
+
 class _Family:
     """How to list, parse and build the tasks of one family (e.g. "mamujoco")."""
 
@@ -89,9 +164,10 @@ class _Family:
         self.make = make  # (scenario, partition, *, agent_obsk, max_episode_steps, render_mode)
 
 
-# Add "smax" / "smac" here.
 _FAMILIES: dict[str, _Family] = {
     "mamujoco": _Family(_list_mamujoco, _parse_mamujoco, _make_mamujoco),
+    "smax": _Family(_list_smax, _parse_smax, _make_smax),
+    "smac": _Family(_list_smac, _parse_smac, _make_smac),
 }
 
 
@@ -99,7 +175,7 @@ _FAMILIES: dict[str, _Family] = {
 
 
 def list_tasks() -> list[str]:
-    """Every valid task name, e.g. "mamujoco/HalfCheetah-6x1", "mamujoco/HalfCheetah"."""
+    """Every valid task name, e.g. "mamujoco/HalfCheetah-6x1", "mamujoco/HalfCheetah", "smax/3m", "smac/3m"."""
     return [name for fam in _FAMILIES.values() for name in fam.list_tasks()]
 
 
@@ -128,9 +204,11 @@ def make_env(
 
     Args:
         task: a name from `list_tasks()` (MaMuJoCo also accepts any "ManySegment*-NxM").
-        agent_obsk: MaMuJoCo observation depth (joints away each agent observes).
-        max_episode_steps: time limit; None = the task's default (1000 for MaMuJoCo).
-        render_mode: e.g. "rgb_array".
+        agent_obsk: MaMuJoCo observation depth (joints away each agent observes); ignored by the
+            other families.
+        max_episode_steps: time limit; None = the task's default (1000 for MaMuJoCo, 100 for SMAX,
+            the map's episode limit for SMAC, which cannot be exceeded).
+        render_mode: e.g. "rgb_array" (MaMuJoCo only; SMAX and SMAC raise ValueError).
 
     Raises:
         UnknownTaskError: the task name is not valid.
