@@ -37,6 +37,13 @@ def run_one(task: str, algo: str, seed: int, steps: int, out: Path, extra: list[
     data = json.loads(summary.read_text())
     data["curve"] = _curve(out / "metrics.csv")
     data["run_dir"] = str(out)
+    # A run stops at the end of the generation that reaches the budget (RACE: all teams' episodes),
+    # so it may overshoot; compare algorithms on the evaluations made within the budget.
+    within = [r for r in data["curve"] if r["env_steps"] <= steps]
+    data["budget"] = steps
+    data["final_within_budget"] = within[-1]["eval_return"]
+    data["final_step_within_budget"] = int(within[-1]["env_steps"])
+    data["best_within_budget"] = max(r["eval_return"] for r in within)
     return data
 
 
@@ -51,15 +58,18 @@ def table(results: list[dict]) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         groups.setdefault((r["task"], r["algo"]), []).append(r)
-    lines = ["| task | algo | seeds | env steps | final eval return (mean ± std) | best eval return (mean ± std) | wall time per run (s) | env steps/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | algo | seeds | budget (env steps) | last eval at | final eval return (mean ± std) "
+             "| best eval return (mean ± std) | wall time per run (s) | env steps/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (task, algo), rs in sorted(groups.items()):
-        fin = [r["final_eval_return"] for r in rs]
-        best = [r["best_eval_return"] for r in rs]
+        fin = [r["final_within_budget"] for r in rs]
+        best = [r["best_within_budget"] for r in rs]
         sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
+        at = sorted({r["final_step_within_budget"] for r in rs})
         wall = statistics.mean(r["wall_time"] for r in rs)
-        lines.append(f"| {task} | {algo} | {len(rs)} | {rs[0]['total_env_steps']} | {statistics.mean(fin):.1f} ± {sd(fin):.1f} "
-                     f"| {statistics.mean(best):.1f} ± {sd(best):.1f} | {wall:.0f} | {statistics.mean(r['mean_sps'] for r in rs):.1f} |")
+        lines.append(f"| {task} | {algo} | {len(rs)} | {rs[0]['budget']} | {', '.join(map(str, at))} "
+                     f"| {statistics.mean(fin):.1f} ± {sd(fin):.1f} | {statistics.mean(best):.1f} ± {sd(best):.1f} "
+                     f"| {wall:.0f} | {statistics.mean(r['mean_sps'] for r in rs):.1f} |")
     return "\n".join(lines)
 
 
