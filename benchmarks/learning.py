@@ -81,10 +81,10 @@ def write_results_page() -> None:
         data = json.loads(path.read_text())
         if "table_markdown" not in data:
             continue
-        wall = data["benchmark_wall_time"] / 60
+        overrides = ", ".join(f"`{o}`" for o in data["overrides"]) or "none"
         parts += [f"## {path.stem}", "", f"Command: `python benchmarks/{data['command']}`", "",
-                  f"{data['total_steps']} env steps per run, seeds {data['seeds']}, "
-                  f"{wall:.0f} min wall time for the whole benchmark on {data['machine_cpus']} CPU cores.", "",
+                  f"Budget {data['total_steps']} env steps per run, seeds {data['seeds']}, config overrides: {overrides}; "
+                  f"runs executed two at a time on a {data['machine_cpus']}-core machine (wall times include that sharing).", "",
                   data["table_markdown"], ""]
     (RESULTS / "RESULTS.md").write_text("\n".join(parts))
 
