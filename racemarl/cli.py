@@ -134,7 +134,7 @@ def _table(args: argparse.Namespace) -> int:
 
     runs = load_runs(args.dirs)
     _warn(duplicate_seeds(runs))
-    text = results_table(runs, args.metric, fmt=args.format, digits=args.digits)
+    text = results_table(runs, args.metric, fmt=args.format, digits=args.digits, max_steps=args.max_steps)
     if args.out:
         Path(args.out).write_text(text)
         print(f"written: {args.out}")
@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dirs(b)
     b.add_argument("--format", choices=("md", "csv"), default="md")
     b.add_argument("--digits", type=int, default=1, help="decimals in the Markdown table (default 1)")
+    b.add_argument("--max-steps", type=int, metavar="N",
+                   help="use only evaluations made up to N env steps (a budget; RACE generations may overshoot it)")
     b.add_argument("--out", metavar="FILE", help="write to a file instead of printing")
     b.set_defaults(func=_table)
 

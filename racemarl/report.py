@@ -39,13 +39,18 @@ def format_mean_se(values: list[float], digits: int = 1) -> str:
     return f"{mean:.{digits}f}" if se is None else f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
-def group_stats(runs: list[Run], metric: str = "eval_return") -> list[GroupStats]:
+def group_stats(runs: list[Run], metric: str = "eval_return", max_steps: int | None = None) -> list[GroupStats]:
+    """Per (task, algo): each run's last and best value of `metric`, over evaluations made up to
+    `max_steps` env steps (all evaluations when None; a RACE generation can overshoot a budget)."""
     check_metric(runs, metric)
     out = []
     for (task, algo), members in group_runs(runs).items():
         g = GroupStats(task, algo, [], [], [], [], 0)
         for run in members:
             xs, ys = run.series(metric)
+            if max_steps is not None:
+                kept = [(x, y) for x, y in zip(xs, ys) if x <= max_steps]
+                xs, ys = [x for x, _ in kept], [y for _, y in kept]
             if not ys:
                 continue
             g.seeds.append(run.seed)
@@ -65,11 +70,12 @@ def _steps_text(steps: list[int]) -> str:
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
-def results_table(runs: list[Run], metric: str = "eval_return", fmt: str = "md", digits: int = 1) -> str:
+def results_table(runs: list[Run], metric: str = "eval_return", fmt: str = "md", digits: int = 1,
+                  max_steps: int | None = None) -> str:
     """Per task and algorithm: final and best `metric` (mean ± s.e. over seeds), seeds, env steps."""
     if fmt not in TABLE_FORMATS:
         raise RunDirError(f"unknown table format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")
-    stats = group_stats(runs, metric)
+    stats = group_stats(runs, metric, max_steps)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -89,7 +95,8 @@ def results_table(runs: list[Run], metric: str = "eval_return", fmt: str = "md",
         lines.append(f"| {g.task} | {g.algo} | {seeds} | {_steps_text(g.steps)} | "
                      f"{format_mean_se(g.final, digits)} | {format_mean_se(g.best, digits)} |")
     lines.append("")
-    lines.append("mean ± standard error over seeds; final = last evaluation, best = best evaluation of each run")
+    cap = "" if max_steps is None else f" (evaluations up to {max_steps} env steps)"
+    lines.append(f"mean ± standard error over seeds; final = last evaluation, best = best evaluation of each run{cap}")
     return "\n".join(lines) + "\n"
 
 

@@ -157,3 +157,18 @@ def test_wandb_logging_offline(tmp_path, monkeypatch):
     offline = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
     assert offline and list(offline[0].glob("*.wandb"))
     assert len(load_runs([run])[0].rows) == 3
+
+
+def test_table_max_steps_uses_only_evaluations_within_the_budget(tmp_path):
+    from racemarl.report import results_table
+    from racemarl.runs import load_runs
+    from racemarl.train import train
+    from tests.conftest import tiny_config
+
+    train(tiny_config("matd3", total_steps=120), tmp_path / "run")
+    runs = load_runs([tmp_path])
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    at_80 = [float(r["eval_return"]) for r in rows if int(r["env_steps"]) <= 80][-1]
+    table = results_table(runs, max_steps=80)
+    assert f"| {at_80:.1f} ± " in table or f"| {at_80:.1f} |" in table
+    assert "| 80 |" in table and "up to 80 env steps" in table
