@@ -61,7 +61,8 @@ class Trainer:
         self.envs = [make_env(cfg.env.task, **env_kw) for _ in range(n_train_envs)]
         self.spec = self.envs[0].spec
         if self.spec.discrete:
-            raise RunError(f"{cfg.env.task} is a discrete task; algo {cfg.algo} here supports continuous tasks only")
+            raise RunError(f"{cfg.env.task} is a discrete task: training on discrete tasks (FACMAC, RACE-discrete) "
+                           "is not implemented yet; use a mamujoco/ task")
         self.eval_envs = [make_env(cfg.env.task, **env_kw) for _ in range(cfg.eval_episodes)]
         learner_cls = RaceLearner if cfg.uses_representation_losses else MATD3
         self.learner = learner_cls(self.spec, cfg, self.torch_gen)

@@ -81,15 +81,19 @@ def _make_mamujoco(
 # ---------------------------------------------------------------- family: smax (JaxMARL)
 
 
-def _list_smax() -> list[str]:
-    return [smax_task_name(m) for m in SMAX_MAPS]
+def _map_family(maps, task_name, config_error) -> tuple:
+    """`list` and `parse` functions of a family of named maps (SMAX, SMAC): `<family>/<map>`, no partition."""
 
+    def list_maps() -> list[str]:
+        return [task_name(m) for m in maps]
 
-def _parse_smax(task: str, rest: str) -> tuple[str, None]:
-    error = smax_config_error(rest)
-    if error is not None:
-        raise UnknownTaskError(f"unknown task {task!r}: {error}")
-    return rest, None
+    def parse(task: str, rest: str) -> tuple[str, None]:
+        error = config_error(rest)
+        if error is not None:
+            raise UnknownTaskError(f"unknown task {task!r}: {error}")
+        return rest, None
+
+    return list_maps, parse
 
 
 def _make_smax(
@@ -117,17 +121,6 @@ def _make_smax(
 
 
 # ---------------------------------------------------------------- family: smac (StarCraft II)
-
-
-def _list_smac() -> list[str]:
-    return [smac_task_name(m) for m in SMAC_MAPS]
-
-
-def _parse_smac(task: str, rest: str) -> tuple[str, None]:
-    error = smac_config_error(rest)
-    if error is not None:
-        raise UnknownTaskError(f"unknown task {task!r}: {error}")
-    return rest, None
 
 
 def _make_smac(
@@ -166,8 +159,8 @@ class _Family:
 
 _FAMILIES: dict[str, _Family] = {
     "mamujoco": _Family(_list_mamujoco, _parse_mamujoco, _make_mamujoco),
-    "smax": _Family(_list_smax, _parse_smax, _make_smax),
-    "smac": _Family(_list_smac, _parse_smac, _make_smac),
+    "smax": _Family(*_map_family(SMAX_MAPS, smax_task_name, smax_config_error), _make_smax),
+    "smac": _Family(*_map_family(SMAC_MAPS, smac_task_name, smac_config_error), _make_smac),
 }
 
 
