@@ -32,6 +32,13 @@ class EnvSpec:
             raise ValueError("continuous tasks need act_low/act_high per agent")
 
 
+def unknown_map_error(label: str, family: str, maps, map_name: str) -> str | None:
+    """One line explaining why `map_name` is not one of `maps` (listing the valid tasks), or None."""
+    if map_name in maps:
+        return None
+    return f"unknown {label} map {map_name!r}; valid tasks: {', '.join(f'{family}/{m}' for m in maps)}"
+
+
 @dataclass
 class StepResult:
     """What one environment step returns.

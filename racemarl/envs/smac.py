@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from racemarl.envs.base import EnvSpec, MultiAgentEnv, StepResult
+from racemarl.envs.base import EnvSpec, MultiAgentEnv, StepResult, unknown_map_error
 
 # The SMAC maps (smac/env/starcraft2/maps/smac_maps.py) and their episode limits.
 SMAC_MAPS: dict[str, int] = {
@@ -80,9 +80,7 @@ def smac_task_name(map_name: str) -> str:
 
 def smac_config_error(map_name: str) -> str | None:
     """A one-line explanation of why `map_name` is not a SMAC map, or None if it is."""
-    if map_name in SMAC_MAPS:
-        return None
-    return f"unknown SMAC map {map_name!r}; valid tasks: {', '.join(smac_task_name(m) for m in SMAC_MAPS)}"
+    return unknown_map_error("SMAC", "smac", SMAC_MAPS, map_name)
 
 
 def import_starcraft2env() -> Callable[..., Any]:

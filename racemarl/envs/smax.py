@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from racemarl.envs.base import EnvSpec, MultiAgentEnv, StepResult
+from racemarl.envs.base import EnvSpec, MultiAgentEnv, StepResult, unknown_map_error
 
 # Every map JaxMARL's SMAX offers (jaxmarl 0.2: `smax_env.MAP_NAME_TO_SCENARIO`). The smacv2_* maps
 # draw unit types and start positions at random each episode (SMACv2 style).
@@ -93,10 +93,8 @@ def smax_task_name(map_name: str) -> str:
 
 
 def smax_config_error(map_name: str) -> str | None:
-    """A one-line explanation of why `map_name` is not an SMAX map, or None if it is."""
-    if map_name in SMAX_MAPS:
-        return None
-    return f"unknown SMAX map {map_name!r}; valid tasks: {', '.join(smax_task_name(m) for m in SMAX_MAPS)}"
+    """A one-line explanation of why `map_name` is not a SMAX map, or None if it is."""
+    return unknown_map_error("SMAX", "smax", SMAX_MAPS, map_name)
 
 
 _IMPORT_NOISE = frozenset({
