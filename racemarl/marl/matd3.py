@@ -127,9 +127,10 @@ class MATD3(nn.Module):
         not_done = 1.0 - batch.terminated
         with torch.no_grad():
             z_next = self.encoders_targ(batch.next_obs)
-            q_next = self.critic_targ(batch.next_state, self.smoothed_policy(z_next, self.marl_heads_targ)).min(0).values
+            a_next = self.smoothed_policy(z_next, self.marl_heads_targ)
+            q_next = self.critic_values(self.critic_targ, batch.next_obs, batch.next_state, a_next).min(0).values
             y = batch.reward + lc.gamma * not_done * q_next
-        q = self.critic(batch.state, batch.action)
+        q = self.critic_values(self.critic, batch.obs, batch.state, batch.action)
         critic_loss = (q - y).pow(2).mean(1).sum()
         losses: dict[str, torch.Tensor] = {"critic": critic_loss}
         losses.update(self.extra_critic_losses(batch, z_next, q_next, population))
@@ -138,7 +139,8 @@ class MATD3(nn.Module):
         if (self.n_updates + 1) % lc.policy_delay == 0:
             z = self.encoders(batch.obs)
             with frozen(self.critic_modules()):
-                actor_loss = -self.critic(batch.state, self.policy(z, self.marl_heads))[0].mean()
+                a = self.policy(z, self.marl_heads)
+                actor_loss = -self.critic_values(self.critic, batch.obs, batch.state, a)[0].mean()
                 enc_losses = {"actor": actor_loss, **self.extra_encoder_losses(batch, z, population)}
                 total = sum(enc_losses.values())
                 self._step(total, self.encoder_optimizers(), enc_losses)
@@ -167,7 +169,12 @@ class MATD3(nn.Module):
         soft_update(self.encoders_targ, self.encoders, tau)
         soft_update(self.marl_heads_targ, self.marl_heads.detach(), tau)
 
-    # ------------------------------------------------------------------ hooks for RACE
+    # ------------------------------------------------------------------ hooks for FACMAC and RACE
+    def critic_values(self, critic: nn.Module, obs: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q values `[heads, B]` of joint actions `[B, U]`; the centralised twin critic reads the state only
+        (FACMAC's mixed per-agent critics also read each agent's observation `[N, B, max_obs]`)."""
+        return critic(state, action)
+
     def extra_critic_losses(self, batch: Batch, z_next: torch.Tensor, q_next: torch.Tensor,
                             population: torch.Tensor | None) -> dict[str, torch.Tensor]:
         return {}
