@@ -35,24 +35,31 @@ class TwinCritic(nn.Module):
 
 class PolicyEmbedding(nn.Module):
     """Embeds a team's linear heads: each head row [w, b] -> MLP (per agent) -> mean over the agent's
-    real rows -> e^i; the team embedding is the concatenation of the agents' e^i.
+    real rows -> e^i; the team embedding is the concatenation of the agents' e^i (`combine="concat"`,
+    continuous tasks) or their sum (`combine="sum"`, discrete tasks, as in the official code).
 
-    Input `[K, N, A, d+1]`, output `[K, N * width]`. Callers pass detached heads: the PeVFA must not
-    push gradient into the policies it evaluates.
+    Input `[K, N, A, d+1]`, output `[K, N * width]` (concat) or `[K, width]` (sum). Callers pass
+    detached heads: the PeVFA must not push gradient into the policies it evaluates.
     """
 
-    def __init__(self, n_agents: int, row_dim: int, row_mask: torch.Tensor, width: int = 64):
+    def __init__(self, n_agents: int, row_dim: int, row_mask: torch.Tensor, width: int = 64,
+                 combine: str = "concat"):
         super().__init__()
+        if combine not in ("concat", "sum"):
+            raise ValueError(f"combine must be 'concat' or 'sum', got {combine!r}")
+        self.combine = combine
         self.net = GroupedMLP(row_dim, [width, width], width, groups=n_agents, activation=nn.LeakyReLU)
         mask = row_mask.float()
         self.register_buffer("row_weight", (mask / mask.sum(1, keepdim=True))[:, None, :, None])  # [N,1,A,1]
-        self.out_dim = n_agents * width
+        self.out_dim = n_agents * width if combine == "concat" else width
 
     def forward(self, heads: torch.Tensor) -> torch.Tensor:
         k, n, a, r = heads.shape
         rows = heads.transpose(0, 1).reshape(n, k * a, r)
         emb = self.net(rows).view(n, k, a, -1)
         per_agent = (emb * self.row_weight).sum(2)  # [N, K, width], mean over real rows
+        if self.combine == "sum":
+            return per_agent.sum(0)
         return per_agent.transpose(0, 1).reshape(k, -1)
 
 
