@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
-ALGOS = ("race", "matd3", "ea")
+ALGOS = ("race", "matd3", "facmac", "ea")
+CONTINUOUS_ONLY = ("matd3",)
 
 
 class ConfigError(ValueError):
@@ -28,8 +29,9 @@ class EnvConfig:
     """Task name, e.g. mamujoco/HalfCheetah-6x1 (see `racemarl tasks`)."""
     agent_obsk: int = 0
     """MA-MuJoCo observation depth: 0 = each agent sees only its own joints."""
-    max_episode_steps: int = 1000
-    """Time limit; episodes cut here are truncated (bootstrapped), not terminated."""
+    max_episode_steps: int | None = None
+    """Time limit; episodes cut here are truncated (bootstrapped), not terminated. None = the task's
+    own limit (1000 for MA-MuJoCo, 100 for SMAX, the map's limit for SMAC)."""
 
 
 @dataclass
@@ -67,6 +69,49 @@ class LearnerConfig:
     """Gradient updates per env step collected (all teams' steps count)."""
     grad_clip: float = 0.0
     """Max global gradient norm (0 = no clipping)."""
+
+
+@dataclass
+class DiscreteConfig:
+    """Learner settings for discrete tasks (smax/*, smac/*): FACMAC and RACE-discrete.
+
+    Defaults follow the official RACE SMAC code; `learner.*` holds the continuous-task settings.
+    """
+
+    gamma: float = 0.99
+    td_lambda: float = 0.8
+    """lambda of the TD(lambda) targets of the mixed critics."""
+    lr_actor: float = 2.5e-3
+    """Adam learning rate of the MARL heads and of the recurrent encoders."""
+    lr_critic: float = 5e-4
+    """Adam learning rate of the critics, mixers, PeVFA, V_zeta and the MI critic."""
+    batch_episodes: int = 32
+    buffer_episodes: int = 5000
+    updates_per_generation: int = 6
+    """Gradient updates (each on a batch of whole episodes) after every generation."""
+    grad_clip: float = 10.0
+    """Max global gradient norm per optimiser (0 = no clipping)."""
+    target_update: Literal["hard", "soft"] = "hard"
+    target_update_interval: int = 200
+    """hard: copy the online networks into the targets every this many updates."""
+    tau: float = 0.005
+    """soft: Polyak factor of the targets, applied every update."""
+    epsilon_start: float = 0.5
+    """Exploration of the MARL team: sample from (1 - eps) * pi + eps * uniform(available actions)."""
+    epsilon_finish: float = 0.05
+    epsilon_anneal_steps: int = 50_000
+    """Env steps over which epsilon decays linearly from epsilon_start to epsilon_finish."""
+    rnn_hidden: int = 64
+    """Width of the recurrent encoder: Linear(obs + last action + agent id, h)-ReLU-GRU(h)."""
+    shared_rnn: bool = True
+    """One recurrent encoder for all agents (official code, agent-id input) or one per agent (the poster)."""
+    critic_hidden: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden widths of the per-agent critic on (o_i, u_i, agent id)."""
+    mixer_embed: int = 32
+    """QMIX mixer embedding width."""
+    hypernet_hidden: int = 64
+    logit_reg: float = 1e-3
+    """Weight of the mean squared logits in the MARL heads' loss (FACMAC's regulariser)."""
 
 
 @dataclass
@@ -121,7 +166,7 @@ class LoggingConfig:
 
 @dataclass
 class Config:
-    algo: Literal["race", "matd3", "ea"] = "race"
+    algo: Literal["race", "matd3", "facmac", "ea"] = "race"
     seed: int = 1
     total_steps: int = 1_000_000
     """Env steps of all teams together."""
@@ -134,6 +179,7 @@ class Config:
     net: NetConfig = field(default_factory=NetConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     race: RaceConfig = field(default_factory=RaceConfig)
+    discrete: DiscreteConfig = field(default_factory=DiscreteConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> "Config":
@@ -160,7 +206,20 @@ class Config:
             (self.race.episodes_per_team >= 1, "race.episodes_per_team must be >= 1"),
             (self.race.vmm_beta >= 0, "race.vmm_beta must be >= 0"),
             (self.race.pevfa_teams_per_update >= 1, "race.pevfa_teams_per_update must be >= 1"),
-            (self.env.max_episode_steps > 0, "env.max_episode_steps must be positive"),
+            (self.env.max_episode_steps is None or self.env.max_episode_steps > 0,
+             "env.max_episode_steps must be positive (or null for the task's own limit)"),
+            (0 <= self.discrete.gamma <= 1, "discrete.gamma must be in [0, 1]"),
+            (0 <= self.discrete.td_lambda <= 1, "discrete.td_lambda must be in [0, 1]"),
+            (self.discrete.batch_episodes >= 1, "discrete.batch_episodes must be >= 1"),
+            (self.discrete.buffer_episodes >= self.discrete.batch_episodes,
+             "discrete.buffer_episodes must be >= discrete.batch_episodes"),
+            (self.discrete.updates_per_generation >= 0, "discrete.updates_per_generation must be >= 0"),
+            (self.discrete.target_update_interval >= 1, "discrete.target_update_interval must be >= 1"),
+            (0 < self.discrete.tau <= 1, "discrete.tau must be in (0, 1]"),
+            (0 <= self.discrete.epsilon_finish <= self.discrete.epsilon_start <= 1,
+             "discrete epsilons must satisfy 0 <= epsilon_finish <= epsilon_start <= 1"),
+            (self.discrete.epsilon_anneal_steps >= 1, "discrete.epsilon_anneal_steps must be >= 1"),
+            (self.discrete.rnn_hidden >= 1, "discrete.rnn_hidden must be >= 1"),
             (self.env.agent_obsk >= 0, "env.agent_obsk must be >= 0"),
         ]
         if self.algo in ("race", "ea"):
@@ -176,7 +235,7 @@ class Config:
 
     @property
     def uses_marl(self) -> bool:
-        return self.algo in ("race", "matd3")
+        return self.algo in ("race", "matd3", "facmac")
 
     @property
     def uses_representation_losses(self) -> bool:

@@ -12,13 +12,18 @@ import torch
 from racemarl import checkpoint as ckpt
 from racemarl.buffer import ReplayBuffer
 from racemarl.config import Config, from_dict, save_yaml, to_dict
-from racemarl.envs import make_env
+from racemarl.envs import make_env, parse_task
+from racemarl.envs.batch import make_env_batch
+from racemarl.episode_buffer import EpisodeBuffer
 from racemarl.evolution import evolve, follow_sources, inject
+from racemarl.marl.facmac import FACMAC, FacmacContinuous
 from racemarl.marl.matd3 import MATD3, NonFiniteLossError
 from racemarl.metrics import MetricsLogger, write_summary
 from racemarl.nets.policy import init_heads
 from racemarl.race import RaceLearner
+from racemarl.race_discrete import RaceDiscreteLearner
 from racemarl.rollout import run_episodes
+from racemarl.rollout_discrete import run_discrete_episodes
 
 LATEST = "latest.pt"
 
@@ -39,6 +44,7 @@ class Progress:
     wall_time: float = 0.0
     update_credit: float = 0.0  # fractional updates carried over between generations
     train_returns: list[float] = field(default_factory=list)  # MARL (or population) returns since last eval
+    train_wins: list[float] = field(default_factory=list)  # discrete tasks: the same episodes' battle_won
     last_fitness: list[float] = field(default_factory=list)
     last_injected: int | None = None
     loss_sums: dict[str, float] = field(default_factory=dict)
@@ -58,26 +64,35 @@ class Trainer:
         self.torch_gen = torch.Generator().manual_seed(cfg.seed)  # init, target smoothing, team draws
         env_kw = dict(agent_obsk=cfg.env.agent_obsk, max_episode_steps=cfg.env.max_episode_steps)
         n_train_envs = int(cfg.uses_marl) + (cfg.race.pop_size * cfg.race.episodes_per_team if cfg.uses_population else 0)
-        self.envs = [make_env(cfg.env.task, **env_kw) for _ in range(n_train_envs)]
-        self.spec = self.envs[0].spec
-        if self.spec.discrete:
-            raise RunError(f"{cfg.env.task} is a discrete task: training on discrete tasks (FACMAC, RACE-discrete) "
-                           "is not implemented yet; use a mamujoco/ task")
-        self.eval_envs = [make_env(cfg.env.task, **env_kw) for _ in range(cfg.eval_episodes)]
-        learner_cls = RaceLearner if cfg.uses_representation_losses else MATD3
-        self.learner = learner_cls(self.spec, cfg, self.torch_gen)
-        layout = self.learner.layout
+        self.discrete = parse_task(cfg.env.task)[0] in DISCRETE_FAMILIES
+        _check_algo(cfg, self.discrete)
+        if self.discrete:  # B copies of the task stepped together (SMAX: one vmapped call)
+            self.envs = make_env_batch(cfg.env.task, n_train_envs, cfg.env.max_episode_steps)
+            self.eval_envs = make_env_batch(cfg.env.task, cfg.eval_episodes, cfg.env.max_episode_steps)
+            self.spec = self.envs.spec
+        else:
+            self.envs = [make_env(cfg.env.task, **env_kw) for _ in range(n_train_envs)]
+            self.eval_envs = [make_env(cfg.env.task, **env_kw) for _ in range(cfg.eval_episodes)]
+            self.spec = self.envs[0].spec
+        self.learner = _learner_class(cfg, self.discrete)(self.spec, cfg, self.torch_gen)
+        self.row_mask = self.learner.row_mask if self.discrete else self.learner.layout.row_mask
         self.population = None  # [P, N, A, d+1] evolved heads
         self.pop_encoders = None  # {name: [P, N, ...]} each team's own encoders (unshared ablation only)
         self.best_heads, self.best_encoders = self.learner.marl_heads.detach().clone(), None
         if cfg.uses_population:
-            self.population = init_heads(cfg.race.pop_size, self.spec.n_agents, layout.max_act, cfg.net.embed_dim,
-                                         layout.row_mask, self.torch_gen)
+            n_rows, width = self.row_mask.shape
+            embed_dim = cfg.discrete.rnn_hidden if self.discrete else cfg.net.embed_dim
+            self.population = init_heads(cfg.race.pop_size, n_rows, width, embed_dim, self.row_mask, self.torch_gen)
             if not cfg.race.shared_encoder:
                 self.pop_encoders = self.learner.fresh_encoder_params(cfg.race.pop_size)
             self.best_heads = self.population[0].clone()
-        self.buffer = ReplayBuffer(cfg.learner.buffer_size, self.spec.n_agents, self.learner.max_obs,
-                                   self.spec.state_dim, layout.joint_dim, seed=cfg.seed)
+        if self.discrete:
+            dc = cfg.discrete
+            self.buffer = EpisodeBuffer(dc.buffer_episodes, self.spec.episode_limit, self.spec.n_agents,
+                                        self.learner.obs_dim, self.spec.state_dim, self.learner.n_actions, seed=cfg.seed)
+        else:
+            self.buffer = ReplayBuffer(cfg.learner.buffer_size, self.spec.n_agents, self.learner.max_obs,
+                                       self.spec.state_dim, self.learner.layout.joint_dim, seed=cfg.seed)
         self.progress = Progress(next_eval=0)
         if resume:
             self._load(self.run_dir / "checkpoints" / LATEST)
@@ -94,6 +109,8 @@ class Trainer:
     # ------------------------------------------------------------------ one generation
     def play_generation(self) -> tuple[np.ndarray, int]:
         """Every team plays; returns the population's fitness and the env steps taken."""
+        if self.discrete:
+            return self.play_generation_discrete()
         cfg, p = self.cfg, self.progress
         heads, encoders, noise, random_act = [], [], [], []
         if cfg.uses_marl:
@@ -122,6 +139,46 @@ class Trainer:
                 p.train_returns.append(float(fitness.mean()))
         return fitness, int(stats.lengths.sum())
 
+    def play_generation_discrete(self) -> tuple[np.ndarray, int]:
+        """Discrete tasks: the MARL team explores with the epsilon-mixture, population teams sample from
+        their softmax policies; each row's episode uses its own generator (seed, generation, row)."""
+        cfg, p = self.cfg, self.progress
+        heads, eps = [], []
+        if cfg.uses_marl:
+            heads.append(self.learner.marl_heads.detach()[None])
+            eps.append(self.epsilon())
+        if cfg.uses_population:
+            heads.append(self.population.repeat_interleave(cfg.race.episodes_per_team, 0))
+        eps += [0.0] * (self.envs.batch_size - len(eps))
+        rngs = [np.random.default_rng([cfg.seed, 0, p.generation, row]) for row in range(self.envs.batch_size)]
+        stats = run_discrete_episodes(self.envs, self.learner, torch.cat(heads), rngs, epsilon=np.array(eps),
+                                      buffer=self.buffer)
+        fitness = self._record_returns(stats.returns, stats.won)
+        return fitness, int(stats.lengths.sum())
+
+    def epsilon(self) -> float:
+        """The MARL team's exploration on discrete tasks, annealed linearly over env steps."""
+        dc = self.cfg.discrete
+        frac = min(1.0, self.progress.env_steps / dc.epsilon_anneal_steps)
+        return dc.epsilon_start + frac * (dc.epsilon_finish - dc.epsilon_start)
+
+    def _record_returns(self, returns: np.ndarray, won: np.ndarray | None = None) -> np.ndarray:
+        """Keep the training returns (the MARL team's, else the population's mean); return the fitness."""
+        cfg, p = self.cfg, self.progress
+        fitness = np.array([])
+        first = int(cfg.uses_marl)
+        if cfg.uses_population:
+            fitness = returns[first:].reshape(cfg.race.pop_size, -1).mean(1)
+        if cfg.uses_marl:
+            p.train_returns.append(float(returns[0]))
+            if won is not None:
+                p.train_wins.append(float(won[0]))
+        else:
+            p.train_returns.append(float(fitness.mean()))
+            if won is not None:
+                p.train_wins.append(float(won.mean()))
+        return fitness
+
     def team_policy(self, heads: torch.Tensor, encoders: dict | None = None):
         """The batched policy of a stack of teams for `run_episodes` (env t is driven by team t)."""
 
@@ -131,16 +188,28 @@ class Trainer:
 
         return policy
 
-    def learn(self, new_steps: int) -> None:
+    def n_updates_due(self, new_steps: int) -> tuple[int, int]:
+        """(updates to do now, batch size): continuous tasks do `updates_per_step` updates per env step
+        after `start_steps`; discrete tasks `updates_per_generation` once the buffer holds a batch of episodes."""
         cfg, p = self.cfg, self.progress
-        if not cfg.uses_marl or p.env_steps < cfg.learner.start_steps or len(self.buffer) < cfg.learner.batch_size:
-            return
+        if self.discrete:
+            dc = cfg.discrete
+            return (dc.updates_per_generation if len(self.buffer) >= dc.batch_episodes else 0), dc.batch_episodes
+        if p.env_steps < cfg.learner.start_steps or len(self.buffer) < cfg.learner.batch_size:
+            return 0, cfg.learner.batch_size
         p.update_credit += new_steps * cfg.learner.updates_per_step
         n = int(p.update_credit)
         p.update_credit -= n
+        return n, cfg.learner.batch_size
+
+    def learn(self, new_steps: int) -> None:
+        cfg, p = self.cfg, self.progress
+        if not cfg.uses_marl:
+            return
+        n, batch_size = self.n_updates_due(new_steps)
         for _ in range(n):
             try:
-                losses = self.learner.update(self.buffer.sample(cfg.learner.batch_size), self.population, self.pop_encoders)
+                losses = self.learner.update(self.buffer.sample(batch_size), self.population, self.pop_encoders)
             except NonFiniteLossError as e:
                 path = self.run_dir / "checkpoints" / "last_good.pt"
                 ckpt.save_atomic(self._state(), path)
@@ -159,7 +228,7 @@ class Trainer:
         if self.pop_encoders is not None:
             self.best_encoders = {k: v[best : best + 1].clone() for k, v in self.pop_encoders.items()}
         p.last_fitness = [float(f) for f in fitness]
-        self.population, report = evolve(self.population, fitness, self.learner.layout.row_mask, cfg.race, self.evo_rng)
+        self.population, report = evolve(self.population, fitness, self.row_mask, cfg.race, self.evo_rng)
         if self.pop_encoders is not None:  # each agent's own encoder travels with its head
             self.pop_encoders = {k: follow_sources(v, report.sources) for k, v in self.pop_encoders.items()}
         p.last_injected = None
@@ -175,6 +244,8 @@ class Trainer:
         """Per-generation TensorBoard scalars (metrics.csv holds one row per evaluation)."""
         p = self.progress
         values = {"train_return": p.train_returns[-1]} if p.train_returns else {}
+        if p.train_wins:
+            values["train_win_rate"] = p.train_wins[-1]
         if len(fitness):
             values.update(fitness_max=float(fitness.max()), fitness_mean=float(fitness.mean()),
                           fitness_min=float(fitness.min()))
@@ -182,12 +253,19 @@ class Trainer:
             values["injected_slot"] = p.last_injected
         self.logger.scalars(values, p.env_steps, prefix="generation/")
 
-    def evaluate_team(self, heads: torch.Tensor, encoders: dict | None = None) -> np.ndarray:
-        """Greedy returns of one team over `eval_episodes` episodes with fixed seeds per evaluation."""
+    def evaluate_team(self, heads: torch.Tensor, encoders: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Greedy returns (and, on discrete tasks, battle_won flags) of one team over `eval_episodes`
+        episodes with fixed seeds per evaluation."""
+        if self.discrete:
+            n = self.eval_envs.batch_size
+            rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.evals, row]) for row in range(n)]
+            stats = run_discrete_episodes(self.eval_envs, self.learner, heads[None].expand(n, *heads.shape), rngs,
+                                          greedy=np.ones(n, bool))
+            return stats.returns, stats.won.astype(float)
         rng = np.random.default_rng([self.cfg.seed, 2, self.progress.evals])
         n = len(self.eval_envs)
         tiled_enc = None if encoders is None else {k: v.expand(n, *v.shape[1:]) for k, v in encoders.items()}
-        return run_episodes(self.eval_envs, self.team_policy(heads[None].expand(n, *heads.shape), tiled_enc), rng).returns
+        return run_episodes(self.eval_envs, self.team_policy(heads[None].expand(n, *heads.shape), tiled_enc), rng).returns, None
 
     def evaluate(self, interval_start: tuple[float, int]) -> dict:
         cfg, p = self.cfg, self.progress
@@ -195,13 +273,19 @@ class Trainer:
         results = {}
         if cfg.uses_marl:
             results["marl"] = self.evaluate_team(self.learner.marl_heads.detach())
-            row["eval_return_marl"] = float(results["marl"].mean())
         if cfg.uses_population:
             results["best_team"] = self.evaluate_team(self.best_heads, self.best_encoders)
-            row["eval_return_best_team"] = float(results["best_team"].mean())
-        best = max(results.values(), key=lambda r: r.mean())
-        row["eval_return"] = float(best.mean())
-        row["eval_return_std"] = float(best.std())
+        for name, (returns, wins) in results.items():
+            row[f"eval_return_{name}"] = float(returns.mean())
+            if wins is not None:
+                row[f"eval_win_rate_{name}"] = float(wins.mean())
+        # headline: the better of the two teams (by win rate on discrete tasks, then by return)
+        best_returns, best_wins = max(results.values(), key=lambda r: (r[1].mean() if r[1] is not None else 0.0, r[0].mean()))
+        row["eval_return"] = float(best_returns.mean())
+        row["eval_return_std"] = float(best_returns.std())
+        if best_wins is not None:
+            row["eval_win_rate"] = float(best_wins.mean())
+            row["train_win_rate"] = float(np.mean(p.train_wins)) if p.train_wins else math.nan
         row["train_return"] = float(np.mean(p.train_returns)) if p.train_returns else math.nan
         if p.last_fitness:
             f = np.array(p.last_fitness)
@@ -214,7 +298,7 @@ class Trainer:
                 row[col] = p.loss_sums[k] / p.loss_counts[k]
         row["wall_time"] = self.elapsed()
         row["sps"] = (p.env_steps - interval_start[1]) / max(row["wall_time"] - interval_start[0], 1e-9)
-        p.train_returns, p.loss_sums, p.loss_counts = [], {}, {}
+        p.train_returns, p.train_wins, p.loss_sums, p.loss_counts = [], [], {}, {}
         p.evals += 1
         self.logger.log_row(row)
         return row
@@ -303,6 +387,26 @@ class Trainer:
         ckpt.set_numpy_rng_state(self.evo_rng, sd["rng"]["evolution"])
         self.torch_gen.set_state(sd["rng"]["torch_gen"])
         ckpt.set_global_rng_state(sd["rng"]["global"])
+
+
+DISCRETE_FAMILIES = ("smax", "smac")
+
+
+def _check_algo(cfg: Config, discrete: bool) -> None:
+    if discrete and cfg.algo == "matd3":
+        raise RunError(f"{cfg.env.task} is a discrete task: MATD3 is for continuous tasks; use --algo facmac "
+                       "(or race, whose discrete learner is built on FACMAC)")
+    if discrete and cfg.uses_population and not cfg.race.shared_encoder:
+        raise RunError("race.shared_encoder=false (each team its own encoders) is implemented for continuous "
+                       "tasks only")
+
+
+def _learner_class(cfg: Config, discrete: bool) -> type:
+    if discrete:
+        return RaceDiscreteLearner if cfg.uses_representation_losses else FACMAC
+    if cfg.algo == "facmac":
+        return FacmacContinuous
+    return RaceLearner if cfg.uses_representation_losses else MATD3
 
 
 def _progress_bar(cfg: Config, initial: int):

@@ -1,0 +1,92 @@
+"""The shared episode replay buffer of discrete tasks (whole episodes, padded to the time limit).
+
+Episode e of length L stores L + 1 observations, states and action masks (the last one is where the
+episode ended, used to bootstrap truncated episodes) and L actions, rewards and termination flags.
+A sampled batch is cut to the longest episode in it; `mask[b, t]` marks real steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+
+@dataclass
+class EpisodeBatch:
+    obs: torch.Tensor  # [B, T+1, N, O]
+    state: torch.Tensor  # [B, T+1, S]
+    avail: torch.Tensor  # [B, T+1, N, A] 1.0 = available
+    actions: torch.Tensor  # [B, T, N] int64
+    reward: torch.Tensor  # [B, T]
+    terminated: torch.Tensor  # [B, T] 1.0 on the step the episode terminated (no bootstrap)
+    mask: torch.Tensor  # [B, T] 1.0 on real steps
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+class EpisodeBuffer:
+    FIELDS = ("obs", "state", "avail", "actions", "reward", "terminated")
+
+    def __init__(self, capacity: int, episode_limit: int, n_agents: int, obs_dim: int, state_dim: int,
+                 n_actions: int, seed: int = 0):
+        self.capacity, self.limit = capacity, episode_limit
+        t = episode_limit
+        self.data = {
+            "obs": torch.zeros(capacity, t + 1, n_agents, obs_dim),
+            "state": torch.zeros(capacity, t + 1, state_dim),
+            "avail": torch.zeros(capacity, t + 1, n_agents, n_actions, dtype=torch.bool),
+            "actions": torch.zeros(capacity, t, n_agents, dtype=torch.int64),
+            "reward": torch.zeros(capacity, t),
+            "terminated": torch.zeros(capacity, t),
+        }
+        self.lengths = torch.zeros(capacity, dtype=torch.int64)
+        self.size = 0
+        self.pos = 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, episode: dict[str, np.ndarray]) -> None:
+        """Store one episode: obs/state/avail with L + 1 rows, actions/reward/terminated with L rows."""
+        length = len(episode["reward"])
+        if not 1 <= length <= self.limit:
+            raise ValueError(f"episode length {length} outside [1, {self.limit}]")
+        e = self.pos
+        for name in self.FIELDS:
+            target = self.data[name][e]
+            target.zero_()
+            value = torch.as_tensor(episode[name])
+            target[: value.shape[0]] = value.to(target.dtype)
+        self.lengths[e] = length
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_episodes: int) -> EpisodeBatch:
+        idx = torch.randint(0, self.size, (batch_episodes,), generator=self.generator)
+        lengths = self.lengths[idx]
+        t = int(lengths.max())
+        d = self.data
+        mask = (torch.arange(t)[None, :] < lengths[:, None]).float()
+        return EpisodeBatch(
+            obs=d["obs"][idx, : t + 1], state=d["state"][idx, : t + 1], avail=d["avail"][idx, : t + 1].float(),
+            actions=d["actions"][idx, :t], reward=d["reward"][idx, :t], terminated=d["terminated"][idx, :t],
+            mask=mask,
+        )
+
+    def state_dict(self) -> dict:
+        return {"data": {k: v[: self.size].clone() for k, v in self.data.items()},
+                "lengths": self.lengths[: self.size].clone(), "size": self.size, "pos": self.pos,
+                "rng": self.generator.get_state()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        size = int(sd["size"])
+        if size > self.capacity:
+            raise ValueError(f"checkpoint buffer holds {size} episodes, capacity is {self.capacity}")
+        for k, v in sd["data"].items():
+            self.data[k][:size] = v
+        self.lengths[:size] = sd["lengths"]
+        self.size, self.pos = size, int(sd["pos"])
+        self.generator.set_state(sd["rng"])
