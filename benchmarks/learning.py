@@ -6,6 +6,11 @@ Markdown table, and prints the table.
 
     python benchmarks/learning.py --tasks mamujoco/HalfCheetah-6x1,mamujoco/HalfCheetah \
         --algos matd3 --seeds 1,2 --total-steps 50000 --name foundation
+
+Discrete tasks (SMAX) also report the evaluation win rate:
+
+    python benchmarks/learning.py --tasks smax/3m,smax/2s3z --algos race,facmac --seeds 1,2 \
+        --total-steps 80000 --eval-episodes 32 --name smax
 """
 from __future__ import annotations
 
@@ -44,6 +49,9 @@ def run_one(task: str, algo: str, seed: int, steps: int, out: Path, extra: list[
     data["final_within_budget"] = within[-1]["eval_return"]
     data["final_step_within_budget"] = int(within[-1]["env_steps"])
     data["best_within_budget"] = max(r["eval_return"] for r in within)
+    if within[-1].get("eval_win_rate") is not None:  # discrete tasks (SMAX, SMAC)
+        data["final_win_rate_within_budget"] = within[-1]["eval_win_rate"]
+        data["best_win_rate_within_budget"] = max(r["eval_win_rate"] for r in within)
     return data
 
 
@@ -58,18 +66,27 @@ def table(results: list[dict]) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         groups.setdefault((r["task"], r["algo"]), []).append(r)
+    wins = any("final_win_rate_within_budget" in r for r in results)
+    win_head = " final win rate (mean ± std) | best win rate (mean ± std) |" if wins else ""
     lines = ["| task | algo | seeds | budget (env steps) | last eval at | final eval return (mean ± std) "
-             "| best eval return (mean ± std) | wall time per run (s) | env steps/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| best eval return (mean ± std) |{win_head} wall time per run (s) | env steps/s |",
+             "|---|---|---|---|---|---|---|" + ("---|---|" if wins else "") + "---|---|"]
+    sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
+    fmt = lambda xs, d: f"{statistics.mean(xs):.{d}f} ± {sd(xs):.{d}f}"  # noqa: E731
     for (task, algo), rs in sorted(groups.items()):
         fin = [r["final_within_budget"] for r in rs]
         best = [r["best_within_budget"] for r in rs]
-        sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
+        digits = 1 if max(abs(x) for x in fin + best) >= 10 else 3  # SMAX returns are at most 2
         at = sorted({r["final_step_within_budget"] for r in rs})
         wall = statistics.mean(r["wall_time"] for r in rs)
+        win_cells = ""
+        if wins:
+            fw = [r.get("final_win_rate_within_budget") for r in rs]
+            bw = [r.get("best_win_rate_within_budget") for r in rs]
+            win_cells = (f" {fmt(fw, 2)} | {fmt(bw, 2)} |" if None not in fw else " - | - |")
         lines.append(f"| {task} | {algo} | {len(rs)} | {rs[0]['budget']} | {', '.join(map(str, at))} "
-                     f"| {statistics.mean(fin):.1f} ± {sd(fin):.1f} | {statistics.mean(best):.1f} ± {sd(best):.1f} "
-                     f"| {wall:.0f} | {statistics.mean(r['mean_sps'] for r in rs):.1f} |")
+                     f"| {fmt(fin, digits)} | {fmt(best, digits)} |{win_cells} "
+                     f"{wall:.0f} | {statistics.mean(r['mean_sps'] for r in rs):.1f} |")
     return "\n".join(lines)
 
 
@@ -96,6 +113,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2")
     ap.add_argument("--total-steps", type=int, default=50_000)
     ap.add_argument("--eval-interval", type=int, default=5_000)
+    ap.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per team (default: the config's)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--name", default="learning", help="results file stem and run folder")
     ap.add_argument("--runs-dir", default=str(ROOT / "_runs"))
@@ -106,6 +124,8 @@ def main() -> None:
     runs_dir.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     extra = ["--eval-interval", str(args.eval_interval)] + [x for s in args.set for x in ("--set", s)]
+    if args.eval_episodes is not None:
+        extra += ["--eval-episodes", str(args.eval_episodes)]
     # Seed-major order: the first runs to finish give a complete comparison of every algorithm.
     grid = [(t, a, int(s)) for s in args.seeds.split(",") for t in args.tasks.split(",") for a in args.algos.split(",")]
     start = time.time()

@@ -87,8 +87,9 @@ class DiscreteConfig:
     """Adam learning rate of the critics, mixers, PeVFA, V_zeta and the MI critic."""
     batch_episodes: int = 32
     buffer_episodes: int = 5000
-    updates_per_generation: int = 6
-    """Gradient updates (each on a batch of whole episodes) after every generation."""
+    updates_per_episode: float = 1.0
+    """Gradient updates (each on a batch of whole episodes) per episode collected, done after each
+    generation: 6 per generation with RACE's 5 + 1 teams (official code), 1 per episode for FACMAC."""
     grad_clip: float = 10.0
     """Max global gradient norm per optimiser (0 = no clipping)."""
     target_update: Literal["hard", "soft"] = "hard"
@@ -213,7 +214,7 @@ class Config:
             (self.discrete.batch_episodes >= 1, "discrete.batch_episodes must be >= 1"),
             (self.discrete.buffer_episodes >= self.discrete.batch_episodes,
              "discrete.buffer_episodes must be >= discrete.batch_episodes"),
-            (self.discrete.updates_per_generation >= 0, "discrete.updates_per_generation must be >= 0"),
+            (self.discrete.updates_per_episode >= 0, "discrete.updates_per_episode must be >= 0"),
             (self.discrete.target_update_interval >= 1, "discrete.target_update_interval must be >= 1"),
             (0 < self.discrete.tau <= 1, "discrete.tau must be in (0, 1]"),
             (0 <= self.discrete.epsilon_finish <= self.discrete.epsilon_start <= 1,

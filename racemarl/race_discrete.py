@@ -65,9 +65,9 @@ class RaceDiscreteLearner(FACMAC):
         self.pevfa_targ = copy.deepcopy(self.pevfa).requires_grad_(False)
         self.value = StateValue(spec.state_dim, hidden=(32, 32))
         self.mi_critic = SeparableCritic(spec.state_dim, dc.rnn_hidden, spec.n_agents, rc.mi_hidden)
-        self.opt_pevfa = torch.optim.Adam(self.pevfa.parameters(), lr=dc.lr_critic)
-        self.opt_value = torch.optim.Adam(self.value.parameters(), lr=dc.lr_critic)
-        self.opt_mi = torch.optim.Adam(self.mi_critic.parameters(), lr=dc.lr_critic)
+        self.opt_pevfa = torch.optim.Adam(self.pevfa.parameters(), lr=dc.lr_critic, fused=True)
+        self.opt_value = torch.optim.Adam(self.value.parameters(), lr=dc.lr_critic, fused=True)
+        self.opt_mi = torch.optim.Adam(self.mi_critic.parameters(), lr=dc.lr_critic, fused=True)
         self._teams: torch.Tensor | None = None
 
     def draw_teams(self, population: torch.Tensor | None) -> torch.Tensor:

@@ -190,17 +190,19 @@ class Trainer:
 
     def n_updates_due(self, new_steps: int) -> tuple[int, int]:
         """(updates to do now, batch size): continuous tasks do `updates_per_step` updates per env step
-        after `start_steps`; discrete tasks `updates_per_generation` once the buffer holds a batch of episodes."""
+        after `start_steps`; discrete tasks `updates_per_episode` per episode once the buffer holds a batch of episodes."""
         cfg, p = self.cfg, self.progress
         if self.discrete:
-            dc = cfg.discrete
-            return (dc.updates_per_generation if len(self.buffer) >= dc.batch_episodes else 0), dc.batch_episodes
-        if p.env_steps < cfg.learner.start_steps or len(self.buffer) < cfg.learner.batch_size:
+            if len(self.buffer) < cfg.discrete.batch_episodes:
+                return 0, cfg.discrete.batch_episodes
+            p.update_credit += self.envs.batch_size * cfg.discrete.updates_per_episode  # one episode per row
+        elif p.env_steps < cfg.learner.start_steps or len(self.buffer) < cfg.learner.batch_size:
             return 0, cfg.learner.batch_size
-        p.update_credit += new_steps * cfg.learner.updates_per_step
+        else:
+            p.update_credit += new_steps * cfg.learner.updates_per_step
         n = int(p.update_credit)
         p.update_credit -= n
-        return n, cfg.learner.batch_size
+        return n, cfg.discrete.batch_episodes if self.discrete else cfg.learner.batch_size
 
     def learn(self, new_steps: int) -> None:
         cfg, p = self.cfg, self.progress

@@ -114,9 +114,9 @@ class FACMAC(nn.Module):
         self.critic = MixedCritic(n, self.obs_dim, self.n_actions, spec.state_dim, dc.critic_hidden,
                                   dc.mixer_embed, dc.hypernet_hidden)
         self.critic_targ = copy.deepcopy(self.critic).requires_grad_(False)
-        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=dc.lr_critic)
-        self.opt_actor = torch.optim.Adam([self.marl_heads], lr=dc.lr_actor)
-        self.opt_encoder = torch.optim.Adam(self.encoders.parameters(), lr=dc.lr_actor)
+        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=dc.lr_critic, fused=True)
+        self.opt_actor = torch.optim.Adam([self.marl_heads], lr=dc.lr_actor, fused=True)
+        self.opt_encoder = torch.optim.Adam(self.encoders.parameters(), lr=dc.lr_actor, fused=True)
         self.n_updates = 0
 
     @property
