@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--checkpoint", metavar="PATH", help="default RUN_DIR/checkpoints/latest.pt")
     e.add_argument("--episodes", type=int, default=10, help="greedy episodes (default 10)")
-    e.add_argument("--team", help="marl (default for race/matd3), best (default for ea) or a population slot K")
+    e.add_argument("--team", help="marl (default for race/matd3/facmac), best (default for ea) or a population slot K")
     e.add_argument("--video", metavar="FILE.mp4", help="record the first episode off-screen (MaMuJoCo)")
     e.add_argument("--seed", type=int, default=0, help="seed of the episodes' env seeds (default 0)")
     e.add_argument("--out", metavar="FILE.json", help="default RUN_DIR/eval.json")

@@ -73,9 +73,8 @@ def rebuild(sd: dict) -> LoadedRun:
     import torch
 
     from racemarl.config import from_dict
-    from racemarl.envs import make_env
-    from racemarl.marl.matd3 import MATD3
-    from racemarl.race import RaceLearner
+    from racemarl.envs import make_env, parse_task
+    from racemarl.train import DISCRETE_FAMILIES, _learner_class
 
     cfg = from_dict(sd["config"])
     torch.set_num_threads(cfg.torch_threads)
@@ -83,7 +82,7 @@ def rebuild(sd: dict) -> LoadedRun:
     env = make_env(cfg.env.task, agent_obsk=cfg.env.agent_obsk, max_episode_steps=cfg.env.max_episode_steps)
     spec = env.spec
     env.close()
-    learner_cls = RaceLearner if cfg.uses_representation_losses else MATD3
+    learner_cls = _learner_class(cfg, parse_task(cfg.env.task)[0] in DISCRETE_FAMILIES)
     learner = learner_cls(spec, cfg, torch.Generator().manual_seed(cfg.seed))
     learner.load_state_dict(sd["learner"]["model"])
     learner.eval()
@@ -248,6 +247,13 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
         _check_video_packages()
         pick_gl_backend()
     cfg = loaded.cfg
+    if loaded.spec.discrete:
+        if video is not None:
+            raise RunDirError(f"--video is for MA-MuJoCo tasks; {cfg.env.task} cannot be rendered here")
+        result = _evaluate_discrete(loaded, heads, episodes, seed)
+        result.update(run_dir=str(run.path), checkpoint=str(ckpt_path), task=cfg.env.task, algo=cfg.algo,
+                      team=label, episodes=episodes, seed=seed)
+        return _write_result(result, run.path, out)
     env_kw = dict(agent_obsk=cfg.env.agent_obsk, max_episode_steps=cfg.env.max_episode_steps)
     rng = np.random.default_rng(seed)
     returns, lengths, infos = [], [], []
@@ -300,8 +306,39 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
     if video is not None:
         result["video"] = str(video)
         result["video_frames"] = frames
-    out_path = Path(out) if out is not None else run.path / "eval.json"
+    return _write_result(result, run.path, out)
+
+
+def _write_result(result: dict, run_path: Path, out: str | Path | None) -> dict:
+    out_path = Path(out) if out is not None else run_path / "eval.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n")
     result["out"] = str(out_path)
     return result
+
+
+def _evaluate_discrete(loaded: LoadedRun, heads, episodes: int, seed: int | list[int]) -> dict:
+    """Greedy episodes of one team on a discrete task, `MAX_LOCKSTEP_ENVS` rows at a time."""
+    from racemarl.envs.batch import make_env_batch
+    from racemarl.rollout_discrete import run_discrete_episodes
+
+    cfg = loaded.cfg
+    rng = np.random.default_rng(seed)
+    returns, lengths, won = [], [], []
+    while len(returns) < episodes:
+        n = min(MAX_LOCKSTEP_ENVS, episodes - len(returns))
+        envs = make_env_batch(cfg.env.task, n, cfg.env.max_episode_steps)
+        rngs = [np.random.default_rng(int(rng.integers(2**63))) for _ in range(n)]
+        try:
+            stats = run_discrete_episodes(envs, loaded.learner, heads[None].expand(n, *heads.shape), rngs,
+                                          greedy=np.ones(n, bool))
+        finally:
+            envs.close()
+        returns += [float(r) for r in stats.returns]
+        lengths += [int(x) for x in stats.lengths]
+        won += [bool(w) for w in stats.won]
+    r = np.array(returns)
+    return {"env_steps": int(loaded.progress.get("env_steps", 0)),
+            "generation": int(loaded.progress.get("generation", 0)),
+            "mean": float(r.mean()), "std": float(r.std()), "min": float(r.min()), "max": float(r.max()),
+            "returns": returns, "lengths": lengths, "win_rate": float(np.mean(won))}

@@ -10,7 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from racemarl.envs.base import EnvSpec, MultiAgentEnv, StepResult
-from racemarl.envs.mamujoco import MAMUJOCO_PARTITIONS, mamujoco_config_error, mamujoco_task_name
+from racemarl.envs.mamujoco import (
+    MAMUJOCO_PARTITIONS,
+    mamujoco_config_error,
+    mamujoco_task_name,
+)
 from racemarl.envs.smac import SMAC_MAPS, smac_config_error, smac_task_name
 from racemarl.envs.smax import SMAX_MAPS, smax_config_error, smax_task_name
 
