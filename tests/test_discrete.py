@@ -56,8 +56,8 @@ def fake_smac(monkeypatch):
     return factory
 
 
-def fake_batch(n: int, **kw) -> ListBatch:
-    return ListBatch([SmacEnv("3m", env_factory=lambda **k: FakeStarCraft2Env(**k, **kw)) for _ in range(n)])
+def fake_batch(n: int, reseed: str = "first", **kw) -> ListBatch:
+    return ListBatch([SmacEnv("3m", reseed=reseed, env_factory=lambda **k: FakeStarCraft2Env(**k, **kw)) for _ in range(n)])
 
 
 # ---------------------------------------------------------------- networks
@@ -175,6 +175,27 @@ def test_rollouts_and_targets_only_use_available_actions(fake_smac):
     acts = seen[0]
     t_max = batch.mask.shape[1]
     assert ((acts * (1 - batch.avail)).sum(-1)[:, :t_max][batch.mask > 0] == 0).all()
+
+
+def test_recurrent_state_restarts_with_every_episode(fake_smac):
+    """Two calls with the same seeds give the same episodes: nothing of the first episode's hidden
+    state or last actions leaks into the next one."""
+    cfg = discrete_config("facmac")
+    envs = fake_batch(3, reseed="recreate")  # the fake game is relaunched with each episode's seed
+    learner = FACMAC(envs.spec, cfg, torch.Generator().manual_seed(0))
+    heads = learner.marl_heads.detach()[None].expand(3, *learner.marl_heads.shape)
+    spec = envs.spec
+
+    def play():
+        buf = EpisodeBuffer(8, spec.episode_limit, spec.n_agents, max(spec.obs_dims), spec.state_dim, spec.act_dims[0])
+        stats = run_discrete_episodes(envs, learner, heads, [np.random.default_rng([7, i]) for i in range(3)],
+                                      epsilon=np.full(3, 0.3), buffer=buf)
+        return stats, buf
+
+    (s1, b1), (s2, b2) = play(), play()
+    np.testing.assert_array_equal(s1.returns, s2.returns)
+    for k in ("actions", "obs"):
+        assert torch.equal(b1.data[k][:3], b2.data[k][:3])
 
 
 # ---------------------------------------------------------------- learners
