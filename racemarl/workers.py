@@ -395,6 +395,9 @@ class RayWorkers(RolloutWorkers):
         self._give_up_or_warn(i, self.failures[i], why, ", Ray actor")
         self.actors[i] = self._actor_cls.remote(self.setup(self.blocks[i]))
 
+    def _dispatch(self, i: int, job: GenerationPlan):
+        return self.actors[i].run.remote(job)
+
     def _play(self, plan: GenerationPlan) -> dict[int, list[SlotResult]]:
         ray = require_ray()
         from ray.exceptions import RayError, RayTaskError
@@ -403,7 +406,7 @@ class RayWorkers(RolloutWorkers):
         jobs = {i: plan.part(block) for i, block in enumerate(self.blocks)}
         pending, deadline = {}, {}
         for i, job in jobs.items():
-            pending[self.actors[i].run.remote(job)] = i
+            pending[self._dispatch(i, job)] = i
             deadline[i] = time.monotonic() + timeout
         results: dict[int, list[SlotResult]] = {}
         while pending:
@@ -418,7 +421,7 @@ class RayWorkers(RolloutWorkers):
                                        f"{e}") from None
                 except RayError as e:  # the actor died, or its node
                     self._restart(i, f"failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-                    pending[self.actors[i].run.remote(jobs[i])] = i
+                    pending[self._dispatch(i, jobs[i])] = i
                     deadline[i] = time.monotonic() + timeout
                 else:
                     self.failures[i] = 0
@@ -427,7 +430,7 @@ class RayWorkers(RolloutWorkers):
                 if now >= deadline[i]:
                     del pending[ref]
                     self._restart(i, f"gave no answer within {timeout:g} s (rollout.worker_timeout)")
-                    pending[self.actors[i].run.remote(jobs[i])] = i
+                    pending[self._dispatch(i, jobs[i])] = i
                     deadline[i] = time.monotonic() + timeout
         return results
 
