@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from racemarl.buffer import ReplayBuffer
 from racemarl.envs.base import EnvSpec, MultiAgentEnv
@@ -161,6 +162,10 @@ class SlotActor(torch.nn.Module):
     slot do not depend on which slots are played beside it.
     """
 
+    # The encoder layers `forward` evaluates itself (functionally, without module calls: a step's batch is tiny
+    # and per-call overhead matters); any other encoder structure is run through the module.
+    LEAN_PARAMS = frozenset({"l1.weight", "l1.bias", "n1.weight", "n1.bias", "l2.weight", "l2.bias", "n2.weight", "n2.bias"})
+
     def __init__(self, spec: EnvSpec, encoder_hidden: int, embed_dim: int, n_slots: int):
         super().__init__()
         self.n_slots = n_slots
@@ -169,7 +174,12 @@ class SlotActor(torch.nn.Module):
         n, a = spec.n_agents, self.layout.max_act
         self.weight = torch.zeros(n, n_slots, a, embed_dim)  # heads, agent-major
         self.bias = torch.zeros(n, n_slots, a)
-        self.team_params: dict[str, torch.Tensor] | None = None  # {name: [T * N, ...]} unshared ablation
+        self.lean = {name for name, _ in self.encoders.named_parameters()} == self.LEAN_PARAMS
+        self.params: dict[str, torch.Tensor] = {}  # the shared encoders' parameters {name: [N, ...]}
+        self.team_params: dict[str, torch.Tensor] | None = None  # unshared ablation: {name: [T * N, ...]}
+        # identity affines: F.layer_norm is faster on the CPU with one than without
+        self.ones_h, self.zeros_h = torch.ones(encoder_hidden), torch.zeros(encoder_hidden)
+        self.ones_d, self.zeros_d = torch.ones(embed_dim), torch.zeros(embed_dim)
 
     @torch.no_grad()
     def load(self, plan: GenerationPlan) -> None:
@@ -181,6 +191,7 @@ class SlotActor(torch.nn.Module):
         self.bias[:, rows] = heads[..., -1]
         if plan.team_encoders is None:
             self.encoders.load_state_dict({k: torch.as_tensor(v) for k, v in plan.encoders.items()})
+            self.params = {name: p.detach().clone() for name, p in self.encoders.named_parameters()}
             self.team_params = None
             return
         n = self.layout.n_agents
@@ -192,17 +203,28 @@ class SlotActor(torch.nn.Module):
             params[name] = full.reshape(self.n_slots * n, *v.shape[2:])
         self.team_params = params
 
-    @torch.no_grad()
+    def encode(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Grouped encoders with parameters `p` `{name: [G, ...]}` on inputs `[G, B, max_obs]` -> `[G, B, d]`."""
+        if not self.lean:
+            return torch.func.functional_call(self.encoders, p, (x,))
+        n1, n2 = self.encoders.n1, self.encoders.n2
+        h = torch.baddbmm(p["l1.bias"], x, p["l1.weight"])
+        h = F.layer_norm(h, h.shape[-1:], self.ones_h, self.zeros_h, eps=n1.eps)
+        h = torch.tanh(torch.addcmul(p["n1.bias"], h, p["n1.weight"]))
+        z = torch.baddbmm(p["l2.bias"], h, p["l2.weight"])
+        z = F.layer_norm(z, z.shape[-1:], self.ones_d, self.zeros_d, eps=n2.eps)
+        return torch.tanh(torch.addcmul(p["n2.bias"], z, p["n2.weight"]))
+
+    @torch.inference_mode()
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """obs `[T, N, max_obs]` -> padded actions `[T, N, A]`."""
         t, n, _ = obs.shape
         if self.team_params is None:
-            z = self.encoders(obs.transpose(0, 1))  # [N, T, d]
+            z = self.encode(obs.transpose(0, 1), self.params)  # [N, T, d]
         else:
-            flat = obs.reshape(t * n, 1, -1)
-            z = torch.func.functional_call(self.encoders, self.team_params, (flat,)).view(t, n, -1).transpose(0, 1)
+            z = self.encode(obs.reshape(t * n, 1, -1), self.team_params).view(t, n, -1).transpose(0, 1)
         pre = torch.matmul(self.weight, z[..., None]).squeeze(-1) + self.bias  # [N, T, A]
-        return self.layout.squash(pre).transpose(0, 1)
+        return torch.addcmul(self.layout.offset, torch.tanh(pre), self.layout.scale).transpose(0, 1)
 
 
 @dataclass
@@ -246,7 +268,8 @@ def play_slots(envs: list[MultiAgentEnv], actor: SlotActor, plan: GenerationPlan
     low = np.concatenate([np.asarray(x, np.float32).ravel() for x in spec.act_low])
     high = np.concatenate([np.asarray(x, np.float32).ravel() for x in spec.act_high])
     half = (high - low) / 2
-    splits = np.cumsum(spec.act_dims)[:-1]
+    ends = np.cumsum(spec.act_dims)
+    agent_cols = [slice(int(e) - a, int(e)) for e, a in zip(ends, spec.act_dims)]
     flat_index = actor.layout.flat_index.numpy()
     rngs = [np.random.default_rng(list(s)) for s in plan.streams]
     k = len(envs)
@@ -273,8 +296,8 @@ def play_slots(envs: list[MultiAgentEnv], actor: SlotActor, plan: GenerationPlan
                 a = joint[t]
                 if plan.noise_std[r] > 0:
                     a = a + rng.normal(size=a.shape[0]).astype(np.float32) * np.float32(plan.noise_std[r]) * half
-                a = np.clip(a, low, high)
-            res = envs[r].step(np.split(a, splits))
+                a = np.minimum(np.maximum(a, low), high)
+            res = envs[r].step([a[c] for c in agent_cols])
             next_obs = pad_obs(res.obs, max_obs)
             next_state = np.array(res.state, np.float32)  # a copy: adapters may reuse their arrays
             rec = records[r]

@@ -100,6 +100,27 @@ def test_an_episode_does_not_depend_on_the_slots_beside_it():
     assert expected[1].episode_return != expected[3].episode_return
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_slot_actor_is_the_learners_policy(shared):
+    """The rollout actor computes what MATD3.act computes (up to float rounding), for shared and unshared encoders."""
+    from racemarl.envs import make_env
+    from racemarl.marl.matd3 import MATD3
+    from racemarl.rollout import SlotActor
+
+    cfg = tiny_config("race")
+    spec = make_env(cfg.env.task, max_episode_steps=20).spec
+    learner = MATD3(spec, cfg, torch.Generator().manual_seed(0))
+    n_slots = 5
+    heads = torch.randn(n_slots, spec.n_agents, learner.layout.max_act, cfg.net.embed_dim + 1)
+    team = None if shared else learner.fresh_encoder_params(n_slots)
+    obs = torch.randn(n_slots, spec.n_agents, learner.max_obs)
+    actor = SlotActor(spec, cfg.net.encoder_hidden, cfg.net.embed_dim, n_slots)
+    assert actor.lean
+    actor.load(GenerationPlan(tuple(range(n_slots)), heads, learner.encoders.state_dict(), team, np.zeros(n_slots),
+                              np.zeros(n_slots, bool), [()] * n_slots))
+    torch.testing.assert_close(actor(obs), learner.act(obs, heads, team), rtol=1e-5, atol=1e-6)
+
+
 def test_process_workers_train_like_inline(tmp_path, inline_run):
     trainer = _train(_config("process", 2), tmp_path)
     assert trainer.workers.n_workers == 2 and trainer.workers.restarts == 0
