@@ -47,8 +47,8 @@ def _train(args: argparse.Namespace) -> int:
             cfg.total_steps = args.total_steps
         rollout = _rollout_flags(args)
         if rollout:  # never changes what is learned
-            if "backend" in rollout and rollout["backend"] != "ray":
-                cfg.rollout.ray_address = None
+            if "backend" in rollout:  # another backend: its own defaults unless given
+                rollout = {"workers": 0, "ray_address": None, **rollout}
             for key, value in rollout.items():
                 setattr(cfg.rollout, key, value)
         cfg.progress = not args.no_progress

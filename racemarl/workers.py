@@ -238,6 +238,7 @@ class ProcessWorkers(RolloutWorkers):
         self.blocks = assign_slots(self.n_slots, n)
         self._ctx = mp.get_context("spawn")  # no fork of a process with threads (PyTorch, tqdm, TensorBoard)
         self.failures = [0] * self.n_workers
+        self.in_flight = False  # a generation was sent and not all answers came back
         self.procs: list[_Proc | None] = [None] * self.n_workers
         for i in range(self.n_workers):
             self.procs[i] = self._spawn(i)
@@ -283,6 +284,7 @@ class ProcessWorkers(RolloutWorkers):
             deadline[i] = time.monotonic() + timeout
         results: dict[int, list[SlotResult]] = {}
         pending = set(jobs)
+        self.in_flight = True
         while pending:
             owner = {}
             for i in pending:
@@ -315,15 +317,17 @@ class ProcessWorkers(RolloutWorkers):
                 if now >= deadline[i]:
                     self._restart(i, f"gave no answer within {timeout:g} s (rollout.worker_timeout)", jobs[i])
                     deadline[i] = time.monotonic() + timeout
+        self.in_flight = False
         return results
 
     def _close(self) -> None:
-        stop = pickle.dumps(None)
-        for p in self.procs:
-            _send_quietly(p.conn, stop)  # tiny: never blocks
-        end = time.monotonic() + 5.0
-        for p in self.procs:
-            p.process.join(timeout=max(0.0, end - time.monotonic()))
+        if not self.in_flight:  # idle workers stop by themselves (and close their envs); busy ones are killed
+            stop = pickle.dumps(None)
+            for p in self.procs:
+                _send_quietly(p.conn, stop)  # tiny: never blocks
+            end = time.monotonic() + 5.0
+            for p in self.procs:
+                p.process.join(timeout=max(0.0, end - time.monotonic()))
         for i in range(self.n_workers):
             self._kill(i)
 

@@ -173,6 +173,36 @@ def test_a_worker_that_keeps_failing_stops_the_run(tmp_path, monkeypatch):
     assert _children() == []
 
 
+def test_workers_stop_when_the_run_fails_between_generations(tmp_path, monkeypatch):
+    calls = [0]
+
+    def failing_learn(self, steps):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(Trainer, "learn", failing_learn)
+    with pytest.raises(RuntimeError, match="boom"):
+        _train(_config("process", 2), tmp_path)
+    assert _children() == []
+
+
+def test_cli_process_backend_and_resume_inline(tmp_path):
+    out = tmp_path / "run"
+    sets = [x for s in ["env.max_episode_steps=20", "net.encoder_hidden=16", "net.embed_dim=8", "net.critic_hidden=[16,16]",
+                        "learner.batch_size=16", "learner.start_steps=20"] for x in ("--set", s)]
+    base = [sys.executable, "-m", "racemarl", "train"]
+    res = subprocess.run([*base, "--algo", "matd3", "--total-steps", "40", "--eval-interval", "20", "--eval-episodes", "1",
+                          "--no-progress", "--out", str(out), "--backend", "process", "--workers", "2", *sets],
+                         capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert res.returncode == 0, res.stderr
+    assert (out / "config.yaml").read_text().count("backend: process") == 1
+    res = subprocess.run([*base, "--resume", str(out), "--total-steps", "80", "--backend", "inline", "--no-progress"],
+                         capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert res.returncode == 0, res.stderr
+    assert int(read_metrics(out / "metrics.csv")[-1]["env_steps"]) == 80
+
+
 @pytest.mark.parametrize("sets, needle", [
     (["rollout.backend=threads"], "rollout.backend"),
     (["rollout.workers=-1"], "rollout.workers must be >= 0"),
