@@ -141,7 +141,8 @@ class Trainer:
         if self.pop_encoders is not None:
             team_encoders = {k: torch.cat([e[k] for e in encoders]) for k in encoders[0]}
         return GenerationPlan(
-            slots=tuple(range(self.n_slots)), heads=torch.cat(heads), encoders=self.learner.encoders.state_dict(),
+            slots=tuple(range(self.n_slots)), heads=torch.cat(heads),
+            encoders=self.learner.encoders.state_dict() if team_encoders is None else {},
             team_encoders=team_encoders, noise_std=np.array(noise, np.float64), random_actions=np.array(random_act, bool),
             streams=[slot_stream(cfg.seed, p.generation, t) for t in range(self.n_slots)])
 
