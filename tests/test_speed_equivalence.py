@@ -16,7 +16,15 @@ from racemarl.nets.critics import PeVFA, TwinCritic
 from racemarl.nets.layers import GroupedLayerNorm, GroupedMLP
 from racemarl.nets.mi import LOG4, jsd_mi_per_sample
 from racemarl.nets.policy import ActionLayout
-from tests.test_learner_gradients import EMBED, STATE_DIM, make_spec
+from tests.test_learner_gradients import (
+    EMBED,
+    STATE_DIM,
+    make_batch,
+    make_learner,
+    make_population,
+    make_spec,
+    tiny_cfg,
+)
 
 torch.set_num_threads(1)
 
@@ -143,3 +151,41 @@ def test_soft_update_equals_per_parameter_lerp():
 def test_tune_allocator_is_idempotent():
     tune_allocator()
     tune_allocator()
+
+
+def test_conditioned_critic_gradients_equal_concatenated_input():
+    """The split first layer (state-action part batched per sample, extra part once per group) gives the
+    weight gradients of the plain layer on the concatenated input."""
+    torch.manual_seed(5)
+    critic = TwinCritic(5, 3, [16, 8], extra_dim=4)
+    s, u, e = torch.randn(3, 7, 5), torch.randn(3, 7, 3), torch.randn(3, 4)
+    params = list(critic.parameters())
+    fast = critic.forward_conditioned(s, u, e)
+    x = torch.cat([s, u, e[:, None, :].expand(3, 7, 4)], dim=-1).reshape(21, -1)
+    slow = critic.net(x).squeeze(-1).view(2, 3, 7)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    for a, b in zip(_grads(fast, params), _grads(slow, params)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["matd3", "race"])
+def test_update_targets_is_soft_update_of_every_pair(algo):
+    learner = make_learner(tiny_cfg(algo))
+    with torch.no_grad():
+        for p in learner.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    pairs = [("critic_targ", "critic"), ("encoders_targ", "encoders")] + ([("pevfa_targ", "pevfa")] if algo == "race" else [])
+    expected = {t: [a.detach().clone().lerp_(b.detach(), learner.lcfg.tau)
+                    for a, b in zip(getattr(learner, t).parameters(), getattr(learner, s).parameters())] for t, s in pairs}
+    heads = learner.marl_heads_targ.clone().lerp_(learner.marl_heads.detach(), learner.lcfg.tau)
+    learner.update_targets()
+    for t, _ in pairs:
+        assert all(torch.equal(a, b) for a, b in zip(getattr(learner, t).parameters(), expected[t])), t
+    assert torch.equal(learner.marl_heads_targ, heads)
+
+
+def test_critics_trainable_again_after_an_update():
+    learner = make_learner(tiny_cfg("race"))
+    learner.update(make_batch(0), make_population(learner))
+    assert all(p.requires_grad for m in learner.critic_modules() for p in m.parameters())

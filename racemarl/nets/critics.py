@@ -34,9 +34,13 @@ class TwinCritic(nn.Module):
         k, b = state.shape[:2]
         g = 1 if first_only else 2
         first = self.net.net[0]
+        weight, bias = (first.weight[:1], first.bias[:1]) if first_only else (first.weight, first.bias)
+        # one split (its backward is one concatenation) instead of two slices (two zero-filled full-size grads)
+        w_x, w_extra = weight.split([self.in_dim, weight.shape[1] - self.in_dim], dim=1)
         x = torch.cat([state, action], dim=-1).reshape(k * b, -1)
-        h = torch.baddbmm(first.bias[:g], x.expand(g, *x.shape), first.weight[:g, : self.in_dim])
-        h = h.view(g, k, b, -1) + torch.einsum("ke,geh->gkh", extra, first.weight[:g, self.in_dim :])[:, :, None]
+        h = torch.baddbmm(bias, x.expand(g, *x.shape), w_x)
+        # per-group extra term [g, K, H]: a batched product reading the weight in place (einsum copied it)
+        h = h.view(g, k, b, -1) + torch.matmul(extra.expand(g, *extra.shape), w_extra)[:, :, None]
         h = h.view(g, k * b, -1)
         if first_only:
             return self.net.forward_first(h, start=1).view(k, b)
