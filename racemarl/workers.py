@@ -18,6 +18,9 @@ A worker that dies, closes its pipe or gives no answer within `rollout.worker_ti
 (new process or actor, environments rebuilt) and plays its episodes again with the same orders. A
 worker's results are used only once its whole answer arrived, so no transition is lost or stored
 twice. After `rollout.max_restarts` restarts of one worker in a row the run stops with an error.
+
+Worker processes are started with the spawn method, which imports the main module again: a script
+that trains with the process backend needs the `if __name__ == "__main__":` guard.
 """
 from __future__ import annotations
 
