@@ -409,10 +409,15 @@ def breakdown(e: dict, upd: dict) -> dict:
 
 
 def goals(t: dict, peak: float) -> list[dict]:
-    e = t["e2e"]
+    e, u = t["e2e"], t["update"]
     ratio = e["race"]["sps_cpu"] / e["matd3"]["sps_cpu"]
+    flop_ratio = u["matd3"]["flops_per_update"] / u["race"]["flops_per_update"]
     out = [{"goal": f"RACE end-to-end steps/s >= {GOAL_RATIO}x MATD3's (CPU time)", "value": round(ratio, 3),
-            "wall_value": round(e["race"]["sps"] / e["matd3"]["sps"], 3), "met": ratio >= GOAL_RATIO}]
+            "wall_value": round(e["race"]["sps"] / e["matd3"]["sps"], 3), "met": ratio >= GOAL_RATIO,
+            "flop_ratio": round(flop_ratio, 3),
+            "why": (f"MATD3/RACE FLOPs per update = {flop_ratio:.3f}: at equal FLOP rates the update ratio is that, "
+                    "and env + acting (a smaller share per step for RACE) move the end-to-end ratio only slightly "
+                    "above it")}]
     for algo in ALGOS:
         share = t["update"][algo]["gflops_cpu"] / peak
         out.append({"goal": f"{algo} update FLOP rate >= {GOAL_PEAK_SHARE:.0%} of peak (CPU time)",
@@ -440,7 +445,9 @@ def markdown(res: dict) -> str:
               "other processes shared the machine, so wall-clock figures include waiting for a core; CPU-time "
               "figures (main thread) are the steadier ones and the goals are judged on them."), "",
              (f"Peak: float32 {res['peak']['size']}x{res['peak']['size']} matrix product on one thread, best of "
-              f"{res['peak']['reps']}: **{peak:.1f} GFLOP/s** (median {res['peak']['median_gflops']:.1f})."), "",
+              f"{res['peak']['reps']} products, measured {len(res['peak']['samples'])} times over the run (before the "
+              f"first task and after each): **{peak:.1f} GFLOP/s** (the best; the measurements gave "
+              + ", ".join(f"{x['best_gflops']:.0f}" for x in res["peak"]["samples"]) + ")."), "",
              "## Steps per second", "",
              (f"| task | env alone | rollout, 1 worker | rollout, {wk} workers | MATD3 updates/s | RACE updates/s | "
               "MATD3 end-to-end | RACE end-to-end | RACE / MATD3 end-to-end |"),
@@ -510,6 +517,10 @@ def markdown(res: dict) -> str:
     for task, t in res["tasks"].items():
         for g in t["goals"]:
             lines.append(f"| {task} | {g['goal']} | {g['value']} | {g['wall_value']} | {'yes' if g['met'] else 'no'} |")
+    for task, t in res["tasks"].items():
+        g = t["goals"][0]
+        lines.append("")
+        lines.append(f"{task}: RACE / MATD3 end to end {g['value']} (CPU) / {g['wall_value']} (wall); {g['why']}.")
     if res.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
@@ -560,8 +571,8 @@ def main(argv: list[str] | None = None) -> dict:
                  "settings": {k: v for k, v in vars(args).items() if k != "out"}, "tasks": {}}
     res["settings"]["rollout_episode_steps"] = rollout_episode_steps or 1000
     say(f"peak: {args.peak_size}x{args.peak_size} float32 matmul")
-    res["peak"] = matmul_peak(args.peak_size, 3 if args.quick else 8)
-    peak = res["peak"]["best_gflops"]
+    peak_reps = 3 if args.quick else 8
+    peaks = [matmul_peak(args.peak_size, peak_reps)]
     ref_flops = td3_reference_flops()
     res["td3_reference"] = {"sps": TD3_REFERENCE_SPS, "flops_per_update": ref_flops,
                             "gflops_at_reference_sps": ref_flops * TD3_REFERENCE_SPS / 1e9}
@@ -591,9 +602,14 @@ def main(argv: list[str] | None = None) -> dict:
                 e.update(overheads(e, t["env"], t["update"][algo]))
                 e["breakdown"] = breakdown(e, t["update"][algo])
                 t["e2e"][algo] = e
-            t["goals"] = goals(t, peak)
             res["tasks"][task] = t
             loads.append(load())
+            peaks.append(matmul_peak(args.peak_size, peak_reps))  # the peak again: the load of the machine varies
+    # the machine's peak: the best of the measurements spread over the run
+    res["peak"] = {**max(peaks, key=lambda x: x["best_gflops"]), "samples": peaks}
+    peak = res["peak"]["best_gflops"]
+    for t in res["tasks"].values():
+        t["goals"] = goals(t, peak)
     res["machine"] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                       "python": platform.python_version(), "load_min": min(loads), "load_max": max(loads)}
     res["benchmark_seconds"] = time.perf_counter() - started

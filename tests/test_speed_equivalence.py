@@ -189,3 +189,19 @@ def test_critics_trainable_again_after_an_update():
     learner = make_learner(tiny_cfg("race"))
     learner.update(make_batch(0), make_population(learner))
     assert all(p.requires_grad for m in learner.critic_modules() for p in m.parameters())
+
+
+def test_actor_values_fall_back_to_an_overridden_critic_values():
+    """A learner whose critic_values is overridden (e.g. a mixed critic) gets its own first value."""
+    learner = make_learner(tiny_cfg("matd3"))
+    batch = make_batch(0)
+    twin = learner.critic(batch.state, batch.action)[0]
+    torch.testing.assert_close(learner.actor_values(learner.critic, batch.obs, batch.state, batch.action), twin)
+
+    class Overridden(type(learner)):
+        def critic_values(self, critic, obs, state, action):
+            return critic(state, action).flip(0)  # reads the other twin first
+
+    learner.__class__ = Overridden
+    other = learner.critic(batch.state, batch.action)[1]
+    torch.testing.assert_close(learner.actor_values(learner.critic, batch.obs, batch.state, batch.action), other)

@@ -189,7 +189,7 @@ class MATD3(nn.Module):
             with frozen_params(self._critic_params()):
                 with section("actor_loss"):
                     a = self.policy(z, self.marl_heads)
-                    actor_loss = -self.critic_values(self.critic, batch.obs, batch.state, a, first_only=True).mean()
+                    actor_loss = -self.actor_values(self.critic, batch.obs, batch.state, a).mean()
                 enc_losses = {"actor": actor_loss, **self.extra_encoder_losses(batch, z, population)}
                 total = sum(enc_losses.values())
                 self._step(total, self.encoder_optimizers(), enc_losses, "actor")
@@ -239,16 +239,17 @@ class MATD3(nn.Module):
         return self._critic_param_list
 
     # ------------------------------------------------------------------ hooks for FACMAC and RACE
-    def critic_values(self, critic: nn.Module, obs: torch.Tensor, state: torch.Tensor, action: torch.Tensor,
-                      first_only: bool = False) -> torch.Tensor:
+    def critic_values(self, critic: nn.Module, obs: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Q values `[heads, B]` of joint actions `[B, U]`; the centralised twin critic reads the state only
-        (FACMAC's mixed per-agent critics also read each agent's observation `[N, B, max_obs]`).
-
-        `first_only`: only the first head is needed (the actor loss reads Q_1): return `[B]`, computing
-        the first head alone where the critic can (half the work of both twins, same values)."""
-        if first_only:
-            return critic.first(state, action)
+        (FACMAC's mixed per-agent critics also read each agent's observation `[N, B, max_obs]`)."""
         return critic(state, action)
+
+    def actor_values(self, critic: nn.Module, obs: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """`critic_values(...)[0]`, `[B]`, the value the actor loss reads. With the twin critic (critic_values
+        not overridden) only the first twin is computed: the same values at half the work."""
+        if type(self).critic_values is MATD3.critic_values and isinstance(critic, TwinCritic):
+            return critic.first(state, action)
+        return self.critic_values(critic, obs, state, action)[0]
 
     def extra_critic_losses(self, batch: Batch, z_next: torch.Tensor, q_next: torch.Tensor,
                             population: torch.Tensor | None) -> dict[str, torch.Tensor]:
