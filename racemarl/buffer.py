@@ -1,6 +1,7 @@
 """The shared replay buffer every team writes into (a ring buffer of torch tensors on the CPU)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,18 +24,33 @@ class ReplayBuffer:
 
     def __init__(self, capacity: int, n_agents: int, max_obs: int, state_dim: int, joint_act_dim: int, seed: int = 0):
         self.capacity = capacity
-        self.data = {
-            "obs": torch.zeros(capacity, n_agents, max_obs),
-            "state": torch.zeros(capacity, state_dim),
-            "action": torch.zeros(capacity, joint_act_dim),
-            "reward": torch.zeros(capacity),
-            "next_obs": torch.zeros(capacity, n_agents, max_obs),
-            "next_state": torch.zeros(capacity, state_dim),
-            "terminated": torch.zeros(capacity),
+        shapes = {
+            "obs": (n_agents, max_obs),
+            "state": (state_dim,),
+            "action": (joint_act_dim,),
+            "reward": (),
+            "next_obs": (n_agents, max_obs),
+            "next_state": (state_dim,),
+            "terminated": (),
         }
+        # All fields side by side in one [capacity, width] table, so a sample is a single row gather;
+        # `data[name]` are views of it with the field's own shape.
+        self.shapes = shapes
+        self.columns: dict[str, slice] = {}
+        width = 0
+        for name in self.FIELDS:
+            n = math.prod(shapes[name])
+            self.columns[name] = slice(width, width + n)
+            width += n
+        self.table = torch.zeros(capacity, width)
+        self.data = {name: self._field(self.table, name) for name in self.FIELDS}
         self.size = 0
         self.pos = 0
         self.generator = torch.Generator().manual_seed(seed)
+
+    def _field(self, rows: torch.Tensor, name: str) -> torch.Tensor:
+        """The view of field `name` in a block of table rows `[k, width]` -> `[k, *shape]`."""
+        return rows[:, self.columns[name]].view(rows.shape[0], *self.shapes[name])
 
     def __len__(self) -> int:
         return self.size
@@ -51,15 +67,16 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int) -> Batch:
         idx = torch.randint(0, self.size, (batch_size,), generator=self.generator)
-        d = self.data
+        block = self.table[idx]  # one gather of every field; the batch's tensors are views of it
+        f = {name: self._field(block, name) for name in self.FIELDS}
         return Batch(
-            obs=d["obs"][idx].transpose(0, 1),
-            state=d["state"][idx],
-            action=d["action"][idx],
-            reward=d["reward"][idx],
-            next_obs=d["next_obs"][idx].transpose(0, 1),
-            next_state=d["next_state"][idx],
-            terminated=d["terminated"][idx],
+            obs=f["obs"].transpose(0, 1),
+            state=f["state"],
+            action=f["action"],
+            reward=f["reward"],
+            next_obs=f["next_obs"].transpose(0, 1),
+            next_state=f["next_state"],
+            terminated=f["terminated"],
         )
 
     def state_dict(self) -> dict:

@@ -5,9 +5,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from racemarl.config import ALGOS, ConfigError, build_config, from_dict, load_yaml
+from racemarl.config import (
+    ALGOS,
+    ROLLOUT_BACKENDS,
+    ConfigError,
+    build_config,
+    from_dict,
+    load_yaml,
+)
 from racemarl.envs import MissingDependencyError, UnknownTaskError
 from racemarl.runs import RunDirError
+
+
+def _rollout_flags(args: argparse.Namespace) -> dict:
+    """The `rollout` config values given by --backend, --workers and --ray-address (--ray-address implies ray)."""
+    values = {"backend": args.backend, "workers": args.workers, "ray_address": args.ray_address}
+    if args.ray_address is not None and args.backend is None:
+        values["backend"] = "ray"
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -26,9 +41,16 @@ def _train(args: argparse.Namespace) -> int:
             if flag is not None and flag != saved:
                 raise RunError(f"--resume: the run was started with {key}={saved}, not {flag}")
         if args.set or args.config or args.eval_interval or args.eval_episodes:
-            raise RunError("--resume takes the run's saved config; only --total-steps may change it")
+            raise RunError("--resume takes the run's saved config; only --total-steps and where the episodes are "
+                           "played (--backend, --workers, --ray-address) may change")
         if args.total_steps is not None:
             cfg.total_steps = args.total_steps
+        rollout = _rollout_flags(args)
+        if rollout:  # never changes what is learned
+            if "backend" in rollout:  # another backend: its own defaults unless given
+                rollout = {"workers": 0, "ray_address": None, **rollout}
+            for key, value in rollout.items():
+                setattr(cfg.rollout, key, value)
         cfg.progress = not args.no_progress
         cfg.validate()
     else:
@@ -44,6 +66,8 @@ def _train(args: argparse.Namespace) -> int:
         }
         if args.no_progress:
             top["progress"] = False
+        if _rollout_flags(args):
+            top["rollout"] = _rollout_flags(args)
         cfg = build_config(args.config, args.set, **top)
     summary = train(cfg, run_dir, resume=bool(args.resume))
     print(f"run finished: {run_dir}  (metrics.csv, summary.json, tb/, checkpoints/)")
@@ -195,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, dotted keys for nested ones, e.g. learner.batch_size=128")
     t.add_argument("--eval-interval", type=int)
     t.add_argument("--eval-episodes", type=int)
+    t.add_argument("--backend", choices=ROLLOUT_BACKENDS,
+                   help="where the training episodes are played: inline (in this process, default), process "
+                        "(local worker processes), ray (Ray actors); never changes what is learned")
+    t.add_argument("--workers", type=int, metavar="N",
+                   help="rollout workers for --backend process or ray (default: one per CPU core)")
+    t.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="join this Ray cluster (implies --backend ray); default: a local Ray instance")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)

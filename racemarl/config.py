@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 ALGOS = ("race", "matd3", "facmac", "ea")
-CONTINUOUS_ONLY = ("matd3",)
+ROLLOUT_BACKENDS = ("inline", "process", "ray")
 
 
 class ConfigError(ValueError):
@@ -166,6 +166,24 @@ class LoggingConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """Where the training episodes are played (evaluation episodes always run in the driver)."""
+
+    backend: Literal["inline", "process", "ray"] = "inline"
+    """inline = in the driver process; process = local worker processes; ray = Ray actors (local or a cluster)."""
+    workers: int = 0
+    """Rollout workers. 0 or 1 with backend inline: in the driver process. With process or ray, 0 = one per
+    CPU core (of this machine, or of the cluster joined with ray_address); never more than the episodes
+    of a generation. The worker count never changes what is learned."""
+    ray_address: str | None = None
+    """Address of a running Ray cluster to join (HEAD:6379); None starts a local Ray instance."""
+    worker_timeout: float = 600.0
+    """Seconds a worker may take for one generation's episodes (start-up included) before it is restarted."""
+    max_restarts: int = 3
+    """Restarts of one worker in a row (crash, kill, timeout) before the run stops with an error."""
+
+
+@dataclass
 class Config:
     algo: Literal["race", "matd3", "facmac", "ea"] = "race"
     seed: int = 1
@@ -182,8 +200,9 @@ class Config:
     race: RaceConfig = field(default_factory=RaceConfig)
     discrete: DiscreteConfig = field(default_factory=DiscreteConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         checks = [
             (self.algo in ALGOS, f"algo must be one of {', '.join(ALGOS)}"),
             (self.total_steps > 0, "total_steps must be positive"),
@@ -222,6 +241,17 @@ class Config:
             (self.discrete.epsilon_anneal_steps >= 1, "discrete.epsilon_anneal_steps must be >= 1"),
             (self.discrete.rnn_hidden >= 1, "discrete.rnn_hidden must be >= 1"),
             (self.env.agent_obsk >= 0, "env.agent_obsk must be >= 0"),
+            (self.rollout.backend in ROLLOUT_BACKENDS, f"rollout.backend must be one of {', '.join(ROLLOUT_BACKENDS)}"),
+            (self.rollout.workers >= 0, "rollout.workers must be >= 0"),
+            (self.rollout.backend != "inline" or self.rollout.workers <= 1,
+             (f"rollout.workers={self.rollout.workers} needs rollout.backend process or ray "
+              "(inline plays in the driver process: workers 0 or 1)")),
+            (self.rollout.ray_address is None or self.rollout.backend == "ray",
+             "rollout.ray_address is only used with rollout.backend ray"),
+            (self.rollout.ray_address is None or self.rollout.ray_address.strip() != "",
+             "rollout.ray_address must be HOST:PORT (or null for a local Ray instance)"),
+            (self.rollout.worker_timeout > 0, "rollout.worker_timeout must be positive"),
+            (self.rollout.max_restarts >= 0, "rollout.max_restarts must be >= 0"),
         ]
         if self.algo in ("race", "ea"):
             checks.append((self.race.pop_size >= 2, f"algo {self.algo} needs race.pop_size >= 2"))

@@ -83,7 +83,7 @@ def perturb(w: torch.Tensor, positions: torch.Tensor, cfg: RaceConfig, rng: np.r
 
 def n_mutated(n_cols: int, frac: float) -> int:
     """Weights perturbed per row: `frac` of them, at least one (the official code could pick none)."""
-    return max(1, int(round(frac * n_cols)))
+    return max(1, round(frac * n_cols))
 
 
 def mutate_agent_head(head: torch.Tensor, row_mask: torch.Tensor, cfg: RaceConfig, rng: np.random.Generator) -> None:

@@ -19,7 +19,7 @@ import torch
 from racemarl.buffer import Batch
 from racemarl.config import Config
 from racemarl.envs.base import EnvSpec
-from racemarl.marl.matd3 import MATD3, soft_update
+from racemarl.marl.matd3 import MATD3, section
 from racemarl.nets.critics import PeVFA, StateValue
 from racemarl.nets.mi import SeparableCritic, jsd_mi_per_sample, value_weights
 
@@ -60,7 +60,7 @@ class RaceLearner(MATD3):
         gamma = self.lcfg.gamma
         not_done = 1.0 - batch.terminated
         state_k = batch.state.expand(k, *batch.state.shape)
-        with torch.no_grad():
+        with torch.no_grad(), section("pevfa_target"):
             if encoders is not None:  # unshared ablation: each team reads its own encoders
                 z_next = self.encode_teams(batch.next_obs.expand(k, *batch.next_obs.shape), encoders)
             a_next = self.smoothed_policy(z_next, teams)  # [K, B, U]
@@ -69,27 +69,32 @@ class RaceLearner(MATD3):
             factor = gamma if self.rcfg.value_target_factor is None else self.rcfg.value_target_factor
             best_next = torch.maximum(q_next, qt_next.max(0).values)
             f_target = batch.reward + factor * not_done * best_next
-        qt = self.pevfa(state_k, batch.action.expand(k, *batch.action.shape), teams)  # [2, K, B]
-        pevfa_loss = (qt - y).pow(2).mean((1, 2)).sum()
-        value_loss = (self.value(batch.state) - f_target).pow(2).mean()
+        with section("pevfa_loss"):
+            qt = self.pevfa(state_k, batch.action.expand(k, *batch.action.shape), teams)  # [2, K, B]
+            pevfa_loss = (qt - y).pow(2).mean((1, 2)).sum()
+        with section("value_loss"):
+            value_loss = (self.value(batch.state) - f_target).pow(2).mean()
         return {"pevfa": pevfa_loss, "value": value_loss}
 
     def extra_encoder_losses(self, batch: Batch, z: torch.Tensor, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if self.rcfg.vfm_pevfa:
-            if self.pop_encoders is None:
-                teams = self._teams if self._teams is not None else self.draw_teams(population)[0]
-            else:  # unshared ablation: only the MARL team's encoders are trained by gradients
-                teams = self.marl_heads.detach()[None]
-            k = teams.shape[0]
-            a = self.policy(z, teams)  # heads detached: gradient reaches the encoders only
-            out["vfm"] = -self.pevfa(batch.state.expand(k, *batch.state.shape), a, teams)[0].mean()
+            with section("vfm_loss"):
+                if self.pop_encoders is None:
+                    teams = self._teams if self._teams is not None else self.draw_teams(population)[0]
+                else:  # unshared ablation: only the MARL team's encoders are trained by gradients
+                    teams = self.marl_heads.detach()[None]
+                k = teams.shape[0]
+                a = self.policy(z, teams)  # heads detached: gradient reaches the encoders only
+                # Q_1 of the PeVFA only (first_only: the second twin is not computed)
+                out["vfm"] = -self.pevfa(batch.state.expand(k, *batch.state.shape), a, teams, first_only=True).mean()
         if self.rcfg.vmm_beta > 0:
-            mi = jsd_mi_per_sample(self.mi_critic(batch.state, z))  # [N, B]
-            with torch.no_grad():
-                w = value_weights(self.value(batch.state))
-            self.last_mi = mi.detach().mean()
-            out["vmm"] = -self.rcfg.vmm_beta * (w * mi).mean()
+            with section("vmm_loss"):
+                mi = jsd_mi_per_sample(self.mi_critic(batch.state, z))  # [N, B]
+                with torch.no_grad():
+                    w = value_weights(self.value(batch.state))
+                self.last_mi = mi.detach().mean()
+                out["vmm"] = -self.rcfg.vmm_beta * (w * mi).mean()
         return out
 
     def update(self, batch: Batch, population: torch.Tensor | None = None,
@@ -100,9 +105,8 @@ class RaceLearner(MATD3):
             losses["mi"] = float(self.last_mi)
         return losses
 
-    def update_targets(self) -> None:
-        super().update_targets()
-        soft_update(self.pevfa_targ, self.pevfa, self.lcfg.tau)
+    def target_pairs(self) -> list:
+        return [*super().target_pairs(), (self.pevfa_targ, self.pevfa)]
 
     def critic_modules(self) -> list:
         return [self.critic, self.pevfa, self.value]

@@ -5,6 +5,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
@@ -22,8 +23,15 @@ from racemarl.metrics import MetricsLogger, write_summary
 from racemarl.nets.policy import init_heads
 from racemarl.race import RaceLearner
 from racemarl.race_discrete import RaceDiscreteLearner
-from racemarl.rollout import run_episodes
+from racemarl.rollout import (
+    GenerationPlan,
+    SlotResult,
+    run_episodes,
+    slot_stream,
+    transitions_in_order,
+)
 from racemarl.rollout_discrete import run_discrete_episodes
+from racemarl.workers import RolloutError, env_kwargs, make_workers
 
 LATEST = "latest.pt"
 
@@ -59,21 +67,25 @@ class Trainer:
         torch.set_num_threads(cfg.torch_threads)
         torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls and tanh several-fold
         ckpt.seed_everything(cfg.seed)
-        self.rng = np.random.default_rng([cfg.seed, 0])  # rollouts: env seeds, noise, random actions
+        # Training episodes draw from one stream per (seed, generation, slot): see `slot_stream`.
         self.evo_rng = np.random.default_rng([cfg.seed, 1])  # evolution
         self.torch_gen = torch.Generator().manual_seed(cfg.seed)  # init, target smoothing, team draws
-        env_kw = dict(agent_obsk=cfg.env.agent_obsk, max_episode_steps=cfg.env.max_episode_steps)
-        n_train_envs = int(cfg.uses_marl) + (cfg.race.pop_size * cfg.race.episodes_per_team if cfg.uses_population else 0)
+        # Slots of a generation: the MARL team's episode, then each population team's episodes.
+        self.n_slots = int(cfg.uses_marl) + (cfg.race.pop_size * cfg.race.episodes_per_team if cfg.uses_population else 0)
         self.discrete = parse_task(cfg.env.task)[0] in DISCRETE_FAMILIES
         _check_algo(cfg, self.discrete)
-        if self.discrete:  # B copies of the task stepped together (SMAX: one vmapped call)
-            self.envs = make_env_batch(cfg.env.task, n_train_envs, cfg.env.max_episode_steps)
+        self.workers = None
+        if self.discrete:  # every slot is a row of one batch of envs (SMAX: one vmapped call per step)
+            self.envs = make_env_batch(cfg.env.task, self.n_slots, cfg.env.max_episode_steps)
             self.eval_envs = make_env_batch(cfg.env.task, cfg.eval_episodes, cfg.env.max_episode_steps)
             self.spec = self.envs.spec
         else:
-            self.envs = [make_env(cfg.env.task, **env_kw) for _ in range(n_train_envs)]
-            self.eval_envs = [make_env(cfg.env.task, **env_kw) for _ in range(cfg.eval_episodes)]
-            self.spec = self.envs[0].spec
+            self.eval_envs = [make_env(cfg.env.task, **env_kwargs(cfg)) for _ in range(cfg.eval_episodes)]
+            self.spec = self.eval_envs[0].spec
+            try:  # the training episodes are played by the rollout workers (started by the first generation)
+                self.workers = make_workers(cfg, self.n_slots)
+            except RolloutError as e:
+                raise RunError(str(e)) from e
         self.learner = _learner_class(cfg, self.discrete)(self.spec, cfg, self.torch_gen)
         self.row_mask = self.learner.row_mask if self.discrete else self.learner.layout.row_mask
         self.population = None  # [P, N, A, d+1] evolved heads
@@ -111,6 +123,16 @@ class Trainer:
         """Every team plays; returns the population's fitness and the env steps taken."""
         if self.discrete:
             return self.play_generation_discrete()
+        try:
+            results = self.workers.play(self.generation_plan())
+        except RolloutError as e:
+            raise RunError(str(e)) from e
+        self.store(results)
+        fitness = self._record_returns(np.array([r.episode_return for r in results]))
+        return fitness, sum(r.length for r in results)
+
+    def generation_plan(self) -> GenerationPlan:
+        """This generation's orders for every slot: its team, exploration and random stream."""
         cfg, p = self.cfg, self.progress
         heads, encoders, noise, random_act = [], [], [], []
         if cfg.uses_marl:
@@ -123,25 +145,27 @@ class Trainer:
             heads.append(self.population.repeat_interleave(repeat, 0))
             if self.pop_encoders is not None:
                 encoders.append({k: v.repeat_interleave(repeat, 0) for k, v in self.pop_encoders.items()})
-            noise += [0.0] * (len(self.envs) - len(noise))
-            random_act += [False] * (len(self.envs) - len(random_act))
+            noise += [0.0] * (self.n_slots - len(noise))
+            random_act += [False] * (self.n_slots - len(random_act))
         team_encoders = None
         if self.pop_encoders is not None:
             team_encoders = {k: torch.cat([e[k] for e in encoders]) for k in encoders[0]}
-        stats = run_episodes(self.envs, self.team_policy(torch.cat(heads), team_encoders), self.rng,
-                             noise_std=np.array(noise), random_actions=np.array(random_act), buffer=self.buffer)
-        fitness = np.array([])
-        if cfg.uses_marl:
-            p.train_returns.append(float(stats.returns[0]))
-        if cfg.uses_population:
-            fitness = stats.returns[int(cfg.uses_marl):].reshape(cfg.race.pop_size, -1).mean(1)
-            if not cfg.uses_marl:
-                p.train_returns.append(float(fitness.mean()))
-        return fitness, int(stats.lengths.sum())
+        return GenerationPlan(
+            slots=tuple(range(self.n_slots)), heads=torch.cat(heads),
+            encoders=self.learner.encoders.state_dict() if team_encoders is None else {},
+            team_encoders=team_encoders, noise_std=np.array(noise, np.float64), random_actions=np.array(random_act, bool),
+            streams=[slot_stream(cfg.seed, p.generation, t) for t in range(self.n_slots)])
+
+    def store(self, results: list[SlotResult]) -> None:
+        """A generation's transitions into the replay buffer, in the same order whoever played them."""
+        rows = transitions_in_order(results)
+        n, step = len(rows["reward"]), self.buffer.capacity
+        for start in range(0, n, step):
+            self.buffer.add(**{k: v[start : start + step] for k, v in rows.items()})
 
     def play_generation_discrete(self) -> tuple[np.ndarray, int]:
         """Discrete tasks: the MARL team explores with the epsilon-mixture, population teams sample from
-        their softmax policies; each row's episode uses its own generator (seed, generation, row)."""
+        their softmax policies; each row's episode uses its own stream (`slot_stream`)."""
         cfg, p = self.cfg, self.progress
         heads, eps = [], []
         if cfg.uses_marl:
@@ -149,8 +173,8 @@ class Trainer:
             eps.append(self.epsilon())
         if cfg.uses_population:
             heads.append(self.population.repeat_interleave(cfg.race.episodes_per_team, 0))
-        eps += [0.0] * (self.envs.batch_size - len(eps))
-        rngs = [np.random.default_rng([cfg.seed, 0, p.generation, row]) for row in range(self.envs.batch_size)]
+        eps += [0.0] * (self.n_slots - len(eps))
+        rngs = [np.random.default_rng(slot_stream(cfg.seed, p.generation, row)) for row in range(self.n_slots)]
         stats = run_discrete_episodes(self.envs, self.learner, torch.cat(heads), rngs, epsilon=np.array(eps),
                                       buffer=self.buffer)
         fitness = self._record_returns(stats.returns, stats.won)
@@ -195,7 +219,7 @@ class Trainer:
         if self.discrete:
             if len(self.buffer) < cfg.discrete.batch_episodes:
                 return 0, cfg.discrete.batch_episodes
-            p.update_credit += self.envs.batch_size * cfg.discrete.updates_per_episode  # one episode per row
+            p.update_credit += self.n_slots * cfg.discrete.updates_per_episode  # one episode per slot
         elif p.env_steps < cfg.learner.start_steps or len(self.buffer) < cfg.learner.batch_size:
             return 0, cfg.learner.batch_size
         else:
@@ -332,8 +356,29 @@ class Trainer:
                                 eval=f"{last_eval:.1f}" if last_eval is not None else "-")
         finally:
             bar.close()
-            self.logger.close()
+            self.close()
         return self.summary()
+
+    def close(self) -> None:
+        """Stop the rollout workers, close the logger and the evaluation envs (idempotent)."""
+        try:
+            if self.workers is not None:
+                self.workers.close()
+        finally:
+            self.logger.close()
+            if self.discrete:
+                self.envs.close()
+                self.eval_envs.close()
+            else:
+                for env in self.eval_envs:
+                    env.close()
+                self.eval_envs = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def summary(self) -> dict:
         p = self.progress
@@ -361,8 +406,7 @@ class Trainer:
             "pop_encoders": self.pop_encoders,
             "best_encoders": self.best_encoders,
             "buffer": self.buffer.state_dict(),
-            "rng": {
-                "rollout": ckpt.numpy_rng_state(self.rng),
+            "rng": {  # the rollouts' streams follow from (seed, generation, slot): nothing to save
                 "evolution": ckpt.numpy_rng_state(self.evo_rng),
                 "torch_gen": self.torch_gen.get_state(),
                 "global": ckpt.global_rng_state(),
@@ -385,7 +429,6 @@ class Trainer:
         self.best_heads = sd["best_heads"]
         self.pop_encoders, self.best_encoders = sd["pop_encoders"], sd["best_encoders"]
         self.buffer.load_state_dict(sd["buffer"])
-        ckpt.set_numpy_rng_state(self.rng, sd["rng"]["rollout"])
         ckpt.set_numpy_rng_state(self.evo_rng, sd["rng"]["evolution"])
         self.torch_gen.set_state(sd["rng"]["torch_gen"])
         ckpt.set_global_rng_state(sd["rng"]["global"])
@@ -398,6 +441,9 @@ def _check_algo(cfg: Config, discrete: bool) -> None:
     if discrete and cfg.algo == "matd3":
         raise RunError(f"{cfg.env.task} is a discrete task: MATD3 is for continuous tasks; use --algo facmac "
                        "(or race, whose discrete learner is built on FACMAC)")
+    if discrete and cfg.rollout.backend != "inline":
+        raise RunError(f"rollout.backend={cfg.rollout.backend}: on discrete tasks all teams already step together in "
+                       "one batched environment in the driver process; use the inline backend")
     if discrete and cfg.uses_population and not cfg.race.shared_encoder:
         raise RunError("race.shared_encoder=false (each team its own encoders) is implemented for continuous "
                        "tasks only")
@@ -419,4 +465,5 @@ def _progress_bar(cfg: Config, initial: int):
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
-    return Trainer(cfg, run_dir, resume=resume).train()
+    with Trainer(cfg, run_dir, resume=resume) as trainer:
+        return trainer.train()

@@ -21,16 +21,30 @@ class TwinCritic(nn.Module):
         """state `[B, S]`, action `[B, U]` -> `[2, B]`."""
         return self.net(torch.cat([state, action], dim=-1)).squeeze(-1)
 
-    def forward_conditioned(self, state: torch.Tensor, action: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    def first(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q_1 alone: `forward(state, action)[0]`, `[B]`, at half the work (the actor loss reads only Q_1)."""
+        return self.net.forward_first(torch.cat([state, action], dim=-1))[0, :, 0]
+
+    def forward_conditioned(self, state: torch.Tensor, action: torch.Tensor, extra: torch.Tensor,
+                            first_only: bool = False) -> torch.Tensor:
         """K groups of samples, each conditioned on one extra vector: state `[K, B, S]`, action `[K, B, U]`,
         extra `[K, E]` -> `[2, K, B]`. The extra input's share of the first layer is computed once per
-        group instead of once per sample (same result as concatenating it to every sample)."""
+        group instead of once per sample (same result as concatenating it to every sample).
+        `first_only`: Q_1 alone, `[K, B]` (equals `[0]` of the full output)."""
         k, b = state.shape[:2]
-        first, rest = self.net.net[0], self.net.net[1:]
+        g = 1 if first_only else 2
+        first = self.net.net[0]
+        weight, bias = (first.weight[:1], first.bias[:1]) if first_only else (first.weight, first.bias)
+        # one split (its backward is one concatenation) instead of two slices (two zero-filled full-size grads)
+        w_x, w_extra = weight.split([self.in_dim, weight.shape[1] - self.in_dim], dim=1)
         x = torch.cat([state, action], dim=-1).reshape(k * b, -1)
-        h = torch.baddbmm(first.bias, x.expand(2, *x.shape), first.weight[:, : self.in_dim])
-        h = h.view(2, k, b, -1) + torch.einsum("ke,geh->gkh", extra, first.weight[:, self.in_dim :])[:, :, None]
-        return rest(h.view(2, k * b, -1)).view(2, k, b)
+        h = torch.baddbmm(bias, x.expand(g, *x.shape), w_x)
+        # per-group extra term [g, K, H]: a batched product reading the weight in place (einsum copied it)
+        h = h.view(g, k, b, -1) + torch.matmul(extra.expand(g, *extra.shape), w_extra)[:, :, None]
+        h = h.view(g, k * b, -1)
+        if first_only:
+            return self.net.forward_first(h, start=1).view(k, b)
+        return self.net.net[1:](h).view(2, k, b)
 
 
 class PolicyEmbedding(nn.Module):
@@ -72,9 +86,11 @@ class PeVFA(nn.Module):
         self.embedding = PolicyEmbedding(n_agents, row_dim, row_mask, embed_width)
         self.critic = TwinCritic(state_dim, joint_act_dim, hidden, self.embedding.out_dim)
 
-    def forward(self, state: torch.Tensor, action: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
-        """state `[K, B, S]`, action `[K, B, U]`, heads `[K, N, A, d+1]` -> `[2, K, B]`."""
-        return self.critic.forward_conditioned(state, action, self.embedding(heads.detach()))
+    def forward(self, state: torch.Tensor, action: torch.Tensor, heads: torch.Tensor,
+                first_only: bool = False) -> torch.Tensor:
+        """state `[K, B, S]`, action `[K, B, U]`, heads `[K, N, A, d+1]` -> `[2, K, B]` (`[K, B]`, Q_1 alone,
+        with `first_only`)."""
+        return self.critic.forward_conditioned(state, action, self.embedding(heads.detach()), first_only)
 
 
 class StateValue(nn.Module):

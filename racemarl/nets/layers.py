@@ -44,6 +44,12 @@ class GroupedLinear(nn.Module):
             x = x.expand(self.groups, *x.shape)
         return torch.baddbmm(self.bias, x, self.weight)
 
+    def forward_first(self, x: torch.Tensor) -> torch.Tensor:
+        """Group 0 alone: x `[B, in]` or `[1, B, in]` -> `[1, B, out]` (equals `forward(x)[:1]`)."""
+        if x.dim() == 2:
+            x = x[None]
+        return torch.baddbmm(self.bias[:1], x, self.weight[:1])
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
@@ -56,9 +62,14 @@ class GroupedLayerNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(groups, 1, features))
         self.bias = nn.Parameter(torch.zeros(groups, 1, features))
+        # An identity affine for F.layer_norm: the same values as no affine, but PyTorch's CPU kernel is
+        # faster with one (about 0.6 vs 0.9 ms for [6, 256, 400]). Not saved in checkpoints.
+        self.register_buffer("_one", torch.ones(features), persistent=False)
+        self.register_buffer("_zero", torch.zeros(features), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), self.weight)
+        normed = F.layer_norm(x, x.shape[-1:], self._one, self._zero, eps=self.eps)
+        return torch.addcmul(self.bias, normed, self.weight)
 
 
 class GroupedMLP(nn.Module):
@@ -80,3 +91,10 @@ class GroupedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def forward_first(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The first group's MLP alone, `[1, B, out]` (equals `forward(x)[:1]` at half the work for two groups).
+        `start` skips the first layers (x is then that layer's input)."""
+        for layer in self.net[start:]:
+            x = layer.forward_first(x) if isinstance(layer, GroupedLinear) else layer(x)
+        return x
