@@ -49,12 +49,13 @@ def _assert_same(a, b):
 
 
 def _children() -> list[str]:
-    """Live (non-zombie) child processes of this process, but for `ps` itself and multiprocessing's resource
-    tracker (a helper that spawn starts once per driver; it exits with the driver)."""
+    """Live (non-zombie) worker processes started by this process: spawned multiprocessing children,
+    not multiprocessing's resource tracker (it exits with the driver) nor helpers of other libraries
+    that earlier tests may have left (e.g. wandb's service)."""
     out = subprocess.run(["ps", "-ww", "-o", "pid=,stat=,args=", "--ppid", str(os.getpid())], capture_output=True, text=True,
                          check=False).stdout
     rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
-    return [" ".join(r) for r in rows if not r[1].startswith("Z") and not r[2].startswith("ps ")
+    return [" ".join(r) for r in rows if len(r) == 3 and not r[1].startswith("Z") and "spawn_main" in r[2]
             and "resource_tracker" not in r[2]]
 
 
