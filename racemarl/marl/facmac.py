@@ -24,7 +24,8 @@ from torch import nn
 from racemarl.config import Config
 from racemarl.envs.base import EnvSpec
 from racemarl.episode_buffer import EpisodeBatch
-from racemarl.marl.matd3 import MATD3, NonFiniteLossError, frozen, soft_update
+from racemarl.marl.base import Learner, NonFiniteLossError
+from racemarl.marl.matd3 import MATD3, frozen, soft_update
 from racemarl.nets.mixer import MixedCritic
 from racemarl.nets.policy import init_heads
 from racemarl.nets.recurrent import RecurrentEncoders
@@ -90,7 +91,7 @@ def hard_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tens
             t.copy_(s)
 
 
-class FACMAC(nn.Module):
+class FACMAC(Learner):
     """FACMAC for discrete actions on episode batches (see the module docstring)."""
 
     def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
@@ -175,16 +176,7 @@ class FACMAC(nn.Module):
         return {k: v.item() for k, v in losses.items()}
 
     def _step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor]) -> None:
-        if not torch.isfinite(loss):
-            bad = [k for k, v in parts.items() if not torch.isfinite(v)]
-            raise NonFiniteLossError(f"non-finite loss ({', '.join(bad)}) at update {self.n_updates + 1}")
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in optimizers:
-            if self.dcfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.dcfg.grad_clip)
-            opt.step()
+        self.apply_loss(loss, optimizers, parts, self.dcfg.grad_clip)
 
     def target_pairs(self) -> list[tuple]:
         return [(self.critic_targ, self.critic), (self.encoders_targ, self.encoders),
@@ -216,11 +208,6 @@ class FACMAC(nn.Module):
 
     def encoder_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.opt_actor, self.opt_encoder]
-
-    # ------------------------------------------------------------------ checkpointing (same as MATD3)
-    optimizers = MATD3.optimizers
-    full_state = MATD3.full_state
-    load_full_state = MATD3.load_full_state
 
 
 class FacmacContinuous(MATD3):

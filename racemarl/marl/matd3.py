@@ -16,17 +16,13 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.profiler import record_function
 
 from racemarl.buffer import Batch
 from racemarl.config import Config
 from racemarl.envs.base import EnvSpec
+from racemarl.marl.base import Learner, NonFiniteLossError, section
 from racemarl.nets.critics import TwinCritic
 from racemarl.nets.policy import ActionLayout, AgentEncoders, heads_forward, init_heads
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or inf; the parameters were not stepped with it."""
 
 
 @contextlib.contextmanager
@@ -46,11 +42,6 @@ def frozen_params(params: list[nn.Parameter]) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
-
-
-def section(name: str) -> contextlib.AbstractContextManager:
-    """A `record_function` label while a torch profiler runs, else nothing (a label costs ~30 us per use)."""
-    return record_function(name) if torch._C._autograd._profiler_enabled() else contextlib.nullcontext()
 
 
 def soft_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tensor, tau: float) -> None:
@@ -86,7 +77,7 @@ def tune_allocator() -> None:
 _ALLOCATOR_TUNED = False
 
 
-class MATD3(nn.Module):
+class MATD3(Learner):
     def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
         super().__init__()
         tune_allocator()
@@ -201,20 +192,7 @@ class MATD3(nn.Module):
 
     def _step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor],
               label: str = "step") -> None:
-        if not torch.isfinite(loss):
-            bad = [k for k, v in parts.items() if not torch.isfinite(v)]
-            raise NonFiniteLossError(f"non-finite loss ({', '.join(bad)}) at update {self.n_updates + 1}")
-        with section(f"{label}_backward"):
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-        with section(f"{label}_optim"):
-            if self.lcfg.grad_clip > 0:
-                for opt in optimizers:
-                    params = [p for g in opt.param_groups for p in g["params"]]
-                    nn.utils.clip_grad_norm_(params, self.lcfg.grad_clip)
-            for opt in optimizers:
-                opt.step()
+        self.apply_loss(loss, optimizers, parts, self.lcfg.grad_clip, label)
 
     def update_targets(self) -> None:
         """Polyak averaging of every (target, online) pair of `target_pairs`, in one foreach call."""
@@ -268,19 +246,6 @@ class MATD3(nn.Module):
         return [self.opt_actor, self.opt_encoder]
 
     # ------------------------------------------------------------------ checkpointing
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
-
-    def full_state(self) -> dict:
-        return {
-            "model": self.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
-            "n_updates": self.n_updates,
-        }
-
     def load_full_state(self, sd: dict) -> None:
-        self.load_state_dict(sd["model"])
+        super().load_full_state(sd)
         self._target_lists, self._critic_param_list = None, None  # (loading copies in place; rebuilt anyway)
-        for k, o in self.optimizers().items():
-            o.load_state_dict(sd["optimizers"][k])
-        self.n_updates = int(sd["n_updates"])
