@@ -24,7 +24,33 @@ from racemarl.nets.critics import PeVFA, StateValue
 from racemarl.nets.mi import SeparableCritic, jsd_mi_per_sample, value_weights
 
 
-class RaceLearner(MATD3):
+class RaceParts:
+    """What both RACE learners (continuous on MATD3, discrete on FACMAC) add to their base learner's
+    bookkeeping: the PeVFA's target, the extra critics and the MI critic's optimiser, and L_VMM
+    reported without its beta. Needs `pevfa(_targ)`, `value`, `mi_critic`, their optimisers and
+    `rcfg`; `last_mi` is set by `extra_encoder_losses`."""
+
+    def update(self, batch, population: torch.Tensor | None = None, pop_encoders: dict | None = None) -> dict[str, float]:
+        losses = super().update(batch, population, pop_encoders)
+        if "vmm" in losses:
+            losses["vmm"] /= self.rcfg.vmm_beta  # report L_VMM itself, not beta * L_VMM
+            losses["mi"] = float(self.last_mi)
+        return losses
+
+    def target_pairs(self) -> list:
+        return [*super().target_pairs(), (self.pevfa_targ, self.pevfa)]
+
+    def critic_modules(self) -> list:
+        return [self.critic, self.pevfa, self.value]
+
+    def critic_optimizers(self) -> list:
+        return [self.opt_critic, self.opt_pevfa, self.opt_value]
+
+    def encoder_optimizers(self) -> list:
+        return [self.opt_actor, self.opt_encoder, self.opt_mi]
+
+
+class RaceLearner(RaceParts, MATD3):
     def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
         super().__init__(spec, cfg, generator)
         rc, net = cfg.race, cfg.net
@@ -97,22 +123,3 @@ class RaceLearner(MATD3):
                 out["vmm"] = -self.rcfg.vmm_beta * (w * mi).mean()
         return out
 
-    def update(self, batch: Batch, population: torch.Tensor | None = None,
-               pop_encoders: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-        losses = super().update(batch, population, pop_encoders)
-        if "vmm" in losses:
-            losses["vmm"] /= self.rcfg.vmm_beta  # report L_VMM itself, not beta * L_VMM
-            losses["mi"] = float(self.last_mi)
-        return losses
-
-    def target_pairs(self) -> list:
-        return [*super().target_pairs(), (self.pevfa_targ, self.pevfa)]
-
-    def critic_modules(self) -> list:
-        return [self.critic, self.pevfa, self.value]
-
-    def critic_optimizers(self) -> list:
-        return [self.opt_critic, self.opt_pevfa, self.opt_value]
-
-    def encoder_optimizers(self) -> list:
-        return [self.opt_actor, self.opt_encoder, self.opt_mi]

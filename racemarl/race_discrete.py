@@ -33,6 +33,7 @@ from racemarl.marl.facmac import (
 from racemarl.nets.critics import PolicyEmbedding, StateValue
 from racemarl.nets.mi import SeparableCritic, jsd_mi_per_sample, value_weights
 from racemarl.nets.mixer import MixedCritic
+from racemarl.race import RaceParts
 
 MI_SAMPLES = 256  # real steps per update in the MI bound (its cost is quadratic in this number)
 
@@ -56,7 +57,7 @@ class DiscretePeVFA(torch.nn.Module):
         return self.critic(obs.expand(k, *obs.shape), actions, state.expand(k, *state.shape), e)
 
 
-class RaceDiscreteLearner(FACMAC):
+class RaceDiscreteLearner(RaceParts, FACMAC):
     def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
         super().__init__(spec, cfg, generator)
         rc, dc = cfg.race, cfg.discrete
@@ -122,24 +123,3 @@ class RaceDiscreteLearner(FACMAC):
             self.last_mi = mi.detach().mean()
             out["vmm"] = -self.rcfg.vmm_beta * (w * mi).mean()
         return out
-
-    def update(self, batch: EpisodeBatch, population: torch.Tensor | None = None,
-               pop_encoders: dict | None = None) -> dict[str, float]:
-        losses = super().update(batch, population, pop_encoders)
-        if "vmm" in losses:
-            losses["vmm"] /= self.rcfg.vmm_beta  # report L_VMM itself
-            losses["mi"] = float(self.last_mi)
-        return losses
-
-    def target_pairs(self) -> list[tuple]:
-        return super().target_pairs() + [(self.pevfa_targ, self.pevfa)]
-
-    def critic_modules(self) -> list:
-        return [self.critic, self.pevfa, self.value]
-
-    def critic_optimizers(self) -> list:
-        return [self.opt_critic, self.opt_pevfa, self.opt_value]
-
-    def encoder_optimizers(self) -> list:
-        return [self.opt_actor, self.opt_encoder, self.opt_mi]
-

@@ -25,6 +25,26 @@ class Learner(nn.Module):
 
     n_updates: int = 0
 
+    # ---------------------------------------------------------------- hooks (RACE adds losses and networks)
+    def extra_critic_losses(self, batch, z_next: torch.Tensor, q_next: torch.Tensor,
+                            population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """More value functions trained with the critic at every update (RACE: PeVFA and V_zeta)."""
+        return {}
+
+    def extra_encoder_losses(self, batch, z: torch.Tensor, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """More terms of the encoder loss at every actor update (RACE: VFM through the PeVFA, VMM)."""
+        return {}
+
+    def critic_modules(self) -> list[nn.Module]:
+        """Modules the actor and encoder losses only read (frozen while those losses backpropagate)."""
+        return [self.critic]
+
+    def critic_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt_critic]
+
+    def encoder_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt_actor, self.opt_encoder]
+
     def apply_loss(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor],
                    grad_clip: float = 0.0, label: str = "step") -> None:
         """Backpropagate `loss` (the sum of `parts`) and step `optimizers`, each with its gradients clipped

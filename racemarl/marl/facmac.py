@@ -191,24 +191,6 @@ class FACMAC(Learner):
             for targ, src in self.target_pairs():
                 hard_update(targ, src)
 
-    # ------------------------------------------------------------------ hooks for RACE
-    def extra_critic_losses(self, batch: EpisodeBatch, z_targ: torch.Tensor, q_next: torch.Tensor,
-                            population: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        return {}
-
-    def extra_encoder_losses(self, batch: EpisodeBatch, z: torch.Tensor,
-                             population: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        return {}
-
-    def critic_modules(self) -> list[nn.Module]:
-        return [self.critic]
-
-    def critic_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.opt_critic]
-
-    def encoder_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.opt_actor, self.opt_encoder]
-
 
 class FacmacContinuous(MATD3):
     """FACMAC on continuous tasks: MATD3's loop with a mixed critic and no target policy smoothing."""

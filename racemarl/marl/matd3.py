@@ -229,22 +229,6 @@ class MATD3(Learner):
             return critic.first(state, action)
         return self.critic_values(critic, obs, state, action)[0]
 
-    def extra_critic_losses(self, batch: Batch, z_next: torch.Tensor, q_next: torch.Tensor,
-                            population: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        return {}
-
-    def extra_encoder_losses(self, batch: Batch, z: torch.Tensor, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        return {}
-
-    def critic_modules(self) -> list[nn.Module]:
-        return [self.critic]
-
-    def critic_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.opt_critic]
-
-    def encoder_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.opt_actor, self.opt_encoder]
-
     # ------------------------------------------------------------------ checkpointing
     def load_full_state(self, sd: dict) -> None:
         super().load_full_state(sd)
