@@ -39,6 +39,14 @@ def unknown_map_error(label: str, family: str, maps, map_name: str) -> str | Non
     return f"unknown {label} map {map_name!r}; valid tasks: {', '.join(f'{family}/{m}' for m in maps)}"
 
 
+def check_step_call(spec: EnvSpec, needs_reset: bool, actions) -> None:
+    """The checks every adapter's `step` starts with: an episode is running and there is one action per agent."""
+    if needs_reset:
+        raise RuntimeError(f"{spec.task}: the episode has ended (or was never started); call reset() first")
+    if len(actions) != spec.n_agents:
+        raise ValueError(f"{spec.task}: expected {spec.n_agents} actions, got {len(actions)}")
+
+
 @dataclass
 class StepResult:
     """What one environment step returns.

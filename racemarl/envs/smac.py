@@ -39,7 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from racemarl.envs.base import EnvSpec, MultiAgentEnv, StepResult, unknown_map_error
+from racemarl.envs.base import (
+    EnvSpec,
+    MultiAgentEnv,
+    StepResult,
+    check_step_call,
+    unknown_map_error,
+)
 
 # The SMAC maps (smac/env/starcraft2/maps/smac_maps.py) and their episode limits.
 SMAC_MAPS: dict[str, int] = {
@@ -195,11 +201,8 @@ class SmacEnv(MultiAgentEnv):
         return self._obs(), self._state(), [m.copy() for m in self._avail]
 
     def step(self, actions) -> StepResult:
-        if self._needs_reset:
-            raise RuntimeError(f"{self.spec.task}: the episode has ended (or was never started); call reset() first")
-        task, n = self.spec.task, self.spec.n_agents
-        if len(actions) != n:
-            raise ValueError(f"{task}: expected {n} actions, got {len(actions)}")
+        check_step_call(self.spec, self._needs_reset, actions)
+        task = self.spec.task
         acts = []
         for i, a in enumerate(actions):
             a = np.asarray(a).reshape(-1)

@@ -55,7 +55,13 @@ from typing import Any
 
 import numpy as np
 
-from racemarl.envs.base import EnvSpec, MultiAgentEnv, StepResult, unknown_map_error
+from racemarl.envs.base import (
+    EnvSpec,
+    MultiAgentEnv,
+    StepResult,
+    check_step_call,
+    unknown_map_error,
+)
 
 # Every map JaxMARL's SMAX offers (jaxmarl 0.2: `smax_env.MAP_NAME_TO_SCENARIO`). The smacv2_* maps
 # draw unit types and start positions at random each episode (SMACv2 style).
@@ -421,11 +427,8 @@ class SmaxEnv(MultiAgentEnv):
         return _rows(obs), np.array(state), _rows(avail)
 
     def step(self, actions) -> StepResult:
-        if self._needs_reset:
-            raise RuntimeError(f"{self.spec.task}: the episode has ended (or was never started); call reset() first")
+        check_step_call(self.spec, self._needs_reset, actions)
         task, n = self.spec.task, self.spec.n_agents
-        if len(actions) != n:
-            raise ValueError(f"{task}: expected {n} actions, got {len(actions)}")
         acts = np.empty(n, dtype=np.int32)
         for i, a in enumerate(actions):
             a = np.asarray(a).reshape(-1)
