@@ -1,4 +1,4 @@
-"""The shared replay buffer every team writes into (a ring buffer of torch tensors on the CPU)."""
+"""The shared replay buffer every team writes into (a ring buffer of torch tensors on the training device)."""
 from __future__ import annotations
 
 import math
@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from racemarl.device import to_device
 
 
 @dataclass
@@ -22,8 +24,10 @@ class Batch:
 class ReplayBuffer:
     FIELDS = ("obs", "state", "action", "reward", "next_obs", "next_state", "terminated")
 
-    def __init__(self, capacity: int, n_agents: int, max_obs: int, state_dim: int, joint_act_dim: int, seed: int = 0):
+    def __init__(self, capacity: int, n_agents: int, max_obs: int, state_dim: int, joint_act_dim: int, seed: int = 0,
+                 device: torch.device | str = "cpu"):
         self.capacity = capacity
+        self.device = torch.device(device)
         shapes = {
             "obs": (n_agents, max_obs),
             "state": (state_dim,),
@@ -42,7 +46,7 @@ class ReplayBuffer:
             n = math.prod(shapes[name])
             self.columns[name] = slice(width, width + n)
             width += n
-        self.table = torch.zeros(capacity, width)
+        self.table = torch.zeros(capacity, width, device=self.device)
         self.data = {name: self._field(self.table, name) for name in self.FIELDS}
         self.size = 0
         self.pos = 0
@@ -59,14 +63,16 @@ class ReplayBuffer:
         """Append a block of transitions; each field is an array with a leading batch dimension."""
         n = len(rows["reward"])
         idx = (self.pos + np.arange(n)) % self.capacity
-        idx_t = torch.from_numpy(idx)
+        idx_t = torch.from_numpy(idx).to(self.device)
         for name in self.FIELDS:
-            self.data[name][idx_t] = torch.as_tensor(rows[name], dtype=torch.float32)
+            self.data[name][idx_t] = torch.as_tensor(rows[name], dtype=torch.float32).to(self.device)
         self.pos = int((self.pos + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size: int) -> Batch:
-        idx = torch.randint(0, self.size, (batch_size,), generator=self.generator)
+        """Indices from the CPU generator (the same draws on every device), sent to the device without a host
+        wait; one gather there."""
+        idx = to_device(torch.randint(0, self.size, (batch_size,), generator=self.generator), self.device)
         block = self.table[idx]  # one gather of every field; the batch's tensors are views of it
         f = {name: self._field(block, name) for name in self.FIELDS}
         return Batch(
@@ -88,6 +94,6 @@ class ReplayBuffer:
         if size > self.capacity:
             raise ValueError(f"checkpoint buffer holds {size} transitions, capacity is {self.capacity}")
         for k, v in sd["data"].items():
-            self.data[k][:size] = v
+            self.data[k][:size] = v.to(self.device)
         self.size, self.pos = size, int(sd["pos"])
         self.generator.set_state(sd["rng"])

@@ -41,8 +41,8 @@ def _train(args: argparse.Namespace) -> int:
             if flag is not None and flag != saved:
                 raise RunError(f"--resume: the run was started with {key}={saved}, not {flag}")
         if args.set or args.config or args.eval_interval or args.eval_episodes:
-            raise RunError("--resume takes the run's saved config; only --total-steps and where the episodes are "
-                           "played (--backend, --workers, --ray-address) may change")
+            raise RunError("--resume takes the run's saved config; only --total-steps, --device and where the episodes "
+                           "are played (--backend, --workers, --ray-address) may change")
         if args.total_steps is not None:
             cfg.total_steps = args.total_steps
         rollout = _rollout_flags(args)
@@ -51,6 +51,8 @@ def _train(args: argparse.Namespace) -> int:
                 rollout = {"workers": 0, "ray_address": None, **rollout}
             for key, value in rollout.items():
                 setattr(cfg.rollout, key, value)
+        if args.device is not None:  # checkpoints are device-independent
+            cfg.device = args.device
         cfg.progress = not args.no_progress
         cfg.validate()
     else:
@@ -68,6 +70,8 @@ def _train(args: argparse.Namespace) -> int:
             top["progress"] = False
         if _rollout_flags(args):
             top["rollout"] = _rollout_flags(args)
+        if args.device is not None:
+            top["device"] = args.device
         cfg = build_config(args.config, args.set, **top)
     summary = train(cfg, run_dir, resume=bool(args.resume))
     print(f"run finished: {run_dir}  (metrics.csv, summary.json, tb/, checkpoints/)")
@@ -228,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="join this Ray cluster (implies --backend ray); default: a local Ray instance")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--device", help="where the learner and the replay buffer live: auto (default: CUDA when available), "
+                                    "cpu, cuda, cuda:N; may change on --resume")
     t.set_defaults(func=_train)
 
     c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- --set) as YAML")

@@ -7,6 +7,7 @@ keys. The resolved config is written to every run directory as `config.yaml`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -235,6 +236,9 @@ class Config:
     discrete: DiscreteConfig = field(default_factory=DiscreteConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    device: str = "auto"
+    """Where the learner, its optimisers and the replay buffer live: auto (CUDA when available, else the CPU),
+    cpu, cuda or cuda:N. Environments, rollout workers and evaluation always act on the CPU."""
 
     def validate(self) -> Config:
         checks = [
@@ -293,6 +297,8 @@ class Config:
         ]
         if self.algo in ("race", "ea"):
             checks.append((self.race.pop_size >= 2, f"algo {self.algo} needs race.pop_size >= 2"))
+        checks.append((isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+                       "device must be auto, cpu, cuda or cuda:N"))
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
@@ -426,6 +432,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "race.fitness_mc_prob": 1.0,
     "learner.marl_head_init_scale": 1.0,
     "discrete.vmm_time_reduction": "mean",
+    "device": "cpu",  # runs saved before --device trained on the CPU and resume there unless --device says otherwise
 }
 
 

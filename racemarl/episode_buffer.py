@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from racemarl.device import to_device
+
 
 @dataclass
 class EpisodeBatch:
@@ -21,27 +23,30 @@ class EpisodeBatch:
     reward: torch.Tensor  # [B, T]
     terminated: torch.Tensor  # [B, T] 1.0 on the step the episode terminated (no bootstrap)
     mask: torch.Tensor  # [B, T] 1.0 on real steps
+    real: torch.Tensor | None = None  # flat indices (into [B * T]) of the real steps, ascending; None = from mask
 
     def tensors(self) -> list[torch.Tensor]:
-        return [getattr(self, f.name) for f in fields(self)]
+        return [getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None]
 
 
 class EpisodeBuffer:
     FIELDS = ("obs", "state", "avail", "actions", "reward", "terminated")
 
     def __init__(self, capacity: int, episode_limit: int, n_agents: int, obs_dim: int, state_dim: int,
-                 n_actions: int, seed: int = 0):
+                 n_actions: int, seed: int = 0, device: torch.device | str = "cpu"):
         self.capacity, self.limit = capacity, episode_limit
+        self.device = torch.device(device)
         t = episode_limit
-        self.data = {
-            "obs": torch.zeros(capacity, t + 1, n_agents, obs_dim),
-            "state": torch.zeros(capacity, t + 1, state_dim),
-            "avail": torch.zeros(capacity, t + 1, n_agents, n_actions, dtype=torch.bool),
-            "actions": torch.zeros(capacity, t, n_agents, dtype=torch.int64),
-            "reward": torch.zeros(capacity, t),
-            "terminated": torch.zeros(capacity, t),
+        dev = {"device": self.device}
+        self.data = {  # on the training device; the sampling indices and lengths stay on the host
+            "obs": torch.zeros(capacity, t + 1, n_agents, obs_dim, **dev),
+            "state": torch.zeros(capacity, t + 1, state_dim, **dev),
+            "avail": torch.zeros(capacity, t + 1, n_agents, n_actions, dtype=torch.bool, **dev),
+            "actions": torch.zeros(capacity, t, n_agents, dtype=torch.int64, **dev),
+            "reward": torch.zeros(capacity, t, **dev),
+            "terminated": torch.zeros(capacity, t, **dev),
         }
-        self.lengths = torch.zeros(capacity, dtype=torch.int64)
+        self.lengths = torch.zeros(capacity, dtype=torch.int64)  # host: a batch's time extent without a device read
         self.size = 0
         self.pos = 0
         self.generator = torch.Generator().manual_seed(seed)
@@ -59,21 +64,25 @@ class EpisodeBuffer:
             target = self.data[name][e]
             target.zero_()
             value = torch.as_tensor(episode[name])
-            target[: value.shape[0]] = value.to(target.dtype)
+            target[: value.shape[0]] = value.to(self.device, target.dtype)
         self.lengths[e] = length
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_episodes: int) -> EpisodeBatch:
+        """A batch of episodes, cut to the longest one. Indices, lengths and the mask are made on the host (the
+        CPU generator, as on every device) and sent to the device; the episodes are gathered there."""
         idx = torch.randint(0, self.size, (batch_episodes,), generator=self.generator)
         lengths = self.lengths[idx]
         t = int(lengths.max())
-        d = self.data
         mask = (torch.arange(t)[None, :] < lengths[:, None]).float()
+        real = mask.flatten().nonzero().squeeze(1)
+        d, dev = self.data, self.device
+        idx, mask, real = to_device(idx, dev), to_device(mask, dev), to_device(real, dev)
         return EpisodeBatch(
             obs=d["obs"][idx, : t + 1], state=d["state"][idx, : t + 1], avail=d["avail"][idx, : t + 1].float(),
             actions=d["actions"][idx, :t], reward=d["reward"][idx, :t], terminated=d["terminated"][idx, :t],
-            mask=mask,
+            mask=mask, real=real,
         )
 
     def state_dict(self) -> dict:
@@ -86,7 +95,7 @@ class EpisodeBuffer:
         if size > self.capacity:
             raise ValueError(f"checkpoint buffer holds {size} episodes, capacity is {self.capacity}")
         for k, v in sd["data"].items():
-            self.data[k][:size] = v
+            self.data[k][:size] = v.to(self.device)
         self.lengths[:size] = sd["lengths"]
         self.size, self.pos = size, int(sd["pos"])
         self.generator.set_state(sd["rng"])

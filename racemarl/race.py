@@ -30,11 +30,12 @@ class RaceParts:
     reported without its beta. Needs `pevfa(_targ)`, `value`, `mi_critic`, their optimisers and
     `rcfg`; `last_mi` is set by `extra_encoder_losses`."""
 
-    def update(self, batch, population: torch.Tensor | None = None, pop_encoders: dict | None = None) -> dict[str, float]:
+    def update(self, batch, population: torch.Tensor | None = None,
+               pop_encoders: dict | None = None) -> dict[str, torch.Tensor]:
         losses = super().update(batch, population, pop_encoders)
-        if "vmm" in losses:
-            losses["vmm"] /= self.rcfg.vmm_beta  # report L_VMM itself, not beta * L_VMM
-            losses["mi"] = float(self.last_mi)
+        if "vmm" in losses:  # report L_VMM itself, not beta * L_VMM (divided in double precision, as reported before)
+            losses["vmm"] = losses["vmm"].double() / self.rcfg.vmm_beta
+            losses["mi"] = self.last_mi
         return losses
 
     def target_pairs(self) -> list:
@@ -71,7 +72,8 @@ class RaceLearner(RaceParts, MATD3):
         with unshared encoders, each drawn team's encoder parameters `{name: [K, N, ...]}`."""
         marl = self.marl_heads.detach()[None]
         pool = marl if population is None or len(population) == 0 else torch.cat([population, marl])
-        idx = torch.randint(0, len(pool), (self.rcfg.pevfa_teams_per_update,), generator=self.generator)
+        idx = torch.randint(0, len(pool), (self.rcfg.pevfa_teams_per_update,), generator=self.generator,
+                            device=pool.device)
         if self.pop_encoders is None:
             return pool[idx].detach(), None
         marl_enc = self.encoder_params()

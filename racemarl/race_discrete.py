@@ -75,7 +75,8 @@ class RaceDiscreteLearner(RaceParts, FACMAC):
         """K teams drawn uniformly from population + MARL team, heads `[K, N, A, h+1]` (detached)."""
         marl = self.marl_heads.detach()[None]
         pool = marl if population is None or len(population) == 0 else torch.cat([population, marl])
-        idx = torch.randint(0, len(pool), (self.rcfg.pevfa_teams_per_update,), generator=self.generator)
+        idx = torch.randint(0, len(pool), (self.rcfg.pevfa_teams_per_update,), generator=self.generator,
+                            device=pool.device)
         return pool[idx].detach()
 
     def extra_critic_losses(self, batch: EpisodeBatch, z_targ: torch.Tensor, q_next: torch.Tensor,
@@ -113,8 +114,9 @@ class RaceDiscreteLearner(RaceParts, FACMAC):
             pi = gumbel_straight_through(logits, self.generator)
             out["vfm"] = -masked_mean(self.pevfa(batch.obs[:, :t_max], pi, state, teams), mask)
         if self.rcfg.vmm_beta > 0:
-            real = mask.flatten().nonzero().squeeze(1)
-            pick = real[torch.randperm(len(real), generator=self.generator)[:MI_SAMPLES]]
+            # the real steps' flat indices: from the buffer's sampling (host-side lengths, no device read), else here
+            real = batch.real if batch.real is not None else mask.flatten().nonzero().squeeze(1)
+            pick = real[torch.randperm(len(real), generator=self.generator, device=real.device)[:MI_SAMPLES]]
             s = state.reshape(-1, state.shape[-1])[pick]  # [M, S]
             z_m = z.reshape(-1, *z.shape[2:])[pick].transpose(0, 1)  # [N, M, h]
             mi = jsd_mi_per_sample(self.mi_critic(s, z_m))  # [N, M]

@@ -1,6 +1,7 @@
 """The training loop: one generation = the teams play, the learner updates, the population evolves."""
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -13,12 +14,13 @@ import torch
 from racemarl import checkpoint as ckpt
 from racemarl.buffer import ReplayBuffer
 from racemarl.config import Config, from_dict, save_yaml, to_dict
+from racemarl.device import DeviceError, clone_tree, cpu_tree, resolve_device
 from racemarl.envs import make_env, parse_task
 from racemarl.envs.batch import make_env_batch
 from racemarl.episode_buffer import EpisodeBuffer
 from racemarl.evolution import evolve, follow_sources, inject
 from racemarl.marl.facmac import FACMAC, FacmacContinuous
-from racemarl.marl.matd3 import MATD3, NonFiniteLossError
+from racemarl.marl.matd3 import MATD3
 from racemarl.metrics import MetricsLogger, write_summary
 from racemarl.nets.policy import init_heads
 from racemarl.race import RaceLearner
@@ -35,6 +37,8 @@ from racemarl.rollout_discrete import run_discrete_episodes
 from racemarl.workers import RolloutError, env_kwargs, make_workers
 
 LATEST = "latest.pt"
+LAST_GOOD = "last_good.pt"
+log = logging.getLogger(__name__)
 
 
 class RunError(RuntimeError):
@@ -56,15 +60,24 @@ class Progress:
     train_wins: list[float] = field(default_factory=list)  # discrete tasks: the same episodes' battle_won
     last_fitness: list[float] = field(default_factory=list)
     last_injected: int | None = None
-    loss_sums: dict[str, float] = field(default_factory=dict)
+    loss_sums: dict[str, float] = field(default_factory=dict)  # during a run: float64 tensors on the device
     loss_counts: dict[str, int] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
 
 
 class Trainer:
+    """One run. The learner, its optimisers and the replay buffer live on `cfg.device`; everything that acts (the
+    rollouts, evaluation, the fitness bootstrap) uses `self.actor`, a CPU copy of the learner refreshed after each
+    generation's updates (on the CPU it is the learner itself, so a CPU run is exactly what it was before
+    `--device` existed)."""
+
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        try:
+            self.device = resolve_device(cfg.device)
+        except DeviceError as e:
+            raise RunError(str(e)) from e
         torch.set_num_threads(cfg.torch_threads)
         torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls and tanh several-fold
         ckpt.seed_everything(cfg.seed)
@@ -88,11 +101,14 @@ class Trainer:
             except RolloutError as e:
                 raise RunError(str(e)) from e
         self.learner = _learner_class(cfg, self.discrete)(self.spec, cfg, self.torch_gen)
-        self.row_mask = self.learner.row_mask if self.discrete else self.learner.layout.row_mask
+        self.actor = self.learner  # the CPU copy that acts (see the class docstring)
+        if self.device.type != "cpu":
+            self._to_device()
+        self.row_mask = self.actor.row_mask if self.discrete else self.actor.layout.row_mask
         self.population = None  # [P, N, A, d+1] evolved heads
         self._report = None  # the last generation's evolution report (which slots are protected elites)
         self.pop_encoders = None  # {name: [P, N, ...]} each team's own encoders (unshared ablation only)
-        self.best_heads, self.best_encoders = self.learner.marl_heads.detach().clone(), None
+        self.best_heads, self.best_encoders = self.actor.marl_heads.detach().clone(), None
         if cfg.uses_population:
             n_rows, width = self.row_mask.shape
             embed_dim = cfg.discrete.rnn_hidden if self.discrete else cfg.net.embed_dim
@@ -103,10 +119,12 @@ class Trainer:
         if self.discrete:
             dc = cfg.discrete
             self.buffer = EpisodeBuffer(dc.buffer_episodes, self.spec.episode_limit, self.spec.n_agents,
-                                        self.learner.obs_dim, self.spec.state_dim, self.learner.n_actions, seed=cfg.seed)
+                                        self.learner.obs_dim, self.spec.state_dim, self.learner.n_actions, seed=cfg.seed,
+                                        device=self.device)
         else:
             self.buffer = ReplayBuffer(cfg.learner.buffer_size, self.spec.n_agents, self.learner.max_obs,
-                                       self.spec.state_dim, self.learner.layout.joint_dim, seed=cfg.seed)
+                                       self.spec.state_dim, self.learner.layout.joint_dim, seed=cfg.seed,
+                                       device=self.device)
         self.progress = Progress(next_eval=0)
         if resume:
             self._load(self.run_dir / "checkpoints" / LATEST)
@@ -115,6 +133,23 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, self.progress.rows, purge_step=self.progress.env_steps if resume else None,
                                     tracking=cfg.logging)
         self._clock_start, self._clock_base = time.perf_counter(), self.progress.wall_time
+
+    def _to_device(self) -> None:
+        """Move the learner to `self.device` and keep a CPU copy of it to act with. The copy is built without
+        touching the global random generators; the learner's own draws (target smoothing, team draws, Gumbel noise)
+        come from a generator on the device, seeded with the run's seed."""
+        cfg = self.cfg
+        with torch.random.fork_rng(devices=[]):
+            self.actor = _learner_class(cfg, self.discrete)(self.spec, cfg, torch.Generator())
+        self.actor.requires_grad_(False)
+        self.actor.load_state_dict(self.learner.state_dict())
+        self.learner.to(self.device)
+        self.learner.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+
+    def sync_actor(self) -> None:
+        """Refresh the CPU acting copy from the learner (one device-to-host copy; nothing on the CPU)."""
+        if self.actor is not self.learner:
+            self.actor.load_state_dict(self.learner.state_dict())
 
     def elapsed(self) -> float:
         """Wall-clock seconds of the whole run, earlier sessions of a resumed run included."""
@@ -159,7 +194,7 @@ class Trainer:
             obs = torch.from_numpy(np.stack([results[i].transitions["next_obs"][-1] for i in cut]))
             state = torch.from_numpy(np.stack([results[i].transitions["next_state"][-1] for i in cut]))
             enc = None if self.pop_encoders is None else {k: v[teams] for k, v in self.pop_encoders.items()}
-            values = self.learner.pevfa_value(obs, state, self.population[teams], enc).numpy()
+            values = self.actor.pevfa_value(obs, state, self.population[teams], enc).numpy()
             for j, i in enumerate(cut):
                 scores[i] += gamma ** results[i].length * float(values[j])
         return scores.reshape(cfg.race.pop_size, -1).mean(1)
@@ -176,8 +211,8 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         heads, encoders, noise, random_act = [], [], [], []
         if cfg.uses_marl:
-            heads.append(self.learner.marl_heads.detach()[None])
-            encoders.append(self.learner.encoder_params())
+            heads.append(self.actor.marl_heads.detach()[None])
+            encoders.append(self.actor.encoder_params())
             noise.append(cfg.learner.expl_noise)
             random_act.append(p.env_steps < cfg.learner.start_steps)
         if cfg.uses_population:
@@ -197,7 +232,7 @@ class Trainer:
             limit[int(cfg.uses_marl):] = cfg.race.fitness_steps
         return GenerationPlan(
             slots=tuple(range(self.n_slots)), heads=torch.cat(heads),
-            encoders=self.learner.encoders.state_dict() if team_encoders is None else {},
+            encoders=self.actor.encoders.state_dict() if team_encoders is None else {},
             team_encoders=team_encoders, noise_std=np.array(noise, np.float64), random_actions=np.array(random_act, bool),
             streams=[slot_stream(cfg.seed, p.generation, t) for t in range(self.n_slots)], step_limit=limit)
 
@@ -214,13 +249,13 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         heads, eps = [], []
         if cfg.uses_marl:
-            heads.append(self.learner.marl_heads.detach()[None])
+            heads.append(self.actor.marl_heads.detach()[None])
             eps.append(self.epsilon())
         if cfg.uses_population:
             heads.append(self.population.repeat_interleave(cfg.race.episodes_per_team, 0))
         eps += [0.0] * (self.n_slots - len(eps))
         rngs = [np.random.default_rng(slot_stream(cfg.seed, p.generation, row)) for row in range(self.n_slots)]
-        stats = run_discrete_episodes(self.envs, self.learner, torch.cat(heads), rngs, epsilon=np.array(eps),
+        stats = run_discrete_episodes(self.envs, self.actor, torch.cat(heads), rngs, epsilon=np.array(eps),
                                       buffer=self.buffer)
         fitness = self._record_returns(stats.returns, stats.won)
         return fitness, int(stats.lengths.sum())
@@ -253,7 +288,7 @@ class Trainer:
 
         def policy(obs: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
             team_enc = None if encoders is None else {k: v[idx] for k, v in encoders.items()}
-            return self.learner.act(obs, heads[idx], team_enc)
+            return self.actor.act(obs, heads[idx], team_enc)
 
         return policy
 
@@ -274,21 +309,62 @@ class Trainer:
         return n, cfg.discrete.batch_episodes if self.discrete else cfg.learner.batch_size
 
     def learn(self, new_steps: int) -> None:
+        """This generation's updates, back to back on the device with no host read in between. The losses are
+        summed on the device (read at the next evaluation). The non-finite guard is read once, after the last
+        update: if any update met a NaN or inf (it was skipped on the device, see `Learner`), the learner,
+        its optimisers and targets and the learner's and the buffer's random generators are put back as they were
+        before this generation's updates, that state is saved to `checkpoints/last_good.pt` and the run stops."""
         cfg, p = self.cfg, self.progress
         if not cfg.uses_marl:
             return
         n, batch_size = self.n_updates_due(new_steps)
+        if n == 0:
+            return
+        fallback = self._learner_snapshot()
+        population = None if self.population is None else self.population.to(self.device)
+        pop_encoders = None if self.pop_encoders is None else {k: v.to(self.device) for k, v in self.pop_encoders.items()}
+        sums, counts = p.loss_sums, p.loss_counts
         for _ in range(n):
-            try:
-                losses = self.learner.update(self.buffer.sample(batch_size), self.population, self.pop_encoders)
-            except NonFiniteLossError as e:
-                path = self.run_dir / "checkpoints" / "last_good.pt"
-                ckpt.save_atomic(self._state(), path)
-                raise RunError(f"{e}; training stopped. Last good state saved to {path}") from e
+            losses = self.learner.update(self.buffer.sample(batch_size), population, pop_encoders)
             for k, v in losses.items():
-                p.loss_sums[k] = p.loss_sums.get(k, 0.0) + v
-                p.loss_counts[k] = p.loss_counts.get(k, 0) + 1
+                sums[k] = sums.get(k, 0.0) + v.double()  # float64 on the device: the sums Python floats gave
+                counts[k] = counts.get(k, 0) + 1
+        problem = self.learner.non_finite()  # the one host read of the generation's updates
+        if problem is not None:
+            bad = [k for k, v in self._loss_values(sums).items() if not math.isfinite(v)]
+            self._restore_learner(fallback)
+            path = self.run_dir / "checkpoints" / LAST_GOOD
+            ckpt.save_atomic(self._state(), path)
+            detail = f" ({', '.join(bad)})" if bad else ""
+            raise RunError(f"{problem}{detail}; training stopped. Last good state (before this generation's "
+                           f"updates) saved to {path}")
         p.updates += n
+        self.sync_actor()
+
+    def _learner_snapshot(self) -> dict:
+        """A copy, on the device, of everything the updates change: the learner's parameters, targets and optimiser
+        states, its update count, the learner's and the buffer's generators, and the loss sums."""
+        p = self.progress
+        return {"learner": clone_tree(self.learner.full_state()), "gen": self.learner.generator.get_state(),
+                "buffer_gen": self.buffer.generator.get_state(), "loss_sums": dict(p.loss_sums),
+                "loss_counts": dict(p.loss_counts)}
+
+    def _restore_learner(self, snap: dict) -> None:
+        self.learner.load_full_state(snap["learner"])
+        self.learner.generator.set_state(snap["gen"])
+        self.buffer.generator.set_state(snap["buffer_gen"])
+        self.progress.loss_sums, self.progress.loss_counts = snap["loss_sums"], snap["loss_counts"]
+        self.sync_actor()
+
+    @staticmethod
+    def _loss_values(sums: dict) -> dict[str, float]:
+        """Loss sums (float64 tensors on the device, or floats) as floats, read in one transfer."""
+        on_device = [v for v in sums.values() if isinstance(v, torch.Tensor)]
+        if not on_device:
+            return {k: float(v) for k, v in sums.items()}
+        device = on_device[0].device
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in sums.values()]).tolist()
+        return dict(zip(sums, values))
 
     def select_champion(self, fitness: np.ndarray) -> None:
         """The generation's best team (by this generation's fitness) becomes the evaluated champion; with
@@ -301,7 +377,7 @@ class Trainer:
         if self.pop_encoders is not None:
             self.best_encoders = {k: v[best : best + 1].clone() for k, v in self.pop_encoders.items()}
         elif self.cfg.race.champion_eval == "scored" and not self.discrete:  # keeps the encoders it was scored with
-            self.best_encoders = self.learner.encoder_params()
+            self.best_encoders = self.actor.encoder_params()
 
     def evolve_population(self, fitness: np.ndarray) -> None:
         cfg, p = self.cfg, self.progress
@@ -321,9 +397,9 @@ class Trainer:
         p.last_injected = None
         interval = cfg.race.injection_interval
         if cfg.uses_marl and interval > 0 and p.generation % interval == 0:
-            slot = p.last_injected = inject(self.population, self.learner.marl_heads, fitness, self._report)
+            slot = p.last_injected = inject(self.population, self.actor.marl_heads, fitness, self._report)
             if self.pop_encoders is not None:
-                for k, v in self.learner.encoder_params().items():
+                for k, v in self.actor.encoder_params().items():
                     self.pop_encoders[k][slot] = v[0]
 
     # ------------------------------------------------------------------ evaluation and logging
@@ -351,7 +427,7 @@ class Trainer:
         if self.discrete:
             n = self.eval_envs.batch_size
             rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.evals, row]) for row in range(n)]
-            stats = run_discrete_episodes(self.eval_envs, self.learner, heads[None].expand(n, *heads.shape), rngs,
+            stats = run_discrete_episodes(self.eval_envs, self.actor, heads[None].expand(n, *heads.shape), rngs,
                                           greedy=np.ones(n, bool))
             return stats.returns, stats.won.astype(float)
         stats = self._eval_episodes(heads, encoders)
@@ -367,7 +443,7 @@ class Trainer:
     def evaluate_marl(self, row: dict) -> tuple[np.ndarray, np.ndarray | None]:
         """The MARL team's greedy episodes; on continuous tasks also its critic's bias on them (`q_bias_marl` =
         mean Q_1(s_t, pi(s_t)) - discounted Monte Carlo return, see `rollout.critic_bias`)."""
-        heads = self.learner.marl_heads.detach()
+        heads = self.actor.marl_heads.detach()
         if self.discrete:
             return self.evaluate_team(heads)
         stats = self._eval_episodes(heads, record=True)
@@ -375,8 +451,8 @@ class Trainer:
         with torch.no_grad():
             for ep in stats.episodes:
                 obs = torch.from_numpy(ep["obs"]).transpose(0, 1)  # [N, T, max_obs]
-                q_values.append(self.learner.actor_values(self.learner.critic, obs, torch.from_numpy(ep["state"]),
-                                                          torch.from_numpy(ep["action"])).numpy())
+                q_values.append(self.actor.actor_values(self.actor.critic, obs, torch.from_numpy(ep["state"]),
+                                                        torch.from_numpy(ep["action"])).numpy())
         bias = critic_bias(stats.episodes, q_values, self.cfg.learner.gamma)
         row.update(q_marl=bias["q"], mc_return_marl=bias["mc"], q_bias_marl=bias["bias"])
         return stats.returns, None
@@ -415,9 +491,10 @@ class Trainer:
             row["injected_slot"] = p.last_injected
         names = {"critic": "loss_critic", "actor": "loss_actor", "pevfa": "loss_pevfa", "value": "loss_value",
                  "vfm": "loss_vfm", "vmm": "loss_vmm", "mi": "mi_estimate"}
+        loss_sums = self._loss_values(p.loss_sums)  # the device-side sums, read once per evaluation
         for k, col in names.items():
             if p.loss_counts.get(k):
-                row[col] = p.loss_sums[k] / p.loss_counts[k]
+                row[col] = loss_sums[k] / p.loss_counts[k]
         row["wall_time"] = self.elapsed()
         row["sps"] = (p.env_steps - interval_start[1]) / max(row["wall_time"] - interval_start[0], 1e-9)
         p.train_returns, p.train_wins, p.loss_sums, p.loss_counts = [], [], {}, {}
@@ -503,10 +580,13 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
         p = self.progress
-        return {
+        learner_state = self.learner.full_state()
+        if self.learner.generator is not self.torch_gen:  # a generator on the training device
+            learner_state["generator"] = {"device": self.device.type, "state": self.learner.generator.get_state()}
+        return cpu_tree({  # CPU tensors only: a checkpoint resumes and evaluates on any device
             "config": to_dict(self.cfg),
-            "progress": {**vars(p), "wall_time": self.elapsed()},
-            "learner": self.learner.full_state(),
+            "progress": {**vars(p), "wall_time": self.elapsed(), "loss_sums": self._loss_values(p.loss_sums)},
+            "learner": learner_state,
             "population": self.population,
             "best_heads": self.best_heads,
             "pop_encoders": self.pop_encoders,
@@ -517,7 +597,7 @@ class Trainer:
                 "torch_gen": self.torch_gen.get_state(),
                 "global": ckpt.global_rng_state(),
             },
-        }
+        })
 
     def save(self) -> None:
         ckpt.save_atomic(self._state(), self.run_dir / "checkpoints" / LATEST)
@@ -531,6 +611,7 @@ class Trainer:
             raise RunError(f"checkpoint {path} is for {saved.algo} on {saved.env.task}, not {self.cfg.algo} on {self.cfg.env.task}")
         self.progress = Progress(**sd["progress"])
         self.learner.load_full_state(sd["learner"])
+        self._load_learner_generator(sd["learner"].get("generator"))
         self.population = sd["population"]
         self.best_heads = sd["best_heads"]
         self.pop_encoders, self.best_encoders = sd["pop_encoders"], sd["best_encoders"]
@@ -538,6 +619,21 @@ class Trainer:
         ckpt.set_numpy_rng_state(self.evo_rng, sd["rng"]["evolution"])
         self.torch_gen.set_state(sd["rng"]["torch_gen"])
         ckpt.set_global_rng_state(sd["rng"]["global"])
+        self.sync_actor()
+
+    def _load_learner_generator(self, saved: dict | None) -> None:
+        """The learner's own generator, when it is not `torch_gen` (a run on a GPU): restored when the checkpoint
+        was made on the same kind of device, else seeded afresh from (seed, updates), with a warning (a resume
+        across devices continues with new random draws for target smoothing, team draws and Gumbel noise)."""
+        gen = self.learner.generator
+        if gen is self.torch_gen:
+            return  # restored with rng.torch_gen
+        if saved is not None and saved["device"] == self.device.type:
+            gen.set_state(saved["state"])
+            return
+        gen.manual_seed(int(np.random.default_rng([self.cfg.seed, 4, self.progress.updates]).integers(2**62)))
+        log.warning("resuming on %s a run checkpointed on %s: the learner's random draws continue from a fresh "
+                    "stream", self.device.type, "cpu" if saved is None else saved["device"])
 
 
 DISCRETE_FAMILIES = ("smax", "smac")

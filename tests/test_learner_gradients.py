@@ -4,7 +4,8 @@ What must hold (RACE, ICML 2023):
 - evolved heads W_j never receive an optimiser step and never get gradient (PeVFA and VFM read them detached);
 - the VMM term (beta * value-weighted JSD MI) trains the encoders and the MI critic, never a critic;
 - critics are only trained by their own TD losses;
-- MATD3 targets move by tau; a non-finite loss raises NonFiniteLossError without stepping anything.
+- MATD3 targets move by tau; a non-finite batch or loss steps nothing (decided on the device) and
+  `raise_if_non_finite` reports it with NonFiniteLossError.
 """
 from __future__ import annotations
 
@@ -300,19 +301,26 @@ def assert_same_optimizer_state(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("algo", ["race", "matd3"])
-def test_nan_reward_raises_and_leaves_everything_unchanged(algo):
+def test_nan_reward_is_skipped_on_the_device_and_reported(algo):
+    """`update()` reads nothing on the host: a NaN batch makes that update a no-op on the device (parameters,
+    targets and optimiser states untouched) and is reported by `raise_if_non_finite()`, the one host read."""
     learner = make_learner(tiny_cfg(algo))
     pop = make_population(learner) if algo == "race" else None
     learner.update(make_batch(0), pop)  # one good update, so optimiser states are non-empty
+    learner.raise_if_non_finite()  # nothing to report
     before, opt_before, n_before = snapshot(learner), optimizer_states(learner), learner.n_updates
     bad = make_batch(1)
     bad.reward[3] = float("nan")
-    with pytest.raises(NonFiniteLossError, match="non-finite"):
-        learner.update(bad, pop)
+    learner.update(bad, pop)
     after = snapshot(learner)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert_same_optimizer_state(opt_before, optimizer_states(learner))
-    assert learner.n_updates == n_before
+    assert learner.n_updates == n_before + 1  # update calls are counted; the update changed nothing
+    learner.update(make_batch(2), pop)  # a later good update still trains
+    assert not all(torch.equal(after[k], v) for k, v in snapshot(learner).items())
+    with pytest.raises(NonFiniteLossError, match=f"non-finite values in the sampled batch at update {n_before + 1}"):
+        learner.raise_if_non_finite()
+    learner.raise_if_non_finite()  # the record was read and cleared
 
 
 def test_nan_in_observations_rejects_the_whole_update():
@@ -323,9 +331,9 @@ def test_nan_in_observations_rejects_the_whole_update():
     before, n_before = snapshot(learner), learner.n_updates
     bad = make_batch(1)
     bad.obs[1, 4, 0] = float("nan")
-    with pytest.raises(NonFiniteLossError):
-        learner.update(bad, pop)
+    learner.update(bad, pop)
     after = snapshot(learner)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert changed == [], f"parameters stepped by an update that raised: {changed[:5]}"
-    assert learner.n_updates == n_before
+    assert changed == [], f"parameters stepped by a non-finite update: {changed[:5]}"
+    with pytest.raises(NonFiniteLossError, match=f"at update {n_before + 1}"):
+        learner.raise_if_non_finite()

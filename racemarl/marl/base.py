@@ -18,12 +18,27 @@ def section(name: str) -> contextlib.AbstractContextManager:
 
 
 class Learner(nn.Module):
-    """Base of MATD3, FACMAC and the RACE learners: `n_updates`, loss application, checkpoint state.
+    """Base of MATD3, FACMAC and the RACE learners: `n_updates`, loss application, checkpoint state, and the
+    non-finite guard.
 
     Every `torch.optim.Optimizer` attribute is part of the checkpoint, under its attribute name.
+
+    `update()` never waits for the device: it reads no tensor value on the host (no `.item()`, `.cpu()`,
+    `.tolist()`, `float()`/`bool()` of a tensor, no data-dependent shapes). It returns its losses as 0-dim
+    tensors on the learner's device, and the non-finite guard works on the device too:
+
+    - an update whose batch or loss holds a NaN or inf changes nothing: its optimiser steps are skipped by
+      fused Adam's `found_inf` (parameters, moments and step counts untouched) and the target networks do
+      not move (their Polyak / copy weight is zero for that update). Only `n_updates` and the random
+      generators advance. A non-finite actor loss after a finite critic loss skips the actor step and the
+      targets; the critic step of that update was already applied (as before this guard moved to the device);
+    - the first such update's number and whether a batch held the NaN are recorded on the device;
+      `non_finite()` reads that record (the one host read, done by the trainer once per generation) and
+      `raise_if_non_finite()` raises `NonFiniteLossError` with it.
     """
 
     n_updates: int = 0
+    _NO_BAD = 2**62  # "no non-finite update yet" in the device record
 
     # ---------------------------------------------------------------- hooks (RACE adds losses and networks)
     def extra_critic_losses(self, batch, z_next: torch.Tensor, q_next: torch.Tensor,
@@ -46,12 +61,16 @@ class Learner(nn.Module):
         return [self.opt_actor, self.opt_encoder]
 
     def apply_loss(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor],
-                   grad_clip: float = 0.0, label: str = "step") -> None:
+                   grad_clip: float = 0.0, label: str = "step", ok: torch.Tensor | None = None) -> torch.Tensor:
         """Backpropagate `loss` (the sum of `parts`) and step `optimizers`, each with its gradients clipped
-        to norm `grad_clip` (0 = no clipping). A non-finite loss raises before anything is touched."""
-        if not torch.isfinite(loss):
-            bad = [k for k, v in parts.items() if not torch.isfinite(v)]
-            raise NonFiniteLossError(f"non-finite loss ({', '.join(bad)}) at update {self.n_updates + 1}")
+        to norm `grad_clip` (0 = no clipping). Without a host read: when `loss` is not finite, or `ok` (what
+        the update found so far, a 0-dim bool tensor) is false, the steps are skipped on the device (fused
+        Adam's `found_inf`). Returns `ok` and-ed with this loss's finiteness."""
+        del parts  # the non-finite parts are reported by the trainer from its loss sums
+        finite = torch.isfinite(loss)
+        ok = finite if ok is None else ok & finite
+        self._record(ok)
+        skip = (~ok).float()
         with section(f"{label}_backward"):
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
@@ -61,7 +80,54 @@ class Learner(nn.Module):
                 for opt in optimizers:
                     nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
             for opt in optimizers:
+                opt.found_inf = skip  # fused Adam skips the whole step (and undoes its step count) where it is 1
                 opt.step()
+        return ok
+
+    # ---------------------------------------------------------------- the non-finite guard (device side)
+    def _guard(self) -> dict[str, torch.Tensor]:
+        """The device record: the first non-finite update's number (`_NO_BAD` if none) and whether a batch held it."""
+        device = self.marl_heads.device
+        rec = getattr(self, "_guard_record", None)
+        if rec is None or rec["first"].device != device:
+            rec = {"first": torch.full((), self._NO_BAD, dtype=torch.int64, device=device),
+                   "batch": torch.zeros((), dtype=torch.bool, device=device)}
+            self._guard_record = rec
+        return rec
+
+    def _record(self, ok: torch.Tensor, batch: bool = False) -> None:
+        """Note on the device that update `n_updates + 1` met a non-finite value where `ok` is false."""
+        rec = self._guard()
+        rec["first"] = torch.minimum(rec["first"], torch.where(ok, self._NO_BAD, self.n_updates + 1))
+        if batch:
+            rec["batch"] = rec["batch"] | ~ok
+
+    def batch_ok(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """0-dim bool: every value of the (floating) batch tensors is finite (recorded for `non_finite`). A sum is
+        NaN or inf as soon as one of its terms is (or when it overflows, which only absurd data would do)."""
+        ok = torch.isfinite(torch.stack([t.sum() for t in tensors]).sum())
+        self._record(ok, batch=True)
+        return ok
+
+    def non_finite(self) -> str | None:
+        """Read the device record (one host transfer) and clear it: None when every update since the last call was
+        finite, else a description of the first one that was not."""
+        rec = self._guard()
+        first, batch = torch.stack([rec["first"], rec["batch"].long()]).tolist()
+        self._guard_record = None
+        if first == self._NO_BAD:
+            return None
+        what = "non-finite values in the sampled batch" if batch else "non-finite loss"
+        return f"{what} at update {first}"
+
+    def raise_if_non_finite(self) -> None:
+        msg = self.non_finite()
+        if msg is not None:
+            raise NonFiniteLossError(msg)
+
+    def target_weight(self, weight: float, ok: torch.Tensor) -> torch.Tensor:
+        """The Polyak / copy weight of the target update as a 0-dim tensor: `weight`, or 0 where `ok` is false."""
+        return ok.to(torch.float32) * weight
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}

@@ -24,7 +24,7 @@ from torch import nn
 from racemarl.config import Config
 from racemarl.envs.base import EnvSpec
 from racemarl.episode_buffer import EpisodeBatch
-from racemarl.marl.base import Learner, NonFiniteLossError
+from racemarl.marl.base import Learner
 from racemarl.marl.matd3 import MATD3, frozen, soft_update
 from racemarl.nets.mixer import MixedCritic
 from racemarl.nets.policy import init_heads
@@ -53,7 +53,7 @@ def team_logits(z: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
 
 def gumbel_straight_through(logits: torch.Tensor, generator: torch.Generator, tau: float = 1.0) -> torch.Tensor:
     """One-hot samples of softmax(logits + Gumbel noise) in the forward pass, softmax gradient backward."""
-    u = torch.rand(logits.shape, generator=generator).clamp_(1e-10, 1.0 - 1e-7)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1.0 - 1e-7)
     soft = torch.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
     hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
     return hard - soft.detach() + soft
@@ -82,13 +82,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.expand_as(x).sum().clamp(min=1)
 
 
-def hard_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tensor) -> None:
+def hard_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tensor,
+                ok: torch.Tensor | None = None) -> None:
+    """Copy `source` into `target`; where `ok` (a 0-dim bool tensor) is false, keep `target` (decided on the device)."""
     with torch.no_grad():
-        if isinstance(target, torch.Tensor):
-            target.copy_(source)
-            return
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.copy_(s)
+        pairs = [(target, source)] if isinstance(target, torch.Tensor) else zip(target.parameters(), source.parameters())
+        for t, s in pairs:
+            t.copy_(s if ok is None else torch.where(ok, s, t))
 
 
 class FACMAC(Learner):
@@ -143,11 +143,12 @@ class FACMAC(Learner):
         return (self.encoders_targ if target else self.encoders)(batch.obs, last)
 
     def update(self, batch: EpisodeBatch, population: torch.Tensor | None = None,
-               pop_encoders: dict | None = None) -> dict[str, float]:
+               pop_encoders: dict | None = None) -> dict[str, torch.Tensor]:
+        """One update on a batch of episodes; no host synchronisation (see `Learner`): losses returned as
+        detached 0-dim tensors, a non-finite batch or loss skips the steps and targets on the device."""
         del pop_encoders  # unshared encoders are a continuous-task ablation only
         dc = self.dcfg
-        if not all(torch.isfinite(t).all() for t in batch.tensors() if t.is_floating_point()):
-            raise NonFiniteLossError(f"non-finite values in the sampled batch at update {self.n_updates + 1}")
+        ok = self.batch_ok([t for t in batch.tensors() if t.is_floating_point()])
         t_max = batch.reward.shape[1]
         actions = F.one_hot(batch.actions, self.n_actions).float()
         obs, state, avail, mask = batch.obs[:, :t_max], batch.state[:, :t_max], batch.avail[:, :t_max], batch.mask
@@ -159,7 +160,7 @@ class FACMAC(Learner):
         q = self.critic(obs, actions, state)
         losses: dict[str, torch.Tensor] = {"critic": masked_mean((q - y).pow(2), mask)}
         losses.update(self.extra_critic_losses(batch, z_targ, q_next, population))
-        self._step(sum(losses.values()), self.critic_optimizers(), losses)
+        ok = self._step(sum(losses.values()), self.critic_optimizers(), losses, ok)
 
         z = self.unroll(batch)
         logits = team_logits(z[:, :t_max], self.marl_heads)
@@ -169,27 +170,31 @@ class FACMAC(Learner):
             reg = masked_mean((logits * avail).pow(2).mean(-1), mask[..., None])
             enc_losses = {"actor": -masked_mean(q_pi, mask) + dc.logit_reg * reg,
                           **self.extra_encoder_losses(batch, z, population)}
-            self._step(sum(enc_losses.values()), self.encoder_optimizers(), enc_losses)
+            ok = self._step(sum(enc_losses.values()), self.encoder_optimizers(), enc_losses, ok)
         losses.update(enc_losses)
         self.n_updates += 1
-        self.update_targets()
-        return {k: v.item() for k, v in losses.items()}
+        self.update_targets(ok)
+        return {k: v.detach() for k, v in losses.items()}
 
-    def _step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor]) -> None:
-        self.apply_loss(loss, optimizers, parts, self.dcfg.grad_clip)
+    def _step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor],
+              ok: torch.Tensor | None = None) -> torch.Tensor:
+        return self.apply_loss(loss, optimizers, parts, self.dcfg.grad_clip, ok=ok)
 
     def target_pairs(self) -> list[tuple]:
         return [(self.critic_targ, self.critic), (self.encoders_targ, self.encoders),
                 (self.marl_heads_targ, self.marl_heads.detach())]
 
-    def update_targets(self) -> None:
+    def update_targets(self, ok: torch.Tensor | None = None) -> None:
+        """Soft (Polyak) or periodic hard target updates; no move where `ok` (0-dim bool: the update was finite)
+        is false."""
         dc = self.dcfg
         if dc.target_update == "soft":
+            weight = dc.tau if ok is None else self.target_weight(dc.tau, ok)
             for targ, src in self.target_pairs():
-                soft_update(targ, src, dc.tau)
+                soft_update(targ, src, weight)
         elif self.n_updates % dc.target_update_interval == 0:
             for targ, src in self.target_pairs():
-                hard_update(targ, src)
+                hard_update(targ, src, ok)
 
 
 class FacmacContinuous(MATD3):

@@ -20,7 +20,7 @@ from torch import nn
 from racemarl.buffer import Batch
 from racemarl.config import Config
 from racemarl.envs.base import EnvSpec
-from racemarl.marl.base import Learner, NonFiniteLossError, section
+from racemarl.marl.base import Learner, NonFiniteLossError, section  # noqa: F401 (re-exported)
 from racemarl.nets.critics import TwinCritic
 from racemarl.nets.policy import ActionLayout, AgentEncoders, heads_forward, init_heads
 
@@ -44,12 +44,14 @@ def frozen_params(params: list[nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def soft_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tensor, tau: float) -> None:
+def soft_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tensor, tau: float | torch.Tensor) -> None:
+    """Polyak averaging; `tau` a number or a 0-dim tensor on the parameters' device (no host read)."""
     with torch.no_grad():
         if isinstance(target, torch.Tensor):
             target.lerp_(source, tau)
             return
-        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+        targets, sources = list(target.parameters()), list(source.parameters())
+        torch._foreach_lerp_(targets, sources, tau if not isinstance(tau, torch.Tensor) else [tau] * len(targets))
 
 
 def tune_allocator() -> None:
@@ -145,15 +147,19 @@ class MATD3(Learner):
     def smoothed_policy(self, z: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
         """TD3 target policy smoothing: clipped Gaussian noise on the target action."""
         a = self.layout.squash(heads_forward(z, heads))
-        noise = torch.randn(a.shape, generator=self.generator) * self.lcfg.policy_noise
+        noise = torch.randn(a.shape, generator=self.generator, device=a.device) * self.lcfg.policy_noise
         noise = noise.clamp(-self.lcfg.noise_clip, self.lcfg.noise_clip) * self.layout.scale
         return self.layout.flatten(self.layout.clamp(a + noise))
 
     # ------------------------------------------------------------------ learning
     def update(self, batch: Batch, population: torch.Tensor | None = None,
-               pop_encoders: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+               pop_encoders: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """One gradient update. `population` `[P, N, A, d+1]` holds the evolved teams' heads and
-        `pop_encoders` their own encoders when encoders are not shared (both used by RACE only).
+        `pop_encoders` their own encoders when encoders are not shared (both used by RACE only), on the
+        learner's device.
+
+        No host synchronisation (see `Learner`): returns the losses as detached 0-dim tensors, and a
+        non-finite batch or loss skips the steps and target updates on the device and is recorded there.
 
         Sections carry `torch.profiler.record_function` labels (critic_target, critic_loss, ...,
         critic_backward, critic_optim, encoder_forward, actor_loss, actor_backward, actor_optim,
@@ -161,8 +167,7 @@ class MATD3(Learner):
         """
         self.pop_encoders = pop_encoders
         lc = self.lcfg
-        if not all(torch.isfinite(getattr(batch, f.name)).all() for f in dataclasses.fields(batch)):
-            raise NonFiniteLossError(f"non-finite values in the sampled batch at update {self.n_updates + 1}")
+        ok = self.batch_ok([getattr(batch, f.name) for f in dataclasses.fields(batch)])
         not_done = 1.0 - batch.terminated
         with torch.no_grad(), section("critic_target"):
             z_next = self.encoders_targ(batch.next_obs)
@@ -174,7 +179,7 @@ class MATD3(Learner):
             critic_loss = (q - y).pow(2).mean(1).sum()
         losses: dict[str, torch.Tensor] = {"critic": critic_loss}
         losses.update(self.extra_critic_losses(batch, z_next, q_next, population))
-        self._step(sum(losses.values()), self.critic_optimizers(), losses, "critic")
+        ok = self._step(sum(losses.values()), self.critic_optimizers(), losses, "critic", ok)
 
         if (self.n_updates + 1) % lc.policy_delay == 0:
             with section("encoder_forward"):
@@ -185,27 +190,32 @@ class MATD3(Learner):
                     actor_loss = -self.actor_values(self.critic, batch.obs, batch.state, a).mean()
                 enc_losses = {"actor": actor_loss, **self.extra_encoder_losses(batch, z, population)}
                 total = sum(enc_losses.values())
-                self._step(total, self.encoder_optimizers(), enc_losses, "actor")
+                ok = self._step(total, self.encoder_optimizers(), enc_losses, "actor", ok)
             losses.update(enc_losses)
             with section("target_update"):
-                self.update_targets()
+                self.update_targets(ok)
         self.n_updates += 1
-        return dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist()))
+        return {k: v.detach() for k, v in losses.items()}
 
     def _step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor],
-              label: str = "step") -> None:
-        self.apply_loss(loss, optimizers, parts, self.lcfg.grad_clip, label)
+              label: str = "step", ok: torch.Tensor | None = None) -> torch.Tensor:
+        return self.apply_loss(loss, optimizers, parts, self.lcfg.grad_clip, label, ok)
 
-    def update_targets(self) -> None:
-        """Polyak averaging of every (target, online) pair of `target_pairs`, in one foreach call."""
+    def update_targets(self, ok: torch.Tensor | None = None) -> None:
+        """Polyak averaging of every (target, online) pair of `target_pairs`, in one foreach call; no move where
+        `ok` (a 0-dim bool tensor: the update was finite) is false."""
         if self._target_lists is None:
             targets, sources = [], []
             for t, s in self.target_pairs():
                 targets += [t] if isinstance(t, torch.Tensor) else list(t.parameters())
                 sources += [s] if isinstance(s, torch.Tensor) else list(s.parameters())
             self._target_lists = (targets, sources)
+        targets, sources = self._target_lists
         with torch.no_grad():
-            torch._foreach_lerp_(*self._target_lists, self.lcfg.tau)
+            if ok is None:
+                torch._foreach_lerp_(targets, sources, self.lcfg.tau)
+            else:
+                torch._foreach_lerp_(targets, sources, [self.target_weight(self.lcfg.tau, ok)] * len(targets))
 
     def target_pairs(self) -> list[tuple[nn.Module | torch.Tensor, nn.Module | torch.Tensor]]:
         """(target, online) modules or tensors that `update_targets` moves towards the online ones."""
