@@ -102,7 +102,7 @@ class Trainer:
                 raise RunError(str(e)) from e
         self.learner = _learner_class(cfg, self.discrete)(self.spec, cfg, self.torch_gen)
         self.actor = self.learner  # the CPU copy that acts (see the class docstring)
-        if self.device.type != "cpu":
+        if self._uses_acting_copy():
             self._to_device()
         self.row_mask = self.actor.row_mask if self.discrete else self.actor.layout.row_mask
         self.population = None  # [P, N, A, d+1] evolved heads
@@ -133,6 +133,10 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, self.progress.rows, purge_step=self.progress.env_steps if resume else None,
                                     tracking=cfg.logging)
         self._clock_start, self._clock_base = time.perf_counter(), self.progress.wall_time
+
+    def _uses_acting_copy(self) -> bool:
+        """Whether the learner trains away from the CPU (then it needs a CPU copy to act with)."""
+        return self.device.type != "cpu"
 
     def _to_device(self) -> None:
         """Move the learner to `self.device` and keep a CPU copy of it to act with. The copy is built without
@@ -622,12 +626,17 @@ class Trainer:
         self.sync_actor()
 
     def _load_learner_generator(self, saved: dict | None) -> None:
-        """The learner's own generator, when it is not `torch_gen` (a run on a GPU): restored when the checkpoint
-        was made on the same kind of device, else seeded afresh from (seed, updates), with a warning (a resume
-        across devices continues with new random draws for target smoothing, team draws and Gumbel noise)."""
+        """The learner's random draws (target smoothing, team draws, Gumbel noise). A CPU run draws them from
+        `torch_gen` (restored with the other generators); a GPU run from a generator on the device, saved as
+        `learner.generator`. Restored when the checkpoint was made the same way on the same kind of device; else
+        they continue from a fresh stream (seeded from seed and updates), with a warning: resume is exact on the
+        same kind of device, and continues correctly, with other random draws, across devices."""
         gen = self.learner.generator
         if gen is self.torch_gen:
-            return  # restored with rng.torch_gen
+            if saved is not None:
+                log.warning("resuming on the CPU a run checkpointed on %s: the learner's random draws continue from "
+                            "a fresh stream", saved["device"])
+            return
         if saved is not None and saved["device"] == self.device.type:
             gen.set_state(saved["state"])
             return
