@@ -23,6 +23,12 @@ steadier ones, and the goals are judged on them. Writes `benchmarks/results/thro
 
     python benchmarks/throughput.py                 # about 5-8 minutes on a 2-core machine
     python benchmarks/throughput.py --quick         # smoke test, about 2 minutes
+    python benchmarks/throughput.py --device cuda --e2e-workers 8   # learner and buffer on the GPU (see gpu_check.sh)
+
+With `--device cuda` the learners, their optimisers and the replay buffer live on the GPU (as `racemarl train
+--device cuda` puts them), timed blocks end with `torch.cuda.synchronize()`, the GPU time per update is measured
+with CUDA events, the peak is a float32 matrix product on the GPU (TF32 off) and the profile adds device time
+per section; the end-to-end runs use `--e2e-workers` rollout processes.
 """
 from __future__ import annotations
 
@@ -64,6 +70,14 @@ UPDATE_LABELS = ("critic_target", "critic_loss", "pevfa_target", "pevfa_loss", "
                  "critic_optim", "encoder_forward", "actor_loss", "vfm_loss", "vmm_loss", "actor_backward",
                  "actor_optim", "target_update")
 GOAL_RATIO, GOAL_PEAK_SHARE, GOAL_OVERHEAD = 0.6, 0.30, 15.0
+DEVICE = torch.device("cpu")  # set by --device
+E2E_WORKERS = 0  # set by --e2e-workers: rollout worker processes of the end-to-end runs (0 = inline)
+
+
+def sync() -> None:
+    """Wait for the device (timed blocks on a GPU end here); nothing on the CPU."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def setup_torch() -> None:
@@ -137,13 +151,15 @@ class Timers:
 
 
 def matmul_peak(size: int, reps: int) -> dict:
-    """Best float32 matrix-product rate on one thread, GFLOP/s."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    """Best float32 matrix-product rate, GFLOP/s: on one CPU thread, or on the GPU (TF32 off) with --device cuda."""
+    a, b = torch.randn(size, size, device=DEVICE), torch.randn(size, size, device=DEVICE)
     a @ b
+    sync()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - t)
     flops = 2 * size**3
     return {"size": size, "reps": reps, "best_gflops": flops / min(times) / 1e9,
@@ -215,7 +231,21 @@ def build_learner(task: str, algo: str):
     if algo == "race":
         lay = learner.layout
         population = init_heads(cfg.race.pop_size, spec.n_agents, lay.max_act, cfg.net.embed_dim, lay.row_mask, gen)
+    if DEVICE.type != "cpu":  # as Trainer does: the learner and its random draws on the device
+        learner.to(DEVICE)
+        learner.generator = torch.Generator(DEVICE).manual_seed(cfg.seed)
+        population = None if population is None else population.to(DEVICE)
     return cfg, learner, population
+
+
+def on_device(buffer: ReplayBuffer) -> ReplayBuffer:
+    """The rollout benchmark's (CPU) buffer, copied onto DEVICE."""
+    if DEVICE.type == "cpu":
+        return buffer
+    out = ReplayBuffer(buffer.capacity, *buffer.shapes["obs"], buffer.shapes["state"][0], buffer.shapes["action"][0],
+                       device=DEVICE)
+    out.load_state_dict(buffer.state_dict())
+    return out
 
 
 def flops_per_update(learner, buffer: ReplayBuffer, population, batch_size: int) -> int:
@@ -232,17 +262,24 @@ def profile_update(learner, buffer: ReplayBuffer, population, batch_size: int, n
     """ms per update of each labelled section, from torch.profiler (inflated by the profiler: use the shares)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         for _ in range(n):
             learner.update(buffer.sample(batch_size), population)
-    out = {e.key: e.cpu_time_total / n / 1e3 for e in prof.key_averages() if e.key in UPDATE_LABELS}
-    return {k: out[k] for k in UPDATE_LABELS if k in out}
+        sync()
+    events = {e.key: e for e in prof.key_averages() if e.key in UPDATE_LABELS}
+    out = {k: events[k].cpu_time_total / n / 1e3 for k in UPDATE_LABELS if k in events}
+    if DEVICE.type == "cuda":  # the device time of each section's kernels
+        out.update({f"{k} (gpu)": getattr(events[k], "device_time_total", 0.0) / n / 1e3
+                    for k in UPDATE_LABELS if k in events})
+    return out
 
 
 def update_steps_per_s(task: str, buffer: ReplayBuffer, seconds: float, block: int, profile_n: int) -> dict:
     """MATD3 and RACE updates, blocks of `block` updates of each in turn (ABBA) for about `seconds` in all."""
     learners = {algo: build_learner(task, algo) for algo in ALGOS}
-    flops, times = {}, {algo: {"wall": [], "cpu": []} for algo in ALGOS}
+    buffer = on_device(buffer)
+    flops, times = {}, {algo: {"wall": [], "cpu": [], "gpu": []} for algo in ALGOS}
     for algo, (cfg, learner, pop) in learners.items():
         for _ in range(2 * cfg.learner.policy_delay):  # warm-up
             learner.update(buffer.sample(cfg.learner.batch_size), pop)
@@ -251,12 +288,21 @@ def update_steps_per_s(task: str, buffer: ReplayBuffer, seconds: float, block: i
     while rounds < 2 or time.perf_counter() - start < seconds:
         for algo in (ALGOS if rounds % 2 == 0 else ALGOS[::-1]):
             cfg, learner, pop = learners[algo]
+            sync()
             clock = Clock()
+            if DEVICE.type == "cuda":
+                start_ev, end_ev = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start_ev.record()
             for _ in range(block):
                 learner.update(buffer.sample(cfg.learner.batch_size), pop)
+            if DEVICE.type == "cuda":
+                end_ev.record()
+            sync()
             wall, cpu = clock.read()
             times[algo]["wall"].append(wall / block)
             times[algo]["cpu"].append(cpu / block)
+            if DEVICE.type == "cuda":
+                times[algo]["gpu"].append(start_ev.elapsed_time(end_ev) / 1e3 / block)
         rounds += 1
     out = {}
     for algo, (cfg, learner, pop) in learners.items():
@@ -264,7 +310,8 @@ def update_steps_per_s(task: str, buffer: ReplayBuffer, seconds: float, block: i
         out[algo] = {"algo": algo, "batch_size": cfg.learner.batch_size, "updates": block * rounds, "blocks": rounds,
                      "ms_per_update": wall * 1e3, "cpu_ms_per_update": cpu * 1e3, "ups": 1 / wall, "ups_cpu": 1 / cpu,
                      "flops_per_update": flops[algo], "gflops": flops[algo] / wall / 1e9,
-                     "gflops_cpu": flops[algo] / cpu / 1e9,
+                     "gflops_cpu": flops[algo] / cpu / 1e9, "device": str(DEVICE),
+                     "gpu_ms_per_update": statistics.median(times[algo]["gpu"]) * 1e3 if times[algo]["gpu"] else None,
                      "profile_ms": profile_update(learner, buffer, pop, cfg.learner.batch_size, profile_n)
                      if profile_n else {}, "load": load()}
     return out
@@ -307,7 +354,9 @@ def end_to_end(task: str, algo: str, timed_steps: int, episode_steps: int, run_d
     probe = config(task, algo)
     # learning starts with the generation after the one that fills a batch (RACE: after one full generation)
     start_steps = max(probe.learner.batch_size, slots_of(probe) * episode_steps) + 1
-    overrides = [f"env.max_episode_steps={episode_steps}", f"learner.start_steps={start_steps}"]
+    overrides = [f"env.max_episode_steps={episode_steps}", f"learner.start_steps={start_steps}", f"device={DEVICE}"]
+    if E2E_WORKERS > 1:
+        overrides += ["rollout.backend=process", f"rollout.workers={E2E_WORKERS}"]
     cfg = config(task, algo, overrides, total_steps=start_steps + timed_steps, eval_interval=10**12, eval_episodes=1)
     timers = Timers()
     gens: list[dict] = []  # per generation: clocks, env steps and updates at its start and end, timer snapshots
@@ -554,15 +603,25 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--e2e-steps", type=int, default=600, help="env steps timed per end-to-end run (2 runs per algorithm)")
     ap.add_argument("--e2e-episode-steps", type=int, default=100)
     ap.add_argument("--peak-size", type=int, default=2048)
+    ap.add_argument("--device", default="cpu", help="where the learners and the buffer live: cpu (default), cuda, cuda:N")
+    ap.add_argument("--e2e-workers", type=int, default=0,
+                    help="rollout worker processes of the end-to-end runs (0 = inline, in the driver)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput.json, "
                                                 "throughput-quick.json with --quick); the .md goes next to it")
     args = ap.parse_args(argv)
+    global DEVICE, E2E_WORKERS
+    from racemarl.device import resolve_device
+
+    DEVICE, E2E_WORKERS = resolve_device(args.device), args.e2e_workers
+    if DEVICE.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 products, as training computes them
     rollout_episode_steps = None
     if args.quick:
         args.env_seconds, args.rollout_seconds, args.update_seconds = 0.5, 0.0, 2.0
         args.profile_updates, args.e2e_steps, args.e2e_episode_steps, args.peak_size = 4, 100, 50, 1024
         rollout_episode_steps = 100
-    out = Path(args.out) if args.out else RESULTS / ("throughput-quick.json" if args.quick else "throughput.json")
+    default_name = "throughput" + ("-gpu" if DEVICE.type == "cuda" else "") + ("-quick" if args.quick else "")
+    out = Path(args.out) if args.out else RESULTS / f"{default_name}.json"
     setup_torch()
     started = time.perf_counter()
     loads = [load()]
@@ -610,7 +669,8 @@ def main(argv: list[str] | None = None) -> dict:
     peak = res["peak"]["best_gflops"]
     for t in res["tasks"].values():
         t["goals"] = goals(t, peak)
-    res["machine"] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+    res["machine"] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "device": str(DEVICE),
+                      "gpu": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else None,
                       "python": platform.python_version(), "load_min": min(loads), "load_max": max(loads)}
     res["benchmark_seconds"] = time.perf_counter() - started
     res["notes"] = notes(res)
