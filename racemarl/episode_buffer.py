@@ -70,9 +70,11 @@ class EpisodeBuffer:
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_episodes: int) -> EpisodeBatch:
-        """A batch of episodes, cut to the longest one. Indices, lengths and the mask are made on the host (the
-        CPU generator, as on every device) and sent to the device; the episodes are gathered there."""
-        idx = torch.randint(0, self.size, (batch_episodes,), generator=self.generator)
+        return self.batch(torch.randint(0, self.size, (batch_episodes,), generator=self.generator))
+
+    def batch(self, idx: torch.Tensor) -> EpisodeBatch:
+        """The stored episodes `idx` (a CPU index tensor) as one batch, cut to the longest of them. Lengths, the mask
+        and the real steps' indices are made on the host and sent to the device; the episodes are gathered there."""
         lengths = self.lengths[idx]
         t = int(lengths.max())
         mask = (torch.arange(t)[None, :] < lengths[:, None]).float()

@@ -10,6 +10,7 @@ from typing import Self
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from racemarl import checkpoint as ckpt
 from racemarl.buffer import ReplayBuffer
@@ -18,7 +19,7 @@ from racemarl.device import DeviceError, clone_tree, cpu_tree, resolve_device
 from racemarl.envs import make_env, parse_task
 from racemarl.envs.batch import make_env_batch
 from racemarl.episode_buffer import EpisodeBuffer
-from racemarl.evolution import evolve, follow_sources, inject
+from racemarl.evolution import evolve, follow_sources, inject, mutate_encoders
 from racemarl.marl.facmac import FACMAC, FacmacContinuous
 from racemarl.marl.matd3 import MATD3
 from racemarl.metrics import MetricsLogger, write_summary
@@ -113,7 +114,7 @@ class Trainer:
             n_rows, width = self.row_mask.shape
             embed_dim = cfg.discrete.rnn_hidden if self.discrete else cfg.net.embed_dim
             self.population = init_heads(cfg.race.pop_size, n_rows, width, embed_dim, self.row_mask, self.torch_gen)
-            if not cfg.race.shared_encoder:
+            if cfg.team_encoders:
                 self.pop_encoders = self.learner.fresh_encoder_params(cfg.race.pop_size)
             self.best_heads = self.population[0].clone()
         if self.discrete:
@@ -391,6 +392,8 @@ class Trainer:
         self.population, self._report = evolve(self.population, fitness, self.row_mask, cfg.race, self.evo_rng)
         if self.pop_encoders is not None:  # each agent's own encoder travels with its head
             self.pop_encoders = {k: follow_sources(v, self._report.sources) for k, v in self.pop_encoders.items()}
+            if cfg.algo == "merl":  # MERL evolves whole networks: an agent's mutation also perturbs its encoder
+                mutate_encoders(self.pop_encoders, self._report.mutated, self.spec.obs_dims, cfg.race, self.evo_rng)
 
     def inject_marl(self, fitness: np.ndarray) -> None:
         """Copy the MARL team (after this generation's updates) over the worst-scored team of this generation
@@ -449,7 +452,7 @@ class Trainer:
         mean Q_1(s_t, pi(s_t)) - discounted Monte Carlo return, see `rollout.critic_bias`)."""
         heads = self.actor.marl_heads.detach()
         if self.discrete:
-            return self.evaluate_team(heads)
+            return self._evaluate_marl_discrete(heads, row)
         stats = self._eval_episodes(heads, record=True)
         q_values = []
         with torch.no_grad():
@@ -460,6 +463,27 @@ class Trainer:
         bias = critic_bias(stats.episodes, q_values, self.cfg.learner.gamma)
         row.update(q_marl=bias["q"], mc_return_marl=bias["mc"], q_bias_marl=bias["bias"])
         return stats.returns, None
+
+    def _evaluate_marl_discrete(self, heads: torch.Tensor, row: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Discrete tasks: the MARL team's greedy episodes (as `evaluate_team`) and its mixed critic's bias
+        Q_tot(s_t, u_t) - discounted return on them."""
+        n = self.eval_envs.batch_size
+        rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.evals, r]) for r in range(n)]
+        learner = self.actor
+        episodes = EpisodeBuffer(n, self.spec.episode_limit, self.spec.n_agents, learner.obs_dim, self.spec.state_dim,
+                                 learner.n_actions)
+        stats = run_discrete_episodes(self.eval_envs, learner, heads[None].expand(n, *heads.shape), rngs,
+                                      greedy=np.ones(n, bool), buffer=episodes)
+        batch = episodes.batch(torch.arange(n))
+        t = batch.reward.shape[1]
+        with torch.no_grad():
+            q = learner.critic(batch.obs[:, :t], F.one_hot(batch.actions, learner.n_actions).float(), batch.state[:, :t])
+        lengths = batch.mask.sum(1).long().tolist()
+        eps = [{"reward": batch.reward[b, :n_b].numpy(), "terminated": batch.terminated[b, :n_b].numpy()}
+               for b, n_b in enumerate(lengths)]
+        bias = critic_bias(eps, [q[b, :n_b].numpy() for b, n_b in enumerate(lengths)], self.cfg.discrete.gamma)
+        row.update(q_marl=bias["q"], mc_return_marl=bias["mc"], q_bias_marl=bias["bias"])
+        return stats.returns, stats.won.astype(float)
 
     def evaluate_champion(self) -> tuple[np.ndarray, np.ndarray | None] | None:
         """The champion's evaluation episodes, played now (with the encoders of this moment)."""
@@ -655,6 +679,9 @@ def _check_algo(cfg: Config, discrete: bool) -> None:
     if discrete and cfg.rollout.backend != "inline":
         raise RunError(f"rollout.backend={cfg.rollout.backend}: on discrete tasks all teams already step together in "
                        "one batched environment in the driver process; use the inline backend")
+    if discrete and cfg.algo == "merl":
+        raise RunError(f"{cfg.env.task} is a discrete task: MERL is implemented for continuous tasks (its MATD3 "
+                       "version, as in the RACE paper's MA-MuJoCo figures)")
     if discrete and cfg.uses_population and not cfg.race.shared_encoder:
         raise RunError("race.shared_encoder=false (each team its own encoders) is implemented for continuous "
                        "tasks only")
