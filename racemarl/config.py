@@ -437,7 +437,6 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "race.fitness_mc_prob": 1.0,
     "learner.marl_head_init_scale": 1.0,
     "discrete.vmm_time_reduction": "mean",
-    "device": "cpu",  # runs saved before --device trained on the CPU and resume there unless --device says otherwise
 }
 
 
