@@ -87,7 +87,8 @@ class MATD3(Learner):
         self.generator = generator  # target-smoothing noise
         self.layout = ActionLayout(spec)
         self.max_obs = max(spec.obs_dims)
-        self.encoders = AgentEncoders(spec.obs_dims, cfg.net.encoder_hidden, cfg.net.embed_dim)
+        self.encoders = AgentEncoders(spec.obs_dims, cfg.net.encoder_hidden, cfg.net.embed_dim,
+                                      fast_tanh=cfg.net.fast_tanh)
         self.encoders_targ = copy.deepcopy(self.encoders).requires_grad_(False)
         heads = init_heads(1, spec.n_agents, self.layout.max_act, cfg.net.embed_dim, self.layout.row_mask, generator)[0]
         heads = heads * cfg.learner.marl_head_init_scale

@@ -16,16 +16,47 @@ from racemarl.envs.base import EnvSpec
 from racemarl.nets.layers import GroupedLayerNorm, GroupedLinear
 
 
+class _SigmoidTanh(torch.autograd.Function):
+    """tanh(x) = 2 sigmoid(2x) - 1, with tanh's own backward (1 - y^2) on the result."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.mul(x, 2).sigmoid_().mul_(2).sub_(1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def cpu_fast_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh for the encoders on the CPU, about 5x faster than `torch.tanh` there.
+
+    PyTorch's float32 CPU tanh does not use a vectorised kernel on this build (the same 1.3 ms for [6, 256, 400]
+    whatever ATEN_CPU_CAPABILITY says, 10x a sigmoid), and the two tanh layers of the encoders were a third of
+    an encoder pass. 2 sigmoid(2x) - 1 with vectorised sigmoid: 0.25 ms. Absolute error below 2e-7 (torch.tanh:
+    3e-8), so a run's numbers differ from torch.tanh's at float-rounding level only; NaN and inf behave as tanh.
+    On other devices: `torch.tanh` (fast there).
+    """
+    if x.device.type != "cpu":
+        return torch.tanh(x)
+    return _SigmoidTanh.apply(x)
+
+
 class AgentEncoders(nn.Module):
-    """One encoder per agent: Linear(d_o_i, h)-LayerNorm-tanh-Linear(h, d)-LayerNorm-tanh.
+    """One encoder per agent: Linear(d_o_i, h)-LayerNorm-tanh-Linear(h, d)-LayerNorm-tanh (`fast_tanh`: the tanh
+    computed by `cpu_fast_tanh`).
 
     Input `[N, B, max_obs]` (zero-padded), output `[N, B, d]`. With `copies > 1` there are
     `copies` independent sets of N encoders (one per team, for the unshared-encoder ablation); the
     input is then `[copies * N, B, max_obs]`, copy-major.
     """
 
-    def __init__(self, obs_dims: Sequence[int], hidden: int, embed_dim: int, copies: int = 1):
+    def __init__(self, obs_dims: Sequence[int], hidden: int, embed_dim: int, copies: int = 1, fast_tanh: bool = False):
         super().__init__()
+        self.tanh = cpu_fast_tanh if fast_tanh else torch.tanh
         groups = len(obs_dims) * copies
         self.n_agents = len(obs_dims)
         self.copies = copies
@@ -36,8 +67,8 @@ class AgentEncoders(nn.Module):
         self.n2 = GroupedLayerNorm(groups, embed_dim)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        h = torch.tanh(self.n1(self.l1(obs)))
-        return torch.tanh(self.n2(self.l2(h)))
+        h = self.tanh(self.n1(self.l1(obs)))
+        return self.tanh(self.n2(self.l2(h)))
 
 
 class ActionLayout(nn.Module):
