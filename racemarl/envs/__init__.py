@@ -31,7 +31,7 @@ from racemarl.envs.mamujoco import (
     mamujoco_task_name,
 )
 from racemarl.envs.smac import SMAC_MAPS, smac_config_error, smac_task_name
-from racemarl.envs.smax import SMAX_MAPS, smax_config_error, smax_task_name
+from racemarl.envs.smax import smax_config_error, smax_map_names, smax_task_name
 
 __all__ = [
     "EnvSpec",
@@ -206,7 +206,7 @@ class _Family:
 
 _FAMILIES: dict[str, _Family] = {
     "mamujoco": _Family(_list_mamujoco, _parse_mamujoco, _make_mamujoco),
-    "smax": _Family(*_map_family(SMAX_MAPS, smax_task_name, smax_config_error), _make_smax),
+    "smax": _Family(*_map_family(smax_map_names(), smax_task_name, smax_config_error), _make_smax),
     "smac": _Family(*_map_family(SMAC_MAPS, smac_task_name, smac_config_error), _make_smac),
     "mpe": _Family(lambda: [f"mpe/{t}" for t in MPE_TASKS], _parse_mpe, _make_mpe),
     # any module's factory: nothing to list
