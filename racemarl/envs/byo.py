@@ -153,7 +153,7 @@ def build(task: str, factory: Callable[..., Any], kwargs: dict[str, Any], max_ep
     try:
         env = factory(**kwargs)
     except ImportError as e:
-        raise _missing(f"{task}: the factory's modules", e) from e
+        raise BadTaskError(f"{task}: the env factory could not import {e.name or 'a module'} ({e}); install it") from e
     except Exception as e:
         raise BadTaskError(f"{task}: the env factory raised {type(e).__name__}: {e} (env.kwargs={kwargs})") from e
     if isinstance(env, MultiAgentEnv):
