@@ -151,7 +151,7 @@ def _sweep(args: argparse.Namespace) -> int:
         tasks, algos, seeds = parse_names(args.tasks, "tasks"), parse_names(args.algos or "race", "algos"), parse_seeds(args.seeds or "1")
     spec = SweepSpec(tasks=tasks, algos=algos, seeds=seeds, total_steps=args.total_steps, sets=list(args.set),
                      config=args.config, eval_interval=args.eval_interval, eval_episodes=args.eval_episodes,
-                     task_configs=task_configs)
+                     task_configs=task_configs, preset=args.preset)
     return Sweep(spec, args.out, workers=args.workers, backend=args.backend).run()
 
 

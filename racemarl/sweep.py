@@ -114,6 +114,8 @@ class SweepSpec:
     eval_episodes: int | None = None
     task_configs: dict[str, str] = field(default_factory=dict)
     """A preset per task (instead of `config`), e.g. the paper grids of `racemarl.presets`."""
+    preset: str | None = None
+    """The name of the grid `task_configs` come from (recorded instead of them, so a restart may change the grid)."""
 
     def points(self) -> list[Point]:
         return [Point(t, a, s) for t in self.tasks for a in self.algos for s in self.seeds]
@@ -134,7 +136,9 @@ class SweepSpec:
         """What every run of the folder shares (the budget and the grid may change between restarts)."""
         out = {"config": None if self.config is None else str(Path(self.config).resolve()), "set": list(self.sets),
                "eval_interval": self.eval_interval, "eval_episodes": self.eval_episodes}
-        if self.task_configs:
+        if self.preset:
+            out["preset"] = self.preset
+        elif self.task_configs:
             out["task_configs"] = {t: str(Path(c).resolve()) for t, c in self.task_configs.items()}
         return out
 

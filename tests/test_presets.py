@@ -78,6 +78,9 @@ def test_paper_grid_sweep_runs_at_a_tiny_budget(tmp_path, capsys):
     assert saved["learner"]["start_steps"] == 40  # --set still wins
     assert main(args) == 0  # restartable: a second call skips the finished runs
     assert capsys.readouterr().out.count("skip") == 2
+    assert json.loads((out / "sweep.json").read_text())["folder_config"]["preset"] == "paper-mamujoco"
+    assert main(args[:5] + ["--algos", "race"] + args[7:]) == 0  # the grid may change between restarts
+    assert "skip     race" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, match", [
