@@ -10,13 +10,13 @@ ParallelEnv) or a name registered with `register_env`. Simulator packages are im
 from __future__ import annotations
 
 from collections.abc import Callable
-
 from typing import Any
 
 from racemarl.envs.base import EnvSpec, MissingDependencyError, MultiAgentEnv, StepResult, UnknownTaskError
 from racemarl.envs.byo import (
     MPE_TASKS,
     BadTaskError,
+    is_registered,
     make_mpe,
     make_pettingzoo,
     make_registered,
@@ -285,8 +285,7 @@ def make_env(
 
 
 def registered(task: str) -> bool:
-    from racemarl.envs.byo import is_registered
-
+    """Whether `task` was registered with `register_env`."""
     return isinstance(task, str) and is_registered(task)
 
 
