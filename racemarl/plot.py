@@ -29,7 +29,7 @@ from racemarl.runs import Run, RunDirError, check_metric, group_runs
 CI_METHODS = ("t", "bootstrap")
 BOOTSTRAP_RESAMPLES = 2000
 # the same colour for an algorithm in every figure
-FIXED_COLOURS = {"race": "tab:red", "matd3": "tab:blue", "facmac": "tab:purple", "ea": "tab:green"}
+FIXED_COLOURS = {"race": "tab:red", "matd3": "tab:blue", "facmac": "tab:purple", "ea": "tab:green", "merl": "tab:orange"}
 OTHER_COLOURS = ["tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
 
 

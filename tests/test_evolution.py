@@ -32,7 +32,10 @@ def population(pop: int, seed: int) -> torch.Tensor:
 
 
 def cfg_with(**kw) -> RaceConfig:
+    """Most tests here check the operators under the simpler scheme (every non-elite slot a child);
+    the reference scheme has its own tests below."""
     cfg = RaceConfig()
+    kw = {"parents_survive": False, **kw}
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
@@ -245,6 +248,63 @@ def test_inject_never_hits_an_elite():
         assert same(new[slot], marl)
 
 
+# ----------------------------------------------------------------------------- the reference scheme
+
+
+def _reference(**kw) -> RaceConfig:
+    return cfg_with(parents_survive=True, **kw)
+
+
+def test_reference_scheme_keeps_selected_parents_and_clones_elites():
+    """mutation off: the tournament winners stay bit-identical in their slots, each elite is cloned into a
+    protected slot, and crossover only rewrites the unselected slots, from an elite clone and a winner."""
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        pop = int(rng.integers(5, 10))  # int(0.2 * pop) = 1 elite
+        heads = population(pop, 100 + trial)
+        fitness = rng.normal(size=pop)
+        new, report = evolve(heads, fitness, ROW_MASK, _reference(mutation_prob=0.0), rng)
+        (elite,) = report.elites
+        assert elite == int(np.argmax(fitness))
+        assert len(report.protected) == 1 and same(new[report.protected[0]], heads[elite])
+        for s in report.selected:
+            assert same(new[s], heads[s])  # a surviving parent is not replaced
+        untouched = set(report.selected) | {elite} | set(report.protected)
+        assert set(report.children) == set(range(pop)) - untouched
+        for c in report.children:
+            for i in range(N):  # every agent head of a child comes from the elite or a selected winner
+                assert any(same(new[c, i], heads[src, i]) for src in [elite, *report.selected])
+
+
+def test_reference_scheme_mutates_everything_but_the_elite_clone_and_never_biases():
+    pop = 6
+    base = population(1, 12)[0]
+    heads = base.expand(pop, *base.shape).clone()  # identical teams: every difference is mutation
+    fitness = np.array([0.0, 1.0, 9.0, 2.0, 3.0, 4.0])
+    rng = np.random.default_rng(12)
+    for _ in range(10):
+        new, report = evolve(heads, fitness, ROW_MASK, _reference(mutation_prob=1.0, mutation_frac=0.5), rng)
+        assert RaceConfig().mutate_bias is False  # the reference never mutates biases
+        for slot in range(pop):
+            if slot in report.protected:
+                assert same(new[slot], heads[slot])
+            else:  # selected winners and the elite's own slot mutate too
+                assert not same(new[slot], heads[slot])
+            assert same(new[slot, :, :, D], heads[slot, :, :, D])
+
+
+def test_reference_injection_spares_the_protected_clone():
+    rng = np.random.default_rng(13)
+    marl = population(1, 14)[0]
+    for trial in range(30):
+        pop = int(rng.integers(3, 8))
+        fitness = rng.normal(size=pop)
+        new, report = evolve(population(pop, trial), fitness, ROW_MASK, _reference(), rng)
+        slot = inject(new, marl, fitness, report)
+        assert slot not in report.protected
+        assert fitness[slot] == min(fitness[i] for i in range(pop) if i not in report.protected)
+
+
 # ----------------------------------------------------------------------------- tournament
 
 
@@ -264,3 +324,38 @@ def test_tournament_returns_fittest_contender():
     # size 1: uniform
     counts = np.bincount([tournament(fitness, 1, rng) for _ in range(draws)], minlength=5)
     np.testing.assert_allclose(counts / draws, 0.2, atol=0.03)
+
+
+# ----------------------------------------------------------------------------- MERL: whole-network mutation
+
+
+def test_merl_encoder_mutation_touches_only_mutated_agents_real_weights():
+    from racemarl.evolution import mutate_encoders
+    from racemarl.nets.policy import AgentEncoders
+
+    obs_dims = (3, 5)
+    enc = AgentEncoders(obs_dims, hidden=6, embed_dim=4)
+    params = {k: v.detach()[None].repeat(2, *([1] * v.dim())) for k, v in enc.named_parameters()}  # 2 teams
+    before = {k: v.clone() for k, v in params.items()}
+    cfg = cfg_with(mutation_frac=0.5, super_mutation_prob=0.0, reset_prob=0.0)
+    mutate_encoders(params, [(1, 0)], obs_dims, cfg, np.random.default_rng(0))
+    for name, v in params.items():
+        assert torch.equal(v[0], before[name][0])  # team 0 untouched
+        assert torch.equal(v[1, 1], before[name][1, 1])  # agent 1 of team 1 untouched
+        if not name.endswith("weight") or v.dim() != 4:
+            assert torch.equal(v[1, 0], before[name][1, 0])  # biases and LayerNorm never mutated
+    l1 = (params["l1.weight"][1, 0] != before["l1.weight"][1, 0])  # [in_max=5, out=6]
+    assert torch.all(l1[:3].sum(0) == n_mutated(3, 0.5))  # per output unit, a fraction of agent 0's 3 real inputs
+    assert not l1[3:].any() and torch.count_nonzero(params["l1.weight"][1, 0, 3:]) == 0  # padding stays zero
+    l2 = (params["l2.weight"][1, 0] != before["l2.weight"][1, 0])
+    assert torch.all(l2.sum(0) == n_mutated(6, 0.5))
+
+
+def test_evolve_reports_the_mutated_agents():
+    heads = population(5, 30)
+    cfg = cfg_with(parents_survive=True, mutation_prob=1.0)
+    new, report = evolve(heads, np.arange(5.0), ROW_MASK, cfg, np.random.default_rng(30))
+    expected = {(s, i) for s in range(5) if s not in report.protected for i in range(N)}
+    assert set(report.mutated) == expected
+    _, report = evolve(heads, np.arange(5.0), ROW_MASK, cfg_with(mutation_prob=0.0), np.random.default_rng(31))
+    assert report.mutated == []
