@@ -25,3 +25,13 @@ def tiny_config(algo: str = "race", total_steps: int = 160, extra: list[str] = (
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _auto_device_is_the_cpu(monkeypatch):
+    """The suite checks CPU behaviour (bit-identical reruns and resumes): `device: auto` trains on the CPU in
+    tests even where CUDA is available. tests/test_gpu.py asks for `cuda` explicitly."""
+    import racemarl.train
+    from racemarl.device import resolve_device
+
+    monkeypatch.setattr(racemarl.train, "resolve_device", lambda name: resolve_device("cpu" if name == "auto" else name))
