@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,103 @@ def require_run_dir(path: str | Path) -> Path:
     missing = missing_files(path)
     if missing:
         raise RunDirError(f"{path} is not a run directory (no {' and no '.join(missing)})")
+    return path
+
+
+# ---------------------------------------------------------------- output paths, checked before any work
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe_writable(folder: Path, what: str, path: Path) -> None:
+    """A file can be created in `folder` (an existing directory); the probe file is removed at once."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".racemarl-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise RunDirError(f"{what} {path}: cannot write into {folder} ({e.strerror or e})") from None
+
+
+def check_output_dir(path: str | Path, what: str = "--out") -> Path:
+    """`path` is, or can be created as, a writable directory (nothing is created); else RunDirError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{what} {path} is a file, not a folder")
+    base = path if path.exists() else _nearest_existing(path)
+    if not base.is_dir():
+        raise RunDirError(f"{what} {path}: {base} is a file, not a folder")
+    _probe_writable(base, what, path)
+    return path
+
+
+def check_output_file(path: str | Path, what: str = "--out", suffixes: tuple[str, ...] = ()) -> Path:
+    """`path` can be written as a file (its folders may be missing; nothing is created); else RunDirError."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise RunDirError(f"{what} must end in {', '.join(suffixes)}, got {path.name}")
+    if path.is_dir():
+        raise RunDirError(f"{what} {path} is a folder, not a file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise RunDirError(f"{what} {path}: the file is not writable")
+        _probe_writable(path.parent, what, path)
+        return path
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise RunDirError(f"{what} {path}: {base} is a file, not a folder")
+    _probe_writable(base, what, path)
+    return path
+
+
+def check_input_file(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise RunDirError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise RunDirError(f"{what} {path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise RunDirError(f"{what} {path} is not readable")
+    return path
+
+
+def experiment_settings(cfg: Config) -> dict:
+    """The config as flat dotted keys, without the settings that never change what is learned."""
+    from racemarl.config import SESSION_KEYS, to_dict
+
+    flat = _flatten(to_dict(cfg))
+    return {k: v for k, v in flat.items()
+            if k not in SESSION_KEYS and not k.startswith("rollout.") and k not in ("checkpoint_minutes",)}
+
+
+def check_new_run_dir(path: str | Path, cfg: Config) -> Path:
+    """Before a new run starts in `path`: it must be new, empty, or an earlier start of this very run that
+    never wrote a checkpoint (killed early). Anything else is refused, so no run or folder is overwritten."""
+    path = check_output_dir(path)
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    cfg_file = path / "config.yaml"
+    if not cfg_file.is_file():
+        raise RunDirError(f"{path} is not empty and holds no run; choose a new or empty folder")
+    try:
+        saved = from_dict(load_yaml(cfg_file))
+    except ConfigError as e:
+        raise RunDirError(f"{path} holds a run whose config.yaml is unreadable ({e}); choose another folder") from None
+    what = f"a {saved.algo} run on {saved.env.task}, seed {saved.seed}"
+    if (path / LATEST_CHECKPOINT).exists() or (path / "summary.json").exists():
+        raise RunDirError(f"{path} already holds {what}; continue it with `racemarl train --resume {path}` "
+                          f"(racemarl.resume) or choose another folder")
+    mine, theirs = experiment_settings(cfg), experiment_settings(saved)
+    mine.pop("total_steps"), theirs.pop("total_steps")
+    diff = [k for k in mine if mine[k] != theirs.get(k)]
+    if diff:
+        raise RunDirError(f"{path} holds the start of {what} with other settings ({', '.join(diff)}); "
+                          f"choose another folder")
     return path
 
 

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +15,7 @@ import torch
 
 from racemarl import checkpoint as ckpt
 from racemarl.buffer import ReplayBuffer
-from racemarl.config import Config, from_dict, save_yaml, to_dict
+from racemarl.config import Config, ConfigError, from_dict, save_yaml, to_dict
 from racemarl.envs import make_env, parse_task
 from racemarl.envs.batch import make_env_batch
 from racemarl.episode_buffer import EpisodeBuffer
@@ -40,6 +43,14 @@ class RunError(RuntimeError):
     """A run could not start or continue (bad run directory, resume mismatch, diverged losses)."""
 
 
+class TrainingInterrupted(RunError):
+    """SIGINT or SIGTERM stopped the run after a checkpoint was written; `resume` continues it exactly."""
+
+    def __init__(self, message: str, signal_name: str, run_dir: Path):
+        super().__init__(message)
+        self.signal_name, self.run_dir = signal_name, run_dir
+
+
 @dataclass
 class Progress:
     """Counters of a run; saved in every checkpoint."""
@@ -58,12 +69,19 @@ class Progress:
     loss_sums: dict[str, float] = field(default_factory=dict)
     loss_counts: dict[str, int] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
+    # A checkpoint written inside a generation's updates (interruption, wall-clock checkpoint): the
+    # generation's fitness and the updates still to do; resuming does them, then evolves. None otherwise.
+    pending_fitness: list[float] | None = None
+    pending_updates: int = 0
 
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self._check_paths(resume)  # before any work: nothing is built or written for a bad folder
+        self._stop: _Interrupts | None = None
+        self._last_save, self._saved_key = time.monotonic(), None
         torch.set_num_threads(cfg.torch_threads)
         torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls and tanh several-fold
         ckpt.seed_everything(cfg.seed)
@@ -110,8 +128,9 @@ class Trainer:
             self._load(self.run_dir / "checkpoints" / LATEST)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, self.run_dir / "config.yaml")
-        self.logger = MetricsLogger(self.run_dir, self.progress.rows, purge_step=self.progress.env_steps if resume else None,
-                                    tracking=cfg.logging)
+        # TensorBoard: drop only the points written after the checkpoint (a killed session's tail)
+        self.logger = MetricsLogger(self.run_dir, self.progress.rows,
+                                    purge_step=self.progress.env_steps + 1 if resume else None, tracking=cfg.logging)
         self._clock_start, self._clock_base = time.perf_counter(), self.progress.wall_time
 
     def elapsed(self) -> float:
@@ -233,7 +252,15 @@ class Trainer:
         if not cfg.uses_marl:
             return
         n, batch_size = self.n_updates_due(new_steps)
-        for _ in range(n):
+        self.run_updates(n, batch_size)
+
+    def run_updates(self, n: int, batch_size: int) -> None:
+        """`n` learner updates; between two of them a stop signal or the wall-clock interval writes a
+        checkpoint that records the updates still to do (`Progress.pending_updates`)."""
+        cfg, p = self.cfg, self.progress
+        for i in range(n):
+            p.pending_updates = n - i
+            self.maybe_checkpoint()
             try:
                 losses = self.learner.update(self.buffer.sample(batch_size), self.population, self.pop_encoders)
             except NonFiniteLossError as e:
@@ -243,7 +270,8 @@ class Trainer:
             for k, v in losses.items():
                 p.loss_sums[k] = p.loss_sums.get(k, 0.0) + v
                 p.loss_counts[k] = p.loss_counts.get(k, 0) + 1
-        p.updates += n
+            p.updates += 1
+        p.pending_updates = 0
 
     def evolve_population(self, fitness: np.ndarray) -> None:
         cfg, p = self.cfg, self.progress
@@ -284,11 +312,11 @@ class Trainer:
         episodes with fixed seeds per evaluation."""
         if self.discrete:
             n = self.eval_envs.batch_size
-            rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.evals, row]) for row in range(n)]
+            rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.env_steps, row]) for row in range(n)]
             stats = run_discrete_episodes(self.eval_envs, self.learner, heads[None].expand(n, *heads.shape), rngs,
                                           greedy=np.ones(n, bool))
             return stats.returns, stats.won.astype(float)
-        rng = np.random.default_rng([self.cfg.seed, 2, self.progress.evals])
+        rng = np.random.default_rng([self.cfg.seed, 2, self.progress.env_steps])  # same episodes at a step, however reached
         n = len(self.eval_envs)
         tiled_enc = None if encoders is None else {k: v.expand(n, *v.shape[1:]) for k, v in encoders.items()}
         return run_episodes(self.eval_envs, self.team_policy(heads[None].expand(n, *heads.shape), tiled_enc), rng).returns, None
@@ -324,7 +352,8 @@ class Trainer:
                 row[col] = p.loss_sums[k] / p.loss_counts[k]
         row["wall_time"] = self.elapsed()
         row["sps"] = (p.env_steps - interval_start[1]) / max(row["wall_time"] - interval_start[0], 1e-9)
-        p.train_returns, p.train_wins, p.loss_sums, p.loss_counts = [], [], {}, {}
+        if p.env_steps >= p.next_eval:  # an extra evaluation at the end of a budget leaves the interval's means running
+            p.train_returns, p.train_wins, p.loss_sums, p.loss_counts = [], [], {}, {}
         p.evals += 1
         self.logger.log_row(row)
         return row
@@ -335,29 +364,55 @@ class Trainer:
         session_steps = p.env_steps
         interval_start = (self.elapsed(), p.env_steps)
         bar = _progress_bar(cfg, p.env_steps)
-        last_eval = p.rows[-1]["eval_return"] if p.rows else None
+        last_row = p.rows[-1] if p.rows else None
+        self._stop = _Interrupts()
         try:
-            while p.env_steps < cfg.total_steps:
-                fitness, steps = self.play_generation()
-                p.env_steps += steps
-                p.generation += 1
-                self.learn(steps)
-                self.evolve_population(fitness)
-                self.log_generation(fitness)
-                bar.update(min(steps, bar.total - bar.n))  # the last generation may overshoot the budget
-                if p.env_steps >= p.next_eval or p.env_steps >= cfg.total_steps:
-                    row = self.evaluate(interval_start)
-                    interval_start = (row["wall_time"], p.env_steps)
-                    last_eval = row["eval_return"]
-                    p.next_eval = (p.env_steps // cfg.eval_interval + 1) * cfg.eval_interval
-                    self.save()
-                session_time = self.elapsed() - self._clock_base
-                bar.set_postfix(sps=f"{(p.env_steps - session_steps) / max(session_time, 1e-9):.0f}",
-                                eval=f"{last_eval:.1f}" if last_eval is not None else "-")
+            with self._stop:
+                while p.env_steps < cfg.total_steps or p.pending_fitness is not None:
+                    if p.pending_fitness is not None:  # resumed inside a generation's updates: finish them
+                        fitness, steps = np.array(p.pending_fitness), 0
+                        self.run_updates(p.pending_updates, self._batch_size())
+                    else:
+                        fitness, steps = self.play_generation()
+                        p.env_steps += steps
+                        p.generation += 1
+                        p.pending_fitness = [float(f) for f in fitness]
+                        self.learn(steps)
+                    p.pending_fitness = None
+                    self.evolve_population(fitness)
+                    self.log_generation(fitness)
+                    bar.update(min(steps, bar.total - bar.n))  # the last generation may overshoot the budget
+                    if p.env_steps >= p.next_eval or p.env_steps >= cfg.total_steps:
+                        row = self.evaluate(interval_start)
+                        interval_start = (row["wall_time"], p.env_steps)
+                        last_row = row
+                        p.next_eval = (p.env_steps // cfg.eval_interval + 1) * cfg.eval_interval
+                        self.save()
+                    self.maybe_checkpoint()
+                    session_time = self.elapsed() - self._clock_base
+                    bar.set_postfix(sps=f"{(p.env_steps - session_steps) / max(session_time, 1e-9):.0f}",
+                                    **_eval_postfix(last_row))
         finally:
             bar.close()
             self.close()
         return self.summary()
+
+    def _batch_size(self) -> int:
+        return self.cfg.discrete.batch_episodes if self.discrete else self.cfg.learner.batch_size
+
+    def maybe_checkpoint(self) -> None:
+        """Write a checkpoint when the wall-clock interval has passed or a stop signal came; after a
+        signal, stop the run (`TrainingInterrupted`)."""
+        minutes = self.cfg.checkpoint_minutes
+        stop = self._stop.signal if self._stop is not None else None
+        due = stop is not None or (minutes > 0 and time.monotonic() - self._last_save >= 60.0 * minutes)
+        if due and self._saved_key != self._state_key():
+            self.save()
+        if stop is not None:
+            path = self.run_dir / "checkpoints" / LATEST
+            raise TrainingInterrupted(
+                f"stopped by {stop} at {self.progress.env_steps} env steps; checkpoint written to {path}; "
+                f"continue with `racemarl train --resume {self.run_dir}`", stop, self.run_dir)
 
     def close(self) -> None:
         """Stop the rollout workers, close the logger and the evaluation envs (idempotent)."""
@@ -383,6 +438,7 @@ class Trainer:
     def summary(self) -> dict:
         p = self.progress
         evals = [r["eval_return"] for r in p.rows]
+        wins = [r["eval_win_rate"] for r in p.rows if r.get("eval_win_rate") is not None]
         wall = self.elapsed()
         summary = {
             "task": self.cfg.env.task, "algo": self.cfg.algo, "seed": self.cfg.seed,
@@ -391,6 +447,8 @@ class Trainer:
             "total_env_steps": p.env_steps, "updates": p.updates, "generations": p.generation,
             "wall_time": wall, "mean_sps": p.env_steps / wall if wall > 0 else None,
         }
+        if wins:  # discrete tasks
+            summary.update(final_eval_win_rate=wins[-1], best_eval_win_rate=max(wins))
         write_summary(self.run_dir, summary)
         return summary
 
@@ -414,13 +472,44 @@ class Trainer:
         }
 
     def save(self) -> None:
+        self.logger.flush()  # the events up to the checkpoint are on disk before it (a resume keeps them)
         ckpt.save_atomic(self._state(), self.run_dir / "checkpoints" / LATEST)
+        self._last_save, self._saved_key = time.monotonic(), self._state_key()
+
+    def _state_key(self) -> tuple:
+        p = self.progress
+        return p.env_steps, p.updates, p.evals, p.pending_fitness is None
+
+    def _check_paths(self, resume: bool) -> None:
+        """The run folder, before anything is built or written: a new run needs a new, empty or
+        never-checkpointed folder of this run; a resume needs a run with a checkpoint."""
+        from racemarl.runs import RunDirError, check_new_run_dir, check_output_dir
+
+        try:
+            if not resume:
+                check_new_run_dir(self.run_dir, self.cfg.validate())
+                return
+            check_output_dir(self.run_dir, "--resume")
+        except (RunDirError, ckpt.CheckpointError) as e:
+            raise RunError(str(e)) from None
+        if not (self.run_dir / "checkpoints" / LATEST).is_file():
+            raise RunError(f"no checkpoint to resume from at {self.run_dir / 'checkpoints' / LATEST}")
+        ckpt.clean_temp_files(self.run_dir / "checkpoints")
 
     def _load(self, path: Path) -> None:
         if not path.exists():
             raise RunError(f"no checkpoint to resume from at {path}")
-        sd = ckpt.load(path)
-        saved = from_dict(sd["config"])
+        try:
+            sd = ckpt.load(path)
+        except ckpt.CheckpointError as e:
+            raise RunError(str(e)) from None
+        missing = [k for k in ("config", "progress", "learner", "buffer", "rng") if k not in sd]
+        if missing:
+            raise RunError(f"{path} is not a racemarl training checkpoint (no {', '.join(missing)})")
+        try:
+            saved = from_dict(sd["config"])
+        except (ConfigError, TypeError, AttributeError) as e:
+            raise RunError(f"{path} holds an invalid config ({e})") from None
         if saved.env.task != self.cfg.env.task or saved.algo != self.cfg.algo:
             raise RunError(f"checkpoint {path} is for {saved.algo} on {saved.env.task}, not {self.cfg.algo} on {self.cfg.env.task}")
         self.progress = Progress(**sd["progress"])
@@ -447,6 +536,46 @@ def _check_algo(cfg: Config, discrete: bool) -> None:
     if discrete and cfg.uses_population and not cfg.race.shared_encoder:
         raise RunError("race.shared_encoder=false (each team its own encoders) is implemented for continuous "
                        "tasks only")
+
+
+class _Interrupts:
+    """While training: SIGINT/SIGTERM set a flag that the loop checks between updates and generations
+    (it then writes a checkpoint and stops); a second signal stops at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"\nracemarl: {self.signal}: finishing the current update, then writing a checkpoint "
+              f"(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def _eval_postfix(row: dict | None) -> dict:
+    """The progress bar's last evaluation: the return, and the win rate on discrete tasks."""
+    if row is None:
+        return {"eval": "-"}
+    out = {"eval": f"{row['eval_return']:.2f}" if abs(row["eval_return"]) < 100 else f"{row['eval_return']:.1f}"}
+    if row.get("eval_win_rate") is not None and not math.isnan(row["eval_win_rate"]):
+        out["win"] = f"{row['eval_win_rate']:.2f}"
+    return out
 
 
 def _learner_class(cfg: Config, discrete: bool) -> type:
