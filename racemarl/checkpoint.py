@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from racemarl.runs import CheckpointError  # noqa: F401 - raised by `load`, re-exported
+
 
 def save_atomic(obj: dict, path: str | Path) -> None:
     path = Path(path)
@@ -29,10 +31,6 @@ def save_atomic(obj: dict, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, truncated, not a checkpoint, or holding unsafe objects."""
 
 
 def load(path: str | Path) -> dict:

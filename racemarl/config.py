@@ -443,8 +443,15 @@ def load_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {path}") from e
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder, not a YAML file") from None
+    except (PermissionError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"config file {path} cannot be read ({type(e).__name__})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        first = " ".join(str(e).split())  # one line
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, not a {type(data).__name__}")
     return data
 
 

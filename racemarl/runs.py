@@ -23,6 +23,10 @@ class RunDirError(ValueError):
     """A user-facing problem with run directories, checkpoints, metrics or teams (one line)."""
 
 
+class CheckpointError(RunDirError):
+    """A checkpoint that cannot be used: missing, truncated, not a checkpoint, or holding unsafe objects."""
+
+
 def missing_files(path: Path) -> list[str]:
     return [name for name in REQUIRED_FILES if not (path / name).is_file()]
 
