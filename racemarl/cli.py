@@ -224,7 +224,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from racemarl.plot import learning_curves, plot_curves
-    from racemarl.runs import duplicate_seeds, load_runs
+    from racemarl.runs import duplicate_seeds, grouping, load_runs
 
     from racemarl.runs import check_output_file
 
@@ -237,6 +237,8 @@ def _plot(args: argparse.Namespace) -> int:
     for (task, algo), c in curves.items():
         last = f"{c.mean[-1]:.1f} at {int(c.x[-1])} env steps" if len(c.x) else "no common range"
         print(f"{task} {algo}: {c.n_seeds} seed(s), last mean {last}")
+    print(grouping(runs).note())
+    _warn_without(runs, args.metric)
     print(f"written: {out}")
     return 0
 
@@ -250,12 +252,22 @@ def _table(args: argparse.Namespace) -> int:
     runs = load_runs(args.dirs)
     _warn(duplicate_seeds(runs))
     text = results_table(runs, args.metric, fmt=args.format, digits=args.digits, max_steps=args.max_steps)
+    _warn_without(runs, args.metric)
     if args.out:
         Path(args.out).write_text(text)
         print(f"written: {args.out}")
     else:
         print(text, end="")
     return 0
+
+
+def _warn_without(runs, metric: str) -> None:
+    from racemarl.runs import groups_without
+
+    left_out = groups_without(runs, metric)
+    if left_out:
+        why = " (MaMuJoCo tasks have no win rate)" if "win_rate" in metric else ""
+        _warn([f"left out, no values of {metric}{why}: {', '.join(left_out)}"])
 
 
 def _export(args: argparse.Namespace) -> int:
