@@ -240,9 +240,13 @@ class Sweep:
         path = self.out / SWEEP_FILE
         mine = self.spec.folder_config()
         if path.is_file():
-            saved = json.loads(path.read_text()).get("folder_config", {})
-            if saved != mine:
-                diffs = [f"{k}: {saved.get(k)!r} (now {mine.get(k)!r})" for k in mine if saved.get(k) != mine.get(k)]
+            try:
+                saved = json.loads(path.read_text()).get("folder_config", {})
+            except (json.JSONDecodeError, AttributeError) as e:
+                raise RunDirError(f"{path} is not a readable sweep file ({e}); use another --out") from None
+            diffs = [f"{k}: {saved.get(k)!r} (now {mine.get(k)!r})" for k in mine
+                     if _comparable(k, saved.get(k)) != _comparable(k, mine.get(k))]
+            if diffs:
                 raise RunDirError(f"{self.out} was started with other settings ({'; '.join(diffs)}); "
                                   f"restart it with the same ones or use another --out")
         data = {"folder_config": mine, "tasks": self.spec.tasks, "algos": self.spec.algos, "seeds": self.spec.seeds,
@@ -440,6 +444,24 @@ def _require_ray() -> None:
         import ray  # noqa: F401
     except ImportError:
         raise RunDirError("--backend ray needs ray: pip install 'racemarl[ray]'") from None
+
+
+def set_values(sets: list[str] | None) -> dict:
+    """The config that --set flags make from the defaults: the same settings given in another order or
+    spelling (1e-3 vs 0.001) compare equal; flags that do not apply compare as their text."""
+    from racemarl.config import Config, apply_override, to_dict
+
+    cfg = Config()
+    try:
+        for assignment in sets or []:
+            apply_override(cfg, str(assignment))
+    except ConfigError:
+        return {"unparsed": sorted(map(str, sets or []))}
+    return to_dict(cfg)
+
+
+def _comparable(key: str, value):
+    return set_values(value) if key == "set" else value
 
 
 def _write_json(path: Path, data: dict) -> None:
