@@ -26,13 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = racemarl.make_config(task="mamujoco/HalfCheetah-6x1", algo="matd3", seed=1, total_steps=steps,
                                eval_interval=steps // 2, eval_episodes=2, overrides=overrides)
     # 2. train a new run (a folder holding anything else is refused)
-    first = racemarl.train(cfg, args.run_dir, progress=False)
+    first = racemarl.train_run(cfg, args.run_dir, progress=False)
     print(f"trained to {first['total_env_steps']} env steps: final eval return {first['final_eval_return']:.2f}")
     # 3. continue it with twice the budget: the same result as one run of 2 x steps
-    second = racemarl.resume(args.run_dir, total_steps=2 * steps)
+    second = racemarl.resume_run(args.run_dir, total_steps=2 * steps)
     print(f"resumed to {second['total_env_steps']} env steps: final eval return {second['final_eval_return']:.2f}")
     # 4. greedy episodes of the saved MARL team (also written to RUN_DIR/eval.json)
-    result = racemarl.evaluate(args.run_dir, episodes=3)
+    result = racemarl.evaluate_run(args.run_dir, episodes=3)
     print(f"evaluation: mean {result['mean']:.2f} over {result['episodes']} episodes")
     # 5. the metrics, one dict per evaluation
     rows = racemarl.load_metrics(args.run_dir)

@@ -3,7 +3,7 @@
     python examples/demo.py                      # configs/demo.yaml into runs/demo
     python examples/demo.py --out runs/d2 --set seed=2
 
-Uses only the public Python API (`racemarl.make_config`, `train`, `random_policy`, `load_run`) and
+Uses only the public Python API (`racemarl.make_config`, `train_run`, `random_policy`, `load_run`) and
 `racemarl.plot`. Writes the usual run directory plus `learning_curve.png` and `demo.json` (both numbers).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
         check_new_run_dir(out, cfg)  # before training: the figure and demo.json go there too
         print(f"training {cfg.algo} on {cfg.env.task} for {cfg.total_steps} env steps (seed {cfg.seed}) into {out}")
-        summary = racemarl.train(cfg, out, progress=not args.no_progress)
+        summary = racemarl.train_run(cfg, out, progress=not args.no_progress)
         episodes = cfg.eval_episodes
         print(f"playing {episodes} episodes of a uniformly random policy on {cfg.env.task} ...")
         rand = racemarl.random_policy(cfg.env.task, episodes=episodes, seed=cfg.seed,

@@ -4,12 +4,13 @@
 
     cfg = racemarl.make_config(task="smax/3m", algo="race", seed=1, total_steps=20_000,
                                overrides={"discrete.batch_episodes": 16})
-    summary = racemarl.train(cfg, "runs/s1")              # a new run; refuses a folder holding anything else
-    summary = racemarl.resume("runs/s1", total_steps=40_000)  # continue it exactly, here with a larger budget
-    result = racemarl.evaluate("runs/s1", episodes=20)    # greedy episodes of the saved team (writes eval.json)
+    summary = racemarl.train_run(cfg, "runs/s1")          # a new run; refuses a folder holding anything else
+    summary = racemarl.resume_run("runs/s1", total_steps=40_000)  # continue exactly, here with a larger budget
+    result = racemarl.evaluate_run("runs/s1", episodes=20)  # greedy episodes of the saved team (eval.json)
     rows = racemarl.load_metrics("runs/s1")               # metrics.csv as a list of dicts of numbers
     baseline = racemarl.random_policy("smax/3m", episodes=20)
 
+(The names end in `_run` because `racemarl.train` and `racemarl.evaluate` are the modules behind them.)
 Every function validates its arguments before any work starts, like the command line: a bad value is a
 `ConfigError`, a bad folder or checkpoint a `RunDirError` or `RunError`, each with a one-line message.
 A run stopped by Ctrl-C (SIGINT) or SIGTERM writes a checkpoint and raises `TrainingInterrupted`.
@@ -22,7 +23,7 @@ from typing import Any
 
 from racemarl.config import Config, ConfigError, apply_dict, apply_override, build_config, from_dict, load_yaml
 
-__all__ = ["make_config", "train", "resume", "evaluate", "load_metrics", "load_run", "random_policy"]
+__all__ = ["make_config", "train_run", "resume_run", "evaluate_run", "load_metrics", "load_run", "random_policy"]
 
 
 def make_config(preset: str | Path | None = None, *, task: str | None = None,
@@ -71,7 +72,7 @@ def make_config(preset: str | Path | None = None, *, task: str | None = None,
     return cfg.validate()
 
 
-def train(config: Config, run_dir: str | Path, *, progress: bool | None = None) -> dict:
+def train_run(config: Config, run_dir: str | Path, *, progress: bool | None = None) -> dict:
     """Train a new run into `run_dir` and return its summary (also in ``run_dir/summary.json``).
 
     `run_dir` must be new, empty, or an earlier start of this same run that never wrote a checkpoint; a
@@ -87,7 +88,7 @@ def train(config: Config, run_dir: str | Path, *, progress: bool | None = None) 
     return _train(config.validate(), run_dir)
 
 
-def resume(run_dir: str | Path, *, total_steps: int | None = None, progress: bool = False) -> dict:
+def resume_run(run_dir: str | Path, *, total_steps: int | None = None, progress: bool = False) -> dict:
     """Continue the run in `run_dir` from its last checkpoint, exactly as if it had never stopped.
 
     `total_steps` extends the budget (a smaller one than the run's is refused). Returns the summary.
@@ -109,15 +110,15 @@ def resume(run_dir: str | Path, *, total_steps: int | None = None, progress: boo
         return trainer.train()
 
 
-def evaluate(run_dir: str | Path, *, episodes: int = 10, team: str | None = None, seed: int = 0,
+def evaluate_run(run_dir: str | Path, *, episodes: int = 10, team: str | None = None, seed: int = 0,
              checkpoint: str | Path | None = None, out: str | Path | None = None,
              video: str | Path | None = None) -> dict:
     """Greedy episodes of one team of a saved run (``racemarl eval``); returns and writes the result
     (``out``, default ``run_dir/eval.json``): mean, std, min, max, per-episode returns, win rate on
     discrete tasks. `team`: ``"marl"``, ``"best"`` or a population slot ``"K"`` (default: the run's main team)."""
-    from racemarl.evaluate import evaluate_run
+    from racemarl.evaluate import evaluate_run as _evaluate_run
 
-    return evaluate_run(run_dir, checkpoint=checkpoint, episodes=episodes, team=team, seed=seed, video=video, out=out)
+    return _evaluate_run(run_dir, checkpoint=checkpoint, episodes=episodes, team=team, seed=seed, video=video, out=out)
 
 
 def load_metrics(run_dir: str | Path) -> list[dict[str, float | None]]:

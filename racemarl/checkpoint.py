@@ -44,7 +44,7 @@ def load(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower() or "unsupported" in str(e).lower():
+        if "unsupported global" in str(e).lower():  # a class or function, which loading would import and call
             raise CheckpointError(f"{path} holds objects other than tensors, numbers and strings; it was not "
                                   f"written by racemarl and is refused, since loading it could run code") from None
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated)") from None

@@ -136,7 +136,7 @@ def check_new_run_dir(path: str | Path, cfg: Config) -> Path:
     what = f"a {saved.algo} run on {saved.env.task}, seed {saved.seed}"
     if (path / LATEST_CHECKPOINT).exists() or (path / "summary.json").exists():
         raise RunDirError(f"{path} already holds {what}; continue it with `racemarl train --resume {path}` "
-                          f"(racemarl.resume) or choose another folder")
+                          f"(racemarl.resume_run) or choose another folder")
     mine, theirs = experiment_settings(cfg), experiment_settings(saved)
     mine.pop("total_steps"), theirs.pop("total_steps")
     diff = [k for k in mine if mine[k] != theirs.get(k)]
