@@ -247,6 +247,10 @@ def _table(args: argparse.Namespace) -> int:
     from racemarl.report import results_table
     from racemarl.runs import check_output_file, duplicate_seeds, load_runs
 
+    if args.digits < 0:
+        raise RunDirError(f"--digits must be >= 0, got {args.digits}")
+    if args.max_steps is not None and args.max_steps < 0:
+        raise RunDirError(f"--max-steps must be >= 0, got {args.max_steps}")
     if args.out:
         check_output_file(args.out)
     runs = load_runs(args.dirs)

@@ -238,6 +238,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
 
     if episodes < 1:
         raise RunDirError(f"--episodes must be >= 1, got {episodes}")
+    if any(int(v) < 0 for v in (seed if isinstance(seed, (list, tuple)) else [seed])):
+        raise RunDirError(f"--seed must be >= 0, got {seed}")
     if video is not None and Path(video).suffix.lower() != ".mp4":
         raise RunDirError(f"--video must name an .mp4 file, got {video}")
     run = load_run(run_dir)

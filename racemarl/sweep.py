@@ -253,6 +253,15 @@ class Sweep:
                 "total_steps": self.spec.total_steps}
         _write_json(path, data)
 
+    def _check_out(self) -> None:
+        """--out: a new or empty folder, or a sweep folder (with sweep.json) to continue; nothing else."""
+        from racemarl.runs import check_output_dir
+
+        check_output_dir(self.out)
+        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / SWEEP_FILE).is_file():
+            raise RunDirError(f"{self.out} is not empty and is not a sweep folder (no {SWEEP_FILE}); "
+                              "choose a new or empty folder")
+
     def _acquire_lock(self) -> None:
         import fcntl
 
@@ -326,6 +335,7 @@ class Sweep:
         self.spec.validate()
         if self.backend == "ray":
             _require_ray()
+        self._check_out()
         self.out.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -190,3 +190,18 @@ def test_tasks_table_is_cached(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out == first and calls["n"] == built  # no environment built the second time
     assert main(["tasks", "--agent-obsk", "1"]) == 0  # another key: built again
     assert calls["n"] > built
+
+
+@pytest.mark.parametrize("command, needle", [
+    (["table", "{runs}", "--digits", "-1"], "--digits must be >= 0"),
+    (["eval", "{run}", "--seed", "-1"], "--seed must be >= 0"),
+    (["sweep", "--tasks", "mamujoco/HalfCheetah-6x1", "--total-steps", "10", "--out", "{p}/afile"], "is a file"),
+    (["sweep", "--tasks", "mamujoco/HalfCheetah-6x1", "--total-steps", "10", "--out", "{p}"], "not a sweep folder"),
+])
+def test_other_commands_reject_bad_input(place, tiny_run, capsys, command, needle):
+    runs = place / "runs"
+    write_fake_run(runs / "a", "race", 1, [0, 100], [0.0, 1.0])
+    before = _snapshot(place)
+    assert main([c.format(p=place, runs=runs, run=tiny_run) for c in command]) == 2
+    _one_line_error(capsys, needle)
+    assert _snapshot(place) == before
