@@ -393,7 +393,7 @@ class Sweep:
                         self._finish(p, rc, interrupted=False)
                 time.sleep(POLL_S)
         except SweepInterrupted:
-            _stop(list(running.values()))
+            _stop(list(running.values()), [self.log_path(p) for p in running])
             for p, proc in running.items():
                 self._finish(p, proc.returncode if proc.returncode is not None else -1, interrupted=True)
             raise
@@ -432,21 +432,43 @@ class Sweep:
             ray.shutdown()
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """Let children that already got the signal (Ctrl-C reaches the whole group) exit, then SIGINT, then SIGKILL."""
-    for sig, wait in ((None, 2.0), (signal.SIGINT, GRACE_S), (signal.SIGKILL, 5.0)):
-        alive = [p for p in procs if p.poll() is None]
-        if not alive:
-            return
-        for p in alive:
-            if sig is not None:
-                try:
-                    p.send_signal(sig)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(p.poll() is None for p in alive):
-            time.sleep(0.05)
+STOPPING_MARK = "finishing the current update, then writing a checkpoint"  # printed by a run's signal handler
+
+
+def _already_stopping(log_path: Path | None) -> bool:
+    """The run's log shows, since its last launch, that it got a signal and is writing its checkpoint."""
+    if log_path is None or not log_path.is_file():
+        return False
+    text = log_path.read_text(errors="replace")
+    return STOPPING_MARK in text[text.rfind("\n# ") + 1:]
+
+
+def _stop(procs: list[subprocess.Popen], logs: list[Path] | None = None) -> None:
+    """Let children that already got the signal (Ctrl-C reaches the whole group) finish their checkpoint;
+    send SIGINT to the others (a second signal would stop a run at once, losing that checkpoint); SIGKILL
+    whatever is left after the grace period."""
+    logs = list(logs) if logs is not None else [None] * len(procs)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    for p, log in zip(procs, logs):
+        if p.poll() is None and not _already_stopping(log):
+            try:
+                p.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + GRACE_S
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.kill()
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.05)
 
 
 def _require_ray() -> None:
