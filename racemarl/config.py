@@ -45,6 +45,9 @@ class NetConfig:
     """Hidden widths of the centralised critics (MARL critic and PeVFA)."""
     policy_embed_dim: int = 64
     """Width of the PeVFA policy embedding of each agent's head."""
+    critic_layer_norm: bool = True
+    """LayerNorm after every hidden layer of the continuous critics and the PeVFA (ERL-Re2's `use_ln`);
+    MATD3 and RACE alike."""
 
 
 @dataclass
@@ -65,11 +68,15 @@ class LearnerConfig:
     expl_noise: float = 0.1
     """Gaussian exploration noise of the MARL team while collecting."""
     start_steps: int = 10_000
-    """Env steps of random MARL-team actions before learning starts."""
+    """Warm-up: env steps the MARL team plays with uniformly random actions before learning starts. With
+    RACE the population neither plays nor evolves until then (`race.play_during_warmup`)."""
     updates_per_step: float = 1.0
     """Gradient updates per env step collected (all teams' steps count)."""
-    grad_clip: float = 0.0
-    """Max global gradient norm (0 = no clipping)."""
+    grad_clip: float = 10.0
+    """Max global gradient norm per optimiser (0 = no clipping; ERL-Re2 clips every network at 10)."""
+    marl_head_init_scale: float = 0.1
+    """The MARL team's heads start at nn.Linear's default initialisation times this (ERL-Re2: 0.1, so its first
+    actions are near the middle of the range); population heads always start at the default."""
 
 
 @dataclass
@@ -114,6 +121,9 @@ class DiscreteConfig:
     hypernet_hidden: int = 64
     logit_reg: float = 1e-3
     """Weight of the mean squared logits in the MARL heads' loss (FACMAC's regulariser)."""
+    vmm_time_reduction: Literal["sum", "mean"] = "sum"
+    """RACE-discrete: L_VMM summed over an episode's time steps (official code: at beta 0.001 the loss is about
+    T times what its mean would be) or averaged over them."""
 
 
 @dataclass
@@ -130,8 +140,12 @@ class RaceConfig:
     super_mutation_prob: float = 0.05
     super_mutation_strength: float = 10.0
     reset_prob: float = 0.05
-    mutate_bias: bool = True
-    """Also mutate head biases (the official code never does)."""
+    mutate_bias: bool = False
+    """Also mutate head biases (the reference code never does)."""
+    parents_survive: bool = True
+    """Reference evolution: elites are cloned into protected slots, tournament winners survive with mutation
+    only and crossover fills only the unselected slots. Off: every non-elite slot becomes a crossover child
+    that then mutates (this project's first loop)."""
     operators: Literal["agent", "row"] = "agent"
     """agent = RACE's agent-level crossover/mutation; row = ERL-style operators on the whole team."""
     injection_interval: int = 1
@@ -149,6 +163,26 @@ class RaceConfig:
     value_target_factor: float | None = None
     """Factor on the max of the two next-state values in F(s) (None = gamma; the poster prints 1/2)."""
     mi_hidden: int = 128
+    play_during_warmup: bool = False
+    """Population teams play (and evolve) during the MARL team's warm-up (`learner.start_steps`). Off, as in
+    both reference codes: only the MARL team acts until it has collected start_steps env steps."""
+    evolve_before_learning: bool = True
+    """Evolve the population right after it played, before the generation's gradient updates (both reference
+    codes); off: after them. The MARL team is injected after the updates either way."""
+    pevfa_target_encoder: Literal["online", "target"] = "online"
+    """Encoder the PeVFA's TD target reads the next observation with (ERL-Re2: the online one)."""
+    pevfa_target_smoothing: bool = False
+    """TD3 target policy smoothing on the PeVFA's next actions (ERL-Re2: none)."""
+    fitness_mc_prob: float = 0.5
+    """theta: probability, drawn once per generation for the whole population, that teams are scored by full
+    episodes (undiscounted return). Otherwise each team plays `fitness_steps` steps and is scored by their
+    discounted return plus gamma^H min(Q_theta(s_H, pi_j(s_H), W_j)) of the PeVFA (ERL-Re2: theta 0.5, H 200).
+    RACE only (EA-only and MERL have no PeVFA: always full episodes). 1 = always full episodes."""
+    fitness_steps: int = 200
+    """H: steps of the short, PeVFA-bootstrapped fitness rollouts (see fitness_mc_prob)."""
+    champion_eval: Literal["scored", "updated"] = "scored"
+    """Which encoders the generation's best team is evaluated with: `scored` = those it was scored with, before
+    the generation's gradient updates (ERL-Re2); `updated` = after them (this project's first loop)."""
 
 
 @dataclass
@@ -231,6 +265,10 @@ class Config:
             (self.race.episodes_per_team >= 1, "race.episodes_per_team must be >= 1"),
             (self.race.vmm_beta >= 0, "race.vmm_beta must be >= 0"),
             (self.race.pevfa_teams_per_update >= 1, "race.pevfa_teams_per_update must be >= 1"),
+            (0 <= self.race.fitness_mc_prob <= 1, "race.fitness_mc_prob must be in [0, 1]"),
+            (self.race.fitness_steps >= 1, "race.fitness_steps must be >= 1"),
+            (self.learner.marl_head_init_scale > 0, "learner.marl_head_init_scale must be positive"),
+            (self.learner.grad_clip >= 0, "learner.grad_clip must be >= 0 (0 = no clipping)"),
             (self.env.max_episode_steps is None or self.env.max_episode_steps > 0,
              "env.max_episode_steps must be positive (or null for the task's own limit)"),
             (0 <= self.discrete.gamma <= 1, "discrete.gamma must be in [0, 1]"),
@@ -432,8 +470,40 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# Keys added after racemarl 0.1, with the value that reproduces a 0.1 run. A saved config (a run's
+# config.yaml or checkpoint) without one of them was made before it existed: it gets this value, not the
+# new default, so old runs resume, evaluate and load exactly as they were trained.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "net.critic_layer_norm": False,
+    "learner.grad_clip": 0.0,
+    "race.mutate_bias": True,
+    "race.parents_survive": False,
+    "race.play_during_warmup": True,
+    "race.champion_eval": "updated",
+    "race.evolve_before_learning": False,
+    "race.pevfa_target_encoder": "target",
+    "race.pevfa_target_smoothing": True,
+    "race.fitness_mc_prob": 1.0,
+    "learner.marl_head_init_scale": 1.0,
+    "discrete.vmm_time_reduction": "mean",
+}
+
+
+def _has_key(data: dict, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
 def from_dict(data: dict) -> Config:
+    """A saved config: keys it lacks take their `LEGACY_DEFAULTS` value if they have one, else the default."""
     cfg = Config()
+    legacy = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+              for k, v in LEGACY_DEFAULTS.items() if not _has_key(data, k)]
+    for assignment in legacy:
+        apply_override(cfg, assignment)
     apply_dict(cfg, data)
     return cfg.validate()
 

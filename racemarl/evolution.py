@@ -11,13 +11,14 @@ Agent-level operators (RACE, `operators="agent"`), following the poster's defini
 Row-level operators (ERL-style ablation, `operators="row"`): the team is one genome of head rows;
 crossover takes every row from either parent, mutation perturbs weights anywhere in the team.
 
-One generation: the top `elite_fraction` teams are kept unchanged; every other slot receives a
-child of two tournament-selected parents, then mutation. The MARL team is then copied into the slot
-whose team had the worst fitness among the non-elites.
+One generation (reference scheme, `race.parents_survive`, see `_reference_generation`): the elites are
+cloned into protected slots, tournament winners survive with mutation only, crossover children fill the
+unselected slots, and every slot but the protected clones mutates. The MARL team is then copied into
+the slot whose team had the worst fitness, never a protected clone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ class GenerationReport:
     parents: list[tuple[int, int]]  # per child slot, in `children` order
     children: list[int]
     sources: np.ndarray  # [P, N]: the old team each new team's agent i descends from
+    protected: list[int] = field(default_factory=list)  # slots holding an unmutated elite (never replaced by injection)
+    selected: list[int] = field(default_factory=list)  # tournament winners that survive (reference scheme)
     injected_slot: int | None = None
 
 
@@ -108,11 +111,86 @@ def mutate_team_rows(team: torch.Tensor, row_mask: torch.Tensor, cfg: RaceConfig
 
 def evolve(heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg: RaceConfig,
            rng: np.random.Generator) -> tuple[torch.Tensor, GenerationReport]:
-    """One generation of selection, crossover and mutation. Returns new heads and what happened."""
+    """One generation of selection, crossover and mutation. Returns new heads and what happened.
+
+    `cfg.parents_survive` (default) follows the reference code (ERL-Re2 / official RACE `mod_neuro_evo`);
+    off, every non-elite slot is replaced by a crossover child and then mutated (this project's first loop).
+    """
     pop = heads.shape[0]
     fitness = np.asarray(fitness, dtype=np.float64)
     if fitness.shape != (pop,):
         raise ValueError(f"fitness must have shape ({pop},), got {fitness.shape}")
+    step = _reference_generation if cfg.parents_survive else _children_generation
+    new, report = step(heads, fitness, row_mask, cfg, rng)
+    return new * row_mask[None, :, :, None], report
+
+
+def _mutate(team: torch.Tensor, row_mask: torch.Tensor, cfg: RaceConfig, rng: np.random.Generator) -> None:
+    """Agent-level: each agent's head mutates with probability `mutation_prob`; row-level: the whole team does."""
+    if cfg.operators == "agent":
+        for i in range(team.shape[0]):
+            if rng.random() < cfg.mutation_prob:
+                mutate_agent_head(team[i], row_mask[i], cfg, rng)
+    elif rng.random() < cfg.mutation_prob:
+        mutate_team_rows(team, row_mask, cfg, rng)
+
+
+def _reference_generation(heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg: RaceConfig,
+                          rng: np.random.Generator) -> tuple[torch.Tensor, GenerationReport]:
+    """The reference scheme:
+
+    1. elites = the top `elite_fraction`; `pop - elites` tournament draws, duplicates removed, are the
+       selected teams; every other team is unselected.
+    2. Each elite is cloned into an unselected slot (a selected one if none is left); the clone is protected.
+    3. The remaining unselected slots are paired (one repeated if their number is odd); in each pair one slot
+       takes a copy of a random protected elite clone, the other a copy of a random selected team, and the
+       two exchange genes by crossover.
+    4. Every slot except the protected clones mutates (`_mutate`): the selected teams and the elites in
+       their own slots survive with mutation only.
+    """
+    pop, n_agents = heads.shape[:2]
+    order = np.argsort(-fitness, kind="stable")
+    elites = [int(i) for i in order[: n_elites(pop, cfg.elite_fraction)]]
+    draws = [tournament(fitness, cfg.tournament_size, rng) for _ in range(pop - len(elites))]
+    selected = list(dict.fromkeys(draws))  # duplicates removed, first-drawn order
+    unselected = [i for i in range(pop) if i not in selected and i not in elites]
+    unselected = [unselected[j] for j in rng.permutation(len(unselected))]
+    new = heads.clone()
+    sources = np.repeat(np.arange(pop)[:, None], n_agents, axis=1)
+    protected: list[int] = []
+    for e in elites:
+        slot = unselected.pop(0) if unselected else selected.pop(0)
+        new[slot], sources[slot] = heads[e], e
+        protected.append(slot)
+    crossover = agent_crossover if cfg.operators == "agent" else row_crossover
+    if len(unselected) % 2:
+        unselected.append(unselected[int(rng.integers(len(unselected)))])
+    parents: list[tuple[int, int]] = []
+    children: list[int] = []
+    for i, j in zip(unselected[0::2], unselected[1::2]):
+        pa = protected[int(rng.integers(len(protected)))] if protected else int(order[0])
+        pb = selected[int(rng.integers(len(selected)))] if selected else pa
+        kid_a, kid_b, swap = crossover(new[pa].clone(), new[pb].clone(), rng)
+        src_a, src_b = sources[pa].copy(), sources[pb].copy()
+        new[i], new[j] = kid_a, kid_b
+        sources[i], sources[j] = np.where(swap, src_b, src_a), np.where(swap, src_a, src_b)
+        for slot in (i, j):
+            if slot not in children:
+                children.append(slot)
+                parents.append((int(sources[pa][0]), int(sources[pb][0])))
+    for slot in range(pop):
+        if slot not in protected:
+            _mutate(new[slot], row_mask, cfg, rng)
+    report = GenerationReport(elites=elites, parents=parents, children=children, sources=sources,
+                              protected=protected, selected=selected)
+    return new, report
+
+
+def _children_generation(heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg: RaceConfig,
+                         rng: np.random.Generator) -> tuple[torch.Tensor, GenerationReport]:
+    """Elites keep their slots unchanged; every other slot gets a crossover child of two tournament
+    winners, which then mutates (`race.parents_survive=false`)."""
+    pop = heads.shape[0]
     order = np.argsort(-fitness, kind="stable")
     elites = [int(i) for i in order[: n_elites(pop, cfg.elite_fraction)]]
     children = [i for i in range(pop) if i not in elites]
@@ -129,14 +207,9 @@ def evolve(heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg
             sources[slot] = src
             parents.append((pa, pb))
     for slot in children:
-        if cfg.operators == "agent":
-            for i in range(new.shape[1]):
-                if rng.random() < cfg.mutation_prob:
-                    mutate_agent_head(new[slot, i], row_mask[i], cfg, rng)
-        elif rng.random() < cfg.mutation_prob:
-            mutate_team_rows(new[slot], row_mask, cfg, rng)
-    report = GenerationReport(elites=elites, parents=parents, children=children, sources=sources)
-    return new * row_mask[None, :, :, None], report
+        _mutate(new[slot], row_mask, cfg, rng)
+    report = GenerationReport(elites=elites, parents=parents, children=children, sources=sources, protected=elites)
+    return new, report
 
 
 def follow_sources(params: torch.Tensor, sources: np.ndarray) -> torch.Tensor:
@@ -147,8 +220,9 @@ def follow_sources(params: torch.Tensor, sources: np.ndarray) -> torch.Tensor:
 
 
 def inject(heads: torch.Tensor, marl_heads: torch.Tensor, fitness: np.ndarray, report: GenerationReport) -> int:
-    """Copy the MARL team into the slot whose team was the worst non-elite this generation."""
-    candidates = report.children or list(range(heads.shape[0]))
+    """Copy the MARL team into the slot whose team had the worst fitness this generation, never a protected
+    elite."""
+    candidates = [i for i in range(heads.shape[0]) if i not in report.protected] or list(range(heads.shape[0]))
     slot = min(candidates, key=lambda i: fitness[i])
     heads[slot] = marl_heads.detach()
     report.injected_slot = slot

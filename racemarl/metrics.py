@@ -19,6 +19,7 @@ COLUMNS = [
     "eval_win_rate", "eval_win_rate_marl", "eval_win_rate_best_team", "train_win_rate",
     "fitness_max", "fitness_mean", "fitness_min", "injected_slot",
     "loss_critic", "loss_actor", "loss_pevfa", "loss_value", "loss_vfm", "loss_vmm", "mi_estimate",
+    "q_marl", "mc_return_marl", "q_bias_marl",
 ]
 WALL_CLOCK_COLUMNS = ("wall_time", "sps")
 

@@ -56,7 +56,7 @@ class RaceLearner(RaceParts, MATD3):
         rc, net = cfg.race, cfg.net
         self.rcfg = rc
         self.pevfa = PeVFA(spec.state_dim, self.layout.joint_dim, net.critic_hidden, spec.n_agents,
-                           net.embed_dim + 1, self.layout.row_mask, net.policy_embed_dim)
+                           net.embed_dim + 1, self.layout.row_mask, net.policy_embed_dim, net.critic_layer_norm)
         self.pevfa_targ = copy.deepcopy(self.pevfa).requires_grad_(False)
         self.value = StateValue(spec.state_dim)
         self.mi_critic = SeparableCritic(spec.state_dim, net.embed_dim, spec.n_agents, rc.mi_hidden)
@@ -87,13 +87,17 @@ class RaceLearner(RaceParts, MATD3):
         not_done = 1.0 - batch.terminated
         state_k = batch.state.expand(k, *batch.state.shape)
         with torch.no_grad(), section("pevfa_target"):
+            q_next_marl = q_next
             if encoders is not None:  # unshared ablation: each team reads its own encoders
                 z_next = self.encode_teams(batch.next_obs.expand(k, *batch.next_obs.shape), encoders)
-            a_next = self.smoothed_policy(z_next, teams)  # [K, B, U]
+            elif self.rcfg.pevfa_target_encoder == "online":
+                z_next = self.encoders(batch.next_obs)
+            act = self.smoothed_policy if self.rcfg.pevfa_target_smoothing else self.policy
+            a_next = act(z_next, teams)  # [K, B, U]
             qt_next = self.pevfa_targ(batch.next_state.expand_as(state_k), a_next, teams).min(0).values  # [K, B]
             y = batch.reward + gamma * not_done * qt_next
             factor = gamma if self.rcfg.value_target_factor is None else self.rcfg.value_target_factor
-            best_next = torch.maximum(q_next, qt_next.max(0).values)
+            best_next = torch.maximum(q_next_marl, qt_next.max(0).values)
             f_target = batch.reward + factor * not_done * best_next
         with section("pevfa_loss"):
             qt = self.pevfa(state_k, batch.action.expand(k, *batch.action.shape), teams)  # [2, K, B]
@@ -101,6 +105,15 @@ class RaceLearner(RaceParts, MATD3):
         with section("value_loss"):
             value_loss = (self.value(batch.state) - f_target).pow(2).mean()
         return {"pevfa": pevfa_loss, "value": value_loss}
+
+    @torch.no_grad()
+    def pevfa_value(self, obs: torch.Tensor, state: torch.Tensor, heads: torch.Tensor,
+                    encoders: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """min of the PeVFA twins at each team's own greedy action: team k at obs `[K, N, max_obs]`, state
+        `[K, S]`, heads `[K, N, A, d+1]` (encoders: the unshared ablation's `{name: [K, N, ...]}`) -> `[K]`."""
+        a = self.act(obs, heads, encoders)  # [K, N, A] padded, squashed
+        joint = self.layout.flatten(a[:, :, None, :])  # [K, 1, U]
+        return self.pevfa(state[:, None], joint, heads).min(0).values[:, 0]
 
     def extra_encoder_losses(self, batch: Batch, z: torch.Tensor, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}

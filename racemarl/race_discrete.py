@@ -121,5 +121,8 @@ class RaceDiscreteLearner(RaceParts, FACMAC):
             with torch.no_grad():
                 w = value_weights(self.value(s))
             self.last_mi = mi.detach().mean()
-            out["vmm"] = -self.rcfg.vmm_beta * (w * mi).mean()
+            vmm = (w * mi).mean()  # per real step
+            if self.dcfg.vmm_time_reduction == "sum":  # summed over each episode's steps, as the official code
+                vmm = vmm * mask.sum() / mask.shape[0]  # mean real steps per episode of the batch
+            out["vmm"] = -self.rcfg.vmm_beta * vmm
         return out

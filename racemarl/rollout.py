@@ -22,41 +22,85 @@ from racemarl.nets.policy import ActionLayout, AgentEncoders, pad_obs
 class EpisodeStats:
     returns: np.ndarray  # [T] undiscounted return of each env's episode
     lengths: np.ndarray  # [T]
+    episodes: list[dict[str, np.ndarray]] | None = None  # with `record`: each env's obs, state, action, reward, terminated
 
 
 Policy = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 
 
-def run_episodes(envs: list[MultiAgentEnv], policy: Policy, rng: np.random.Generator) -> EpisodeStats:
+def run_episodes(envs: list[MultiAgentEnv], policy: Policy, rng: np.random.Generator,
+                 record: bool = False) -> EpisodeStats:
     """Evaluation: play one greedy episode in every env, all envs stepping in lockstep; `rng` draws the
     env seeds.
 
     `policy(obs [k, N, max_obs], env_indices [k]) -> padded actions [k, N, A]` acts for the k envs
-    still running, in one batched call (each env is driven by its own team). Nothing is stored.
+    still running, in one batched call (each env is driven by its own team). Nothing is stored in a
+    buffer; `record` keeps each episode's steps (padded obs, state, flat joint action, reward, terminated).
     """
     spec = envs[0].spec
     n_env, max_obs = len(envs), max(spec.obs_dims)
     low = [np.asarray(lo, np.float32) for lo in spec.act_low]
     high = [np.asarray(hi, np.float32) for hi in spec.act_high]
     obs = np.zeros((n_env, spec.n_agents, max_obs), np.float32)
+    first_state = []
     for t, env in enumerate(envs):
-        o, _, _ = env.reset(seed=int(rng.integers(2**31)))
+        o, s0, _ = env.reset(seed=int(rng.integers(2**31)))
         pad_obs(o, max_obs, obs[t])
+        first_state.append(np.array(s0, np.float32))
     returns = np.zeros(n_env)
     lengths = np.zeros(n_env, np.int64)
     active = np.ones(n_env, bool)
+    steps: list[dict[str, list]] = [{k: [] for k in ("obs", "state", "action", "reward", "terminated")}
+                                    for _ in range(n_env if record else 0)]
+    state = first_state
     while active.any():
         idx = np.flatnonzero(active)
         actions = policy(torch.from_numpy(obs[idx]), idx).numpy()
         for j, t in enumerate(idx):
-            res = envs[t].step([np.clip(actions[j, i, :a], low[i], high[i]) for i, a in enumerate(spec.act_dims)])
+            act = [np.clip(actions[j, i, :a], low[i], high[i]) for i, a in enumerate(spec.act_dims)]
+            res = envs[t].step(act)
+            if record:
+                rec = steps[t]
+                rec["obs"].append(obs[t].copy())
+                rec["state"].append(state[t])
+                rec["action"].append(np.concatenate(act).astype(np.float32))
+                rec["reward"].append(res.reward)
+                rec["terminated"].append(float(res.terminated))
+                state[t] = np.array(res.state, np.float32)
             returns[t] += res.reward
             lengths[t] += 1
             if res.terminated or res.truncated:
                 active[t] = False
             else:
                 pad_obs(res.obs, max_obs, obs[t])
-    return EpisodeStats(returns=returns, lengths=lengths)
+    episodes = [{k: np.asarray(v, np.float32) for k, v in rec.items()} for rec in steps] if record else None
+    return EpisodeStats(returns=returns, lengths=lengths, episodes=episodes)
+
+
+def critic_bias(episodes: list[dict[str, np.ndarray]], q_values: list[np.ndarray], gamma: float) -> dict[str, float]:
+    """How a critic's value of the played actions compares with what followed: per step t, Q(s_t, a_t) and the
+    discounted Monte Carlo return G_t = sum_k gamma^k r_{t+k} of the rest of the episode.
+
+    Only steps whose G_t is (almost) the full return count: every step of an episode that terminated, and in
+    an episode cut by the time limit the steps with at least H = log(0.01) / log(gamma) steps left (the
+    unseen tail then weighs under 1% of the return). Returns {"q": mean Q, "mc": mean G, "bias": mean Q - G}
+    over those steps (NaN if there are none)."""
+    horizon = int(np.ceil(np.log(0.01) / np.log(gamma))) if 0 < gamma < 1 else 0
+    qs, gs = [], []
+    for ep, q in zip(episodes, q_values):
+        r = ep["reward"].astype(np.float64)
+        g = np.zeros_like(r)
+        acc = 0.0
+        for t in range(len(r) - 1, -1, -1):
+            acc = r[t] + gamma * acc
+            g[t] = acc
+        n = len(r) if len(r) and ep["terminated"][-1] > 0 else max(len(r) - horizon, 0)
+        qs.append(np.asarray(q[:n], np.float64))
+        gs.append(g[:n])
+    q_all, g_all = np.concatenate(qs) if qs else np.array([]), np.concatenate(gs) if gs else np.array([])
+    if not len(q_all):
+        return {"q": float("nan"), "mc": float("nan"), "bias": float("nan")}
+    return {"q": float(q_all.mean()), "mc": float(g_all.mean()), "bias": float((q_all - g_all).mean())}
 
 
 # ---------------------------------------------------------------- training generations, slot by slot
@@ -84,6 +128,8 @@ class GenerationPlan:
     noise_std: np.ndarray  # [k] Gaussian exploration noise, in units of the action half-range
     random_actions: np.ndarray  # [k] bool: uniformly random actions (warm-up)
     streams: list[tuple[int, ...]]  # [k] entropy of each slot's random stream
+    step_limit: np.ndarray | None = None  # [k] int: 0 = the slot sits this generation out (warm-up), n > 0 = its
+    # episode is cut after n steps (fitness by a short rollout), < 0 = no limit; None = no limit for any slot
 
     def part(self, slots: tuple[int, ...]) -> GenerationPlan:
         """The orders of some of the slots, as numpy arrays (cheap to pickle, no shared memory)."""
@@ -99,17 +145,25 @@ class GenerationPlan:
             slots=tuple(slots), heads=take(self.heads), encoders=arrays(self.encoders),
             team_encoders=None if self.team_encoders is None else {k: take(v) for k, v in self.team_encoders.items()},
             noise_std=take(self.noise_std), random_actions=take(self.random_actions),
-            streams=[self.streams[r] for r in rows])
+            streams=[self.streams[r] for r in rows],
+            step_limit=None if self.step_limit is None else take(self.step_limit))
+
+    def limit(self, r: int) -> int:
+        """Row r's step limit (-1 = none)."""
+        return -1 if self.step_limit is None else int(self.step_limit[r])
 
 
 @dataclass
 class SlotResult:
-    """One slot's episode: its transitions in time order (numpy float32, leading dim = steps), return, length."""
+    """One slot's episode: its transitions in time order (numpy float32, leading dim = steps), return, length.
+    `cut`: the episode was stopped by the plan's step limit (neither terminated nor truncated by the task);
+    its last transition's next_obs / next_state is where it stopped. A slot that sat out has length 0."""
 
     slot: int
     transitions: dict[str, np.ndarray]
     episode_return: float
     length: int
+    cut: bool = False
 
 
 class SlotActor(torch.nn.Module):
@@ -236,14 +290,19 @@ def play_slots(envs: list[MultiAgentEnv], actor: SlotActor, plan: GenerationPlan
     obs = np.zeros((actor.n_slots, n_agents, max_obs), np.float32)
     obs_t = torch.from_numpy(obs)  # the actor's input, shares memory with obs
     state: list[np.ndarray] = []
+    limits = np.array([plan.limit(r) for r in range(k)], np.int64)
+    active = limits != 0  # a slot with limit 0 sits out: no reset, no step, no transition
     for r, env in enumerate(envs):
+        if not active[r]:
+            state.append(np.zeros(spec.state_dim, np.float32))
+            continue
         o, s, _ = env.reset(seed=int(rngs[r].integers(2**31)))
         pad_obs(o, max_obs, obs[plan.slots[r]])
         state.append(np.array(s, np.float32))
     records = [{f: [] for f in ReplayBuffer.FIELDS} for _ in range(k)]
     returns = np.zeros(k)
     lengths = np.zeros(k, np.int64)
-    active = np.ones(k, bool)
+    cut = np.zeros(k, bool)
 
     while active.any():
         joint = actor(obs_t).numpy().reshape(actor.n_slots, -1)[:, flat_index]  # [T, U] joint actions
@@ -271,13 +330,24 @@ def play_slots(envs: list[MultiAgentEnv], actor: SlotActor, plan: GenerationPlan
             lengths[r] += 1
             if res.terminated or res.truncated:
                 active[r] = False
+            elif lengths[r] == limits[r]:
+                active[r], cut[r] = False, True
             else:
                 obs[t] = next_obs
                 state[r] = next_state
     return [SlotResult(slot=int(plan.slots[r]),
-                       transitions={f: np.asarray(v, np.float32) for f, v in records[r].items()},
-                       episode_return=float(returns[r]), length=int(lengths[r]))
+                       transitions={f: _stack(v, f, spec, max_obs) for f, v in records[r].items()},
+                       episode_return=float(returns[r]), length=int(lengths[r]), cut=bool(cut[r]))
             for r in range(k)]
+
+
+def _stack(values: list, name: str, spec: EnvSpec, max_obs: int) -> np.ndarray:
+    """One field of a slot's transitions as a float32 array (the right empty shape for a slot that sat out)."""
+    if values:
+        return np.asarray(values, np.float32)
+    width = {"obs": (spec.n_agents, max_obs), "next_obs": (spec.n_agents, max_obs), "state": (spec.state_dim,),
+             "next_state": (spec.state_dim,), "action": (sum(spec.act_dims),)}.get(name, ())
+    return np.zeros((0, *width), np.float32)
 
 
 def transitions_in_order(results: list[SlotResult]) -> dict[str, np.ndarray]:

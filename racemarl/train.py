@@ -29,6 +29,7 @@ from racemarl.race_discrete import RaceDiscreteLearner
 from racemarl.rollout import (
     GenerationPlan,
     SlotResult,
+    critic_bias,
     run_episodes,
     slot_stream,
     transitions_in_order,
@@ -73,6 +74,8 @@ class Progress:
     # generation's fitness and the updates still to do; resuming does them, then evolves. None otherwise.
     pending_fitness: list[float] | None = None
     pending_updates: int = 0
+    pending_champion: dict | None = None  # the champion's evaluation played before the updates
+    pending_report: dict | None = None  # the evolution report, when evolution came before the updates
 
 
 class Trainer:
@@ -107,6 +110,7 @@ class Trainer:
         self.learner = _learner_class(cfg, self.discrete)(self.spec, cfg, self.torch_gen)
         self.row_mask = self.learner.row_mask if self.discrete else self.learner.layout.row_mask
         self.population = None  # [P, N, A, d+1] evolved heads
+        self._report = None  # the last generation's evolution report (which slots are protected elites)
         self.pop_encoders = None  # {name: [P, N, ...]} each team's own encoders (unshared ablation only)
         self.best_heads, self.best_encoders = self.learner.marl_heads.detach().clone(), None
         if cfg.uses_population:
@@ -142,13 +146,51 @@ class Trainer:
         """Every team plays; returns the population's fitness and the env steps taken."""
         if self.discrete:
             return self.play_generation_discrete()
+        plan = self.generation_plan()
         try:
-            results = self.workers.play(self.generation_plan())
+            results = self.workers.play(plan)
         except RolloutError as e:
             raise RunError(str(e)) from e
         self.store(results)
         fitness = self._record_returns(np.array([r.episode_return for r in results]))
+        if self.in_warmup():
+            fitness = np.array([])  # the population sat out: nothing to evolve
+        elif self.short_fitness():
+            fitness = self.bootstrapped_fitness(results[int(self.cfg.uses_marl):])
         return fitness, sum(r.length for r in results)
+
+    def short_fitness(self) -> bool:
+        """Whether this generation scores the population by short rollouts + the PeVFA (`race.fitness_mc_prob`,
+        one draw per generation from its own stream; RACE only, never during warm-up)."""
+        cfg = self.cfg
+        if not cfg.uses_representation_losses or self.discrete or cfg.race.fitness_mc_prob >= 1 or self.in_warmup():
+            return False
+        return bool(np.random.default_rng([cfg.seed, 3, self.progress.generation]).random() >= cfg.race.fitness_mc_prob)
+
+    def bootstrapped_fitness(self, results: list[SlotResult]) -> np.ndarray:
+        """Fitness of short rollouts: sum_t gamma^t r_t, plus gamma^H min Q_theta(s_H, pi_j(s_H), W_j) where the
+        episode was cut at H steps (an episode that terminated earlier has no bootstrap)."""
+        cfg = self.cfg
+        gamma = cfg.learner.gamma
+        scores = np.array([float(np.sum(r.transitions["reward"] * gamma ** np.arange(r.length))) for r in results])
+        cut = [i for i, r in enumerate(results) if r.cut]
+        if cut:
+            repeat = cfg.race.episodes_per_team
+            teams = torch.tensor([i // repeat for i in cut])
+            obs = torch.from_numpy(np.stack([results[i].transitions["next_obs"][-1] for i in cut]))
+            state = torch.from_numpy(np.stack([results[i].transitions["next_state"][-1] for i in cut]))
+            enc = None if self.pop_encoders is None else {k: v[teams] for k, v in self.pop_encoders.items()}
+            values = self.learner.pevfa_value(obs, state, self.population[teams], enc).numpy()
+            for j, i in enumerate(cut):
+                scores[i] += gamma ** results[i].length * float(values[j])
+        return scores.reshape(cfg.race.pop_size, -1).mean(1)
+
+    def in_warmup(self) -> bool:
+        """Whether this generation is warm-up: the MARL team alone plays (uniformly random actions) until it
+        has collected `learner.start_steps` env steps; the population neither plays nor evolves."""
+        cfg = self.cfg
+        return (not self.discrete and cfg.uses_marl and cfg.uses_population and not cfg.race.play_during_warmup
+                and self.progress.env_steps < cfg.learner.start_steps)
 
     def generation_plan(self) -> GenerationPlan:
         """This generation's orders for every slot: its team, exploration and random stream."""
@@ -169,11 +211,16 @@ class Trainer:
         team_encoders = None
         if self.pop_encoders is not None:
             team_encoders = {k: torch.cat([e[k] for e in encoders]) for k in encoders[0]}
+        limit = np.full(self.n_slots, -1, np.int64)
+        if self.in_warmup():
+            limit[int(cfg.uses_marl):] = 0  # population slots sit out
+        elif self.short_fitness():
+            limit[int(cfg.uses_marl):] = cfg.race.fitness_steps
         return GenerationPlan(
             slots=tuple(range(self.n_slots)), heads=torch.cat(heads),
             encoders=self.learner.encoders.state_dict() if team_encoders is None else {},
             team_encoders=team_encoders, noise_std=np.array(noise, np.float64), random_actions=np.array(random_act, bool),
-            streams=[slot_stream(cfg.seed, p.generation, t) for t in range(self.n_slots)])
+            streams=[slot_stream(cfg.seed, p.generation, t) for t in range(self.n_slots)], step_limit=limit)
 
     def store(self, results: list[SlotResult]) -> None:
         """A generation's transitions into the replay buffer, in the same order whoever played them."""
@@ -273,29 +320,47 @@ class Trainer:
             p.updates += 1
         p.pending_updates = 0
 
-    def evolve_population(self, fitness: np.ndarray) -> None:
-        cfg, p = self.cfg, self.progress
-        if not cfg.uses_population:
+    def select_champion(self, fitness: np.ndarray) -> None:
+        """The generation's best team (by this generation's fitness) becomes the evaluated champion; with
+        `race.champion_eval=scored` together with a copy of the encoders it played with (saved in checkpoints,
+        so `racemarl eval --team best` replays it as it was scored)."""
+        if not self.cfg.uses_population or not len(fitness):
             return
         best = int(np.argmax(fitness))
         self.best_heads = self.population[best].clone()
         if self.pop_encoders is not None:
             self.best_encoders = {k: v[best : best + 1].clone() for k, v in self.pop_encoders.items()}
+        elif self.cfg.race.champion_eval == "scored" and not self.discrete:  # keeps the encoders it was scored with
+            self.best_encoders = self.learner.encoder_params()
+
+    def evolve_population(self, fitness: np.ndarray) -> None:
+        cfg, p = self.cfg, self.progress
+        if not cfg.uses_population or not len(fitness):
+            return
         p.last_fitness = [float(f) for f in fitness]
-        self.population, report = evolve(self.population, fitness, self.row_mask, cfg.race, self.evo_rng)
+        self.population, self._report = evolve(self.population, fitness, self.row_mask, cfg.race, self.evo_rng)
         if self.pop_encoders is not None:  # each agent's own encoder travels with its head
-            self.pop_encoders = {k: follow_sources(v, report.sources) for k, v in self.pop_encoders.items()}
+            self.pop_encoders = {k: follow_sources(v, self._report.sources) for k, v in self.pop_encoders.items()}
+
+    def inject_marl(self, fitness: np.ndarray) -> None:
+        """Copy the MARL team (after this generation's updates) over the worst-scored team of this generation
+        that is not a protected elite, every `race.injection_interval` generations."""
+        cfg, p = self.cfg, self.progress
+        if not cfg.uses_population or not len(fitness):
+            return
         p.last_injected = None
         interval = cfg.race.injection_interval
         if cfg.uses_marl and interval > 0 and p.generation % interval == 0:
-            slot = p.last_injected = inject(self.population, self.learner.marl_heads, fitness, report)
+            slot = p.last_injected = inject(self.population, self.learner.marl_heads, fitness, self._report)
             if self.pop_encoders is not None:
                 for k, v in self.learner.encoder_params().items():
                     self.pop_encoders[k][slot] = v[0]
 
     # ------------------------------------------------------------------ evaluation and logging
-    def log_generation(self, fitness: np.ndarray) -> None:
-        """Per-generation TensorBoard scalars (metrics.csv holds one row per evaluation)."""
+    def log_generation(self, fitness: np.ndarray, copy_slot: int | None = None) -> None:
+        """Per-generation TensorBoard scalars (metrics.csv holds one row per evaluation): the MARL team's training
+        return, the population's whole fitness vector, and the fitness of the slot holding last generation's
+        MARL copy (`copy_slot`)."""
         p = self.progress
         values = {"train_return": p.train_returns[-1]} if p.train_returns else {}
         if p.train_wins:
@@ -303,6 +368,9 @@ class Trainer:
         if len(fitness):
             values.update(fitness_max=float(fitness.max()), fitness_mean=float(fitness.mean()),
                           fitness_min=float(fitness.min()))
+            values.update({f"fitness/team_{j}": float(f) for j, f in enumerate(fitness)})
+            if copy_slot is not None:  # the MARL team injected last generation played unchanged: a noise-free curve
+                values["fitness_marl_copy"] = float(fitness[copy_slot])
         if p.last_injected is not None:
             values["injected_slot"] = p.last_injected
         self.logger.scalars(values, p.env_steps, prefix="generation/")
@@ -316,19 +384,49 @@ class Trainer:
             stats = run_discrete_episodes(self.eval_envs, self.learner, heads[None].expand(n, *heads.shape), rngs,
                                           greedy=np.ones(n, bool))
             return stats.returns, stats.won.astype(float)
+        stats = self._eval_episodes(heads, encoders)
+        return stats.returns, None
+
+    def _eval_episodes(self, heads: torch.Tensor, encoders: dict | None = None, record: bool = False):
         rng = np.random.default_rng([self.cfg.seed, 2, self.progress.env_steps])  # same episodes at a step, however reached
         n = len(self.eval_envs)
         tiled_enc = None if encoders is None else {k: v.expand(n, *v.shape[1:]) for k, v in encoders.items()}
-        return run_episodes(self.eval_envs, self.team_policy(heads[None].expand(n, *heads.shape), tiled_enc), rng).returns, None
+        return run_episodes(self.eval_envs, self.team_policy(heads[None].expand(n, *heads.shape), tiled_enc), rng,
+                            record=record)
 
-    def evaluate(self, interval_start: tuple[float, int]) -> dict:
+    def evaluate_marl(self, row: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        """The MARL team's greedy episodes; on continuous tasks also its critic's bias on them (`q_bias_marl` =
+        mean Q_1(s_t, pi(s_t)) - discounted Monte Carlo return, see `rollout.critic_bias`)."""
+        heads = self.learner.marl_heads.detach()
+        if self.discrete:
+            return self.evaluate_team(heads)
+        stats = self._eval_episodes(heads, record=True)
+        q_values = []
+        with torch.no_grad():
+            for ep in stats.episodes:
+                obs = torch.from_numpy(ep["obs"]).transpose(0, 1)  # [N, T, max_obs]
+                q_values.append(self.learner.actor_values(self.learner.critic, obs, torch.from_numpy(ep["state"]),
+                                                          torch.from_numpy(ep["action"])).numpy())
+        bias = critic_bias(stats.episodes, q_values, self.cfg.learner.gamma)
+        row.update(q_marl=bias["q"], mc_return_marl=bias["mc"], q_bias_marl=bias["bias"])
+        return stats.returns, None
+
+    def evaluate_champion(self) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The champion's evaluation episodes, played now (with the encoders of this moment)."""
+        if not self.cfg.uses_population:
+            return None
+        return self.evaluate_team(self.best_heads, self.best_encoders)
+
+    def evaluate(self, interval_start: tuple[float, int], champion: tuple | None = None) -> dict:
+        """One metrics row: the MARL team's greedy episodes now and the champion's (`champion`, when it was
+        played before the generation's updates, see `race.champion_eval`; else played now)."""
         cfg, p = self.cfg, self.progress
         row: dict = {"env_steps": p.env_steps, "generation": p.generation, "updates": p.updates}
         results = {}
         if cfg.uses_marl:
-            results["marl"] = self.evaluate_team(self.learner.marl_heads.detach())
+            results["marl"] = self.evaluate_marl(row)
         if cfg.uses_population:
-            results["best_team"] = self.evaluate_team(self.best_heads, self.best_encoders)
+            results["best_team"] = champion if champion is not None else self.evaluate_champion()
         for name, (returns, wins) in results.items():
             row[f"eval_return_{name}"] = float(returns.mean())
             if wins is not None:
@@ -369,21 +467,32 @@ class Trainer:
         try:
             with self._stop:
                 while p.env_steps < cfg.total_steps or p.pending_fitness is not None:
-                    if p.pending_fitness is not None:  # resumed inside a generation's updates: finish them
-                        fitness, steps = np.array(p.pending_fitness), 0
-                        self.run_updates(p.pending_updates, self._batch_size())
-                    else:
+                    if p.pending_fitness is None:
                         fitness, steps = self.play_generation()
                         p.env_steps += steps
                         p.generation += 1
-                        p.pending_fitness = [float(f) for f in fitness]
+                        self.select_champion(fitness)
+                        eval_due = p.env_steps >= p.next_eval or p.env_steps >= cfg.total_steps
+                        champion = None
+                        if eval_due and cfg.race.champion_eval == "scored":
+                            champion = self.evaluate_champion()  # with the encoders it was scored with
+                        if cfg.race.evolve_before_learning:
+                            self.evolve_population(fitness)
+                        self._set_pending(fitness, champion)  # what the rest of the generation needs, for checkpoints
                         self.learn(steps)
-                    p.pending_fitness = None
-                    self.evolve_population(fitness)
-                    self.log_generation(fitness)
+                    else:  # resumed from a checkpoint written inside this generation's updates
+                        fitness, champion, steps = self._restore_pending()
+                        self.run_updates(p.pending_updates, self._batch_size())
+                    p.pending_fitness, p.pending_champion, p.pending_report = None, None, None
+                    copy_slot = p.last_injected if len(fitness) else None  # played last generation's MARL copy
+                    eval_due = p.env_steps >= p.next_eval or p.env_steps >= cfg.total_steps
+                    if not cfg.race.evolve_before_learning:
+                        self.evolve_population(fitness)
+                    self.inject_marl(fitness)
+                    self.log_generation(fitness, copy_slot)
                     bar.update(min(steps, bar.total - bar.n))  # the last generation may overshoot the budget
-                    if p.env_steps >= p.next_eval or p.env_steps >= cfg.total_steps:
-                        row = self.evaluate(interval_start)
+                    if eval_due:
+                        row = self.evaluate(interval_start, champion)
                         interval_start = (row["wall_time"], p.env_steps)
                         last_row = row
                         p.next_eval = (p.env_steps // cfg.eval_interval + 1) * cfg.eval_interval
@@ -396,6 +505,37 @@ class Trainer:
             bar.close()
             self.close()
         return self.summary()
+
+    def _set_pending(self, fitness: np.ndarray, champion: tuple | None) -> None:
+        """Record in the progress what the rest of this generation needs after its updates (its fitness, the
+        champion's evaluation, the evolution report), so a checkpoint written between two updates resumes it."""
+        p = self.progress
+        p.pending_fitness = [float(f) for f in fitness]
+        p.pending_champion = None if champion is None else {
+            "returns": [float(r) for r in champion[0]],
+            "wins": None if champion[1] is None else [float(w) for w in champion[1]]}
+        p.pending_report = None
+        if self.cfg.race.evolve_before_learning and self._report is not None and len(fitness):
+            r = self._report
+            ints = lambda xs: [int(x) for x in xs]  # noqa: E731 - plain ints: checkpoints hold no numpy scalars
+            p.pending_report = {"elites": ints(r.elites), "parents": [ints(x) for x in r.parents],
+                                "children": ints(r.children), "sources": torch.from_numpy(np.asarray(r.sources).copy()),
+                                "protected": ints(r.protected), "selected": ints(r.selected),
+                                "injected_slot": None if r.injected_slot is None else int(r.injected_slot)}
+
+    def _restore_pending(self) -> tuple[np.ndarray, tuple | None, int]:
+        from racemarl.evolution import GenerationReport
+
+        p = self.progress
+        champion = None
+        if p.pending_champion is not None:
+            wins = p.pending_champion["wins"]
+            champion = (np.array(p.pending_champion["returns"]), None if wins is None else np.array(wins))
+        if p.pending_report is not None:
+            r = dict(p.pending_report)
+            self._report = GenerationReport(**{**r, "parents": [tuple(x) for x in r["parents"]],
+                                               "sources": r["sources"].numpy()})
+        return np.array(p.pending_fitness), champion, 0
 
     def _batch_size(self) -> int:
         return self.cfg.discrete.batch_episodes if self.discrete else self.cfg.learner.batch_size

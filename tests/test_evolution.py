@@ -32,7 +32,10 @@ def population(pop: int, seed: int) -> torch.Tensor:
 
 
 def cfg_with(**kw) -> RaceConfig:
+    """Most tests here check the operators under the simpler scheme (every non-elite slot a child);
+    the reference scheme has its own tests below."""
     cfg = RaceConfig()
+    kw = {"parents_survive": False, **kw}
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
@@ -243,6 +246,63 @@ def test_inject_never_hits_an_elite():
         assert slot not in report.elites
         assert fitness[slot] == min(fitness[c] for c in report.children)
         assert same(new[slot], marl)
+
+
+# ----------------------------------------------------------------------------- the reference scheme
+
+
+def _reference(**kw) -> RaceConfig:
+    return cfg_with(parents_survive=True, **kw)
+
+
+def test_reference_scheme_keeps_selected_parents_and_clones_elites():
+    """mutation off: the tournament winners stay bit-identical in their slots, each elite is cloned into a
+    protected slot, and crossover only rewrites the unselected slots, from an elite clone and a winner."""
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        pop = int(rng.integers(5, 10))  # int(0.2 * pop) = 1 elite
+        heads = population(pop, 100 + trial)
+        fitness = rng.normal(size=pop)
+        new, report = evolve(heads, fitness, ROW_MASK, _reference(mutation_prob=0.0), rng)
+        (elite,) = report.elites
+        assert elite == int(np.argmax(fitness))
+        assert len(report.protected) == 1 and same(new[report.protected[0]], heads[elite])
+        for s in report.selected:
+            assert same(new[s], heads[s])  # a surviving parent is not replaced
+        untouched = set(report.selected) | {elite} | set(report.protected)
+        assert set(report.children) == set(range(pop)) - untouched
+        for c in report.children:
+            for i in range(N):  # every agent head of a child comes from the elite or a selected winner
+                assert any(same(new[c, i], heads[src, i]) for src in [elite, *report.selected])
+
+
+def test_reference_scheme_mutates_everything_but_the_elite_clone_and_never_biases():
+    pop = 6
+    base = population(1, 12)[0]
+    heads = base.expand(pop, *base.shape).clone()  # identical teams: every difference is mutation
+    fitness = np.array([0.0, 1.0, 9.0, 2.0, 3.0, 4.0])
+    rng = np.random.default_rng(12)
+    for _ in range(10):
+        new, report = evolve(heads, fitness, ROW_MASK, _reference(mutation_prob=1.0, mutation_frac=0.5), rng)
+        assert RaceConfig().mutate_bias is False  # the reference never mutates biases
+        for slot in range(pop):
+            if slot in report.protected:
+                assert same(new[slot], heads[slot])
+            else:  # selected winners and the elite's own slot mutate too
+                assert not same(new[slot], heads[slot])
+            assert same(new[slot, :, :, D], heads[slot, :, :, D])
+
+
+def test_reference_injection_spares_the_protected_clone():
+    rng = np.random.default_rng(13)
+    marl = population(1, 14)[0]
+    for trial in range(30):
+        pop = int(rng.integers(3, 8))
+        fitness = rng.normal(size=pop)
+        new, report = evolve(population(pop, trial), fitness, ROW_MASK, _reference(), rng)
+        slot = inject(new, marl, fitness, report)
+        assert slot not in report.protected
+        assert fitness[slot] == min(fitness[i] for i in range(pop) if i not in report.protected)
 
 
 # ----------------------------------------------------------------------------- tournament

@@ -88,9 +88,11 @@ class MATD3(Learner):
         self.encoders = AgentEncoders(spec.obs_dims, cfg.net.encoder_hidden, cfg.net.embed_dim)
         self.encoders_targ = copy.deepcopy(self.encoders).requires_grad_(False)
         heads = init_heads(1, spec.n_agents, self.layout.max_act, cfg.net.embed_dim, self.layout.row_mask, generator)[0]
+        heads = heads * cfg.learner.marl_head_init_scale
         self.marl_heads = nn.Parameter(heads)  # [N, A, d+1]
         self.register_buffer("marl_heads_targ", heads.clone())
-        self.critic = TwinCritic(spec.state_dim, self.layout.joint_dim, cfg.net.critic_hidden)
+        self.critic = TwinCritic(spec.state_dim, self.layout.joint_dim, cfg.net.critic_hidden,
+                                 layer_norm=cfg.net.critic_layer_norm)
         self.critic_targ = copy.deepcopy(self.critic).requires_grad_(False)
         lc = self.lcfg
         self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=lc.lr_critic, fused=True)

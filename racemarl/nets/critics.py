@@ -12,10 +12,11 @@ from racemarl.nets.layers import GroupedMLP
 class TwinCritic(nn.Module):
     """Two independent MLPs on (s, u[, e]) evaluated as one grouped product."""
 
-    def __init__(self, state_dim: int, joint_act_dim: int, hidden: Sequence[int], extra_dim: int = 0):
+    def __init__(self, state_dim: int, joint_act_dim: int, hidden: Sequence[int], extra_dim: int = 0,
+                 layer_norm: bool = False):
         super().__init__()
         self.in_dim = state_dim + joint_act_dim
-        self.net = GroupedMLP(self.in_dim + extra_dim, hidden, 1, groups=2)
+        self.net = GroupedMLP(self.in_dim + extra_dim, hidden, 1, groups=2, layer_norm=layer_norm)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """state `[B, S]`, action `[B, U]` -> `[2, B]`."""
@@ -81,10 +82,10 @@ class PeVFA(nn.Module):
     """Policy-extended twin critic Q_theta(s, u, W_j)."""
 
     def __init__(self, state_dim: int, joint_act_dim: int, hidden: Sequence[int], n_agents: int,
-                 row_dim: int, row_mask: torch.Tensor, embed_width: int = 64):
+                 row_dim: int, row_mask: torch.Tensor, embed_width: int = 64, layer_norm: bool = False):
         super().__init__()
         self.embedding = PolicyEmbedding(n_agents, row_dim, row_mask, embed_width)
-        self.critic = TwinCritic(state_dim, joint_act_dim, hidden, self.embedding.out_dim)
+        self.critic = TwinCritic(state_dim, joint_act_dim, hidden, self.embedding.out_dim, layer_norm)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor, heads: torch.Tensor,
                 first_only: bool = False) -> torch.Tensor:

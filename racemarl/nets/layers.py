@@ -71,12 +71,18 @@ class GroupedLayerNorm(nn.Module):
         normed = F.layer_norm(x, x.shape[-1:], self._one, self._zero, eps=self.eps)
         return torch.addcmul(self.bias, normed, self.weight)
 
+    def forward_first(self, x: torch.Tensor) -> torch.Tensor:
+        """Group 0 alone: x `[1, B, features]` -> `[1, B, features]` (equals `forward(x)[:1]` for group 0's input)."""
+        normed = F.layer_norm(x, x.shape[-1:], self._one, self._zero, eps=self.eps)
+        return torch.addcmul(self.bias[:1], normed, self.weight[:1])
+
 
 class GroupedMLP(nn.Module):
-    """G independent MLPs: Linear-act-...-Linear, with no activation after the last layer."""
+    """G independent MLPs: Linear-act-...-Linear, with no activation after the last layer. With `layer_norm`
+    every hidden layer is Linear-LayerNorm-act (ERL-Re2's `use_ln` critics)."""
 
     def __init__(self, in_features: int | Sequence[int], hidden: Sequence[int], out_features: int,
-                 groups: int | None = None, activation: type[nn.Module] = nn.ReLU):
+                 groups: int | None = None, activation: type[nn.Module] = nn.ReLU, layer_norm: bool = False):
         super().__init__()
         sizes = list(hidden) + [out_features]
         layers: list[nn.Module] = []
@@ -85,6 +91,8 @@ class GroupedMLP(nn.Module):
             layers.append(GroupedLinear(prev, width, groups))
             groups = layers[-1].groups
             if i < len(sizes) - 1:
+                if layer_norm:
+                    layers.append(GroupedLayerNorm(groups, width))
                 layers.append(activation())
             prev = width
         self.net = nn.Sequential(*layers)
@@ -96,5 +104,5 @@ class GroupedMLP(nn.Module):
         """The first group's MLP alone, `[1, B, out]` (equals `forward(x)[:1]` at half the work for two groups).
         `start` skips the first layers (x is then that layer's input)."""
         for layer in self.net[start:]:
-            x = layer.forward_first(x) if isinstance(layer, GroupedLinear) else layer(x)
+            x = layer.forward_first(x) if isinstance(layer, (GroupedLinear, GroupedLayerNorm)) else layer(x)
         return x

@@ -1,0 +1,257 @@
+"""The loop as the reference codes run it: warm-up, champion evaluation, short PeVFA fitness, critic bias,
+LayerNorm critics, the MARL heads' initial scale, the discrete VMM weight and legacy configs."""
+import numpy as np
+import pytest
+import torch
+
+from racemarl.config import LEGACY_DEFAULTS, Config, from_dict, to_dict
+from racemarl.nets.critics import PeVFA, TwinCritic
+from racemarl.rollout import critic_bias
+from racemarl.train import Trainer
+from tests.conftest import tiny_config
+from tests.test_discrete import fake_smac  # noqa: F401 - fixture
+
+torch.set_num_threads(1)
+
+
+def _generation(trainer: Trainer) -> tuple[np.ndarray, int]:
+    """One generation of the loop, step by step as `Trainer.train` runs it (no evaluation)."""
+    p = trainer.progress
+    fitness, steps = trainer.play_generation()
+    p.env_steps += steps
+    p.generation += 1
+    trainer.select_champion(fitness)
+    trainer.evolve_population(fitness)
+    trainer.learn(steps)
+    trainer.inject_marl(fitness)
+    return fitness, steps
+
+
+def test_warmup_only_the_marl_team_plays_until_start_steps(tmp_path):
+    # episodes of 20 steps, start_steps 60: three MARL-only generations, then the population joins
+    cfg = tiny_config("race", extra=["learner.start_steps=60"])
+    with Trainer(cfg, tmp_path) as trainer:
+        initial = trainer.population.clone()
+        for gen in range(3):
+            fitness, steps = _generation(trainer)
+            assert steps == 20 and len(fitness) == 0  # the MARL team's episode alone
+            assert len(trainer.buffer) == trainer.progress.env_steps == 20 * (gen + 1)
+            assert torch.equal(trainer.population, initial)  # no evolution, no injection
+            assert trainer.progress.updates == (0 if gen < 2 else 20)  # learning starts once 60 steps are in
+        fitness, steps = _generation(trainer)
+        assert steps == 20 * (1 + cfg.race.pop_size) and len(fitness) == cfg.race.pop_size
+        assert trainer.progress.updates == 20 + steps
+        assert not torch.equal(trainer.population, initial)
+
+
+def test_old_loop_lets_the_population_play_during_warmup(tmp_path):
+    cfg = tiny_config("race", extra=["learner.start_steps=60", "race.play_during_warmup=true"])
+    with Trainer(cfg, tmp_path) as trainer:
+        fitness, steps = _generation(trainer)
+        assert steps == 20 * (1 + cfg.race.pop_size) and len(fitness) == cfg.race.pop_size
+
+
+@pytest.mark.parametrize("mode", ["scored", "updated"])
+def test_champion_is_evaluated_with_the_encoders_it_was_scored_with(tmp_path, mode):
+    cfg = tiny_config("race", extra=["learner.start_steps=20", f"race.champion_eval={mode}"])
+    with Trainer(cfg, tmp_path) as trainer:
+        _generation(trainer)  # warm-up
+        scored_with = {k: v.detach().clone() for k, v in trainer.learner.encoders.named_parameters()}
+        fitness, _ = _generation(trainer)  # population plays with `scored_with`, then many updates
+        moved = {k: v.detach() for k, v in trainer.learner.encoders.named_parameters()}
+        assert any(not torch.equal(scored_with[k], moved[k]) for k in moved)
+        best = int(np.argmax(fitness))
+        if mode == "scored":
+            assert all(torch.equal(trainer.best_encoders[k][0], scored_with[k]) for k in scored_with)
+        else:
+            assert trainer.best_encoders is None
+        # the loop evaluates the champion before the updates when mode == scored
+        assert trainer.best_heads.shape == trainer.population[best].shape
+
+
+def test_champion_row_matches_a_replay_with_the_scored_encoders(tmp_path):
+    """`eval_return_best_team` is the return of the champion's heads on the pre-update encoders."""
+    cfg = tiny_config("race", total_steps=140, extra=["learner.start_steps=20"])
+    with Trainer(cfg, tmp_path) as trainer:
+        trainer.train()
+        last = trainer.progress.rows[-1]
+        trainer.progress.evals -= 1  # replay the last evaluation's env seeds
+        trainer.eval_envs = [__import__("racemarl.envs", fromlist=["make_env"]).make_env(
+            cfg.env.task, agent_obsk=cfg.env.agent_obsk, max_episode_steps=cfg.env.max_episode_steps)]
+        returns, _ = trainer.evaluate_team(trainer.best_heads, trainer.best_encoders)
+        assert float(returns.mean()) == pytest.approx(last["eval_return_best_team"], rel=1e-5, abs=1e-4)
+        returns_now, _ = trainer.evaluate_team(trainer.best_heads)  # the updated shared encoders
+        assert float(returns_now.mean()) != pytest.approx(last["eval_return_best_team"], rel=1e-6, abs=1e-6)
+
+
+def test_short_fitness_rollouts_are_cut_and_bootstrapped_by_the_pevfa(tmp_path):
+    cfg = tiny_config("race", extra=["learner.start_steps=20", "race.fitness_mc_prob=0", "race.fitness_steps=7"])
+    with Trainer(cfg, tmp_path) as trainer:
+        _generation(trainer)  # warm-up
+        plan = trainer.generation_plan()
+        assert list(plan.step_limit) == [-1] + [7] * cfg.race.pop_size
+        results = trainer.workers.play(plan)
+        pop_results = results[1:]
+        assert all(r.length == 7 and r.cut for r in pop_results)
+        assert results[0].length == 20 and not results[0].cut
+        fitness = trainer.bootstrapped_fitness(pop_results)
+        gamma = cfg.learner.gamma
+        for j, r in enumerate(pop_results):
+            disc = float(np.sum(r.transitions["reward"] * gamma ** np.arange(7)))
+            obs = torch.from_numpy(r.transitions["next_obs"][-1:])
+            state = torch.from_numpy(r.transitions["next_state"][-1:])
+            q = trainer.learner.pevfa_value(obs, state, trainer.population[j : j + 1])
+            # the PeVFA at the team's own greedy action: min of the twins
+            a = trainer.learner.act(obs, trainer.population[j : j + 1])
+            joint = trainer.learner.layout.flatten(a[:, :, None, :])
+            twins = trainer.learner.pevfa(state[:, None], joint, trainer.population[j : j + 1])
+            assert float(q) == pytest.approx(float(twins.detach().min()), abs=1e-6)
+            assert fitness[j] == pytest.approx(disc + gamma**7 * float(q), rel=1e-5, abs=1e-5)
+
+
+def test_full_episode_fitness_when_theta_is_one(tmp_path):
+    cfg = tiny_config("race", extra=["learner.start_steps=20", "race.fitness_mc_prob=1"])
+    with Trainer(cfg, tmp_path) as trainer:
+        _generation(trainer)
+        plan = trainer.generation_plan()
+        assert list(plan.step_limit) == [-1] * (1 + cfg.race.pop_size)
+
+
+def test_critic_bias_is_zero_for_exact_values_and_skips_the_unseen_tail():
+    gamma = 0.9
+    rewards = np.arange(1, 101, dtype=np.float32)
+    g = np.zeros(100)
+    acc = 0.0
+    for t in range(99, -1, -1):
+        acc = rewards[t] + gamma * acc
+        g[t] = acc
+    terminated = {"reward": rewards, "terminated": np.r_[np.zeros(99), 1.0].astype(np.float32)}
+    cut = {"reward": rewards, "terminated": np.zeros(100, np.float32)}
+    out = critic_bias([terminated], [g], gamma)
+    assert out["bias"] == pytest.approx(0.0, abs=1e-3)  # float32 rewards
+    assert out["mc"] == pytest.approx(g.mean())
+    horizon = int(np.ceil(np.log(0.01) / np.log(gamma)))  # 44 steps for gamma 0.9
+    out = critic_bias([cut], [g + 5.0], gamma)  # a critic that over-estimates by 5 everywhere
+    assert out["bias"] == pytest.approx(5.0, abs=1e-3)
+    assert out["mc"] == pytest.approx(g[: 100 - horizon].mean())  # only steps with the full future in view
+
+
+def test_q_bias_is_logged_for_matd3_and_race(tmp_path):
+    for algo in ("matd3", "race"):
+        # gamma 0.5: 7 steps of horizon, so the 20-step episodes have 13 scored steps
+        with Trainer(tiny_config(algo, extra=["learner.start_steps=20", "learner.gamma=0.5"]), tmp_path / algo) as trainer:
+            trainer.train()
+            row = trainer.progress.rows[-1]
+            assert np.isfinite(row["q_bias_marl"])
+            assert row["q_bias_marl"] == pytest.approx(row["q_marl"] - row["mc_return_marl"], abs=1e-4)
+
+
+def test_generation_scalars_hold_the_fitness_vector_and_the_marl_copy(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config("race", total_steps=200, extra=["learner.start_steps=20"])
+    with Trainer(cfg, tmp_path) as trainer:
+        trainer.train()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {f"generation/fitness/team_{j}" for j in range(cfg.race.pop_size)} <= set(tags)
+    copy = acc.Scalars("generation/fitness_marl_copy")
+    team = {j: {e.step: e.value for e in acc.Scalars(f"generation/fitness/team_{j}")} for j in range(cfg.race.pop_size)}
+    assert len(copy) >= 2
+    for e in copy:  # the copy's fitness is one of that generation's team fitnesses
+        assert any(abs(team[j][e.step] - e.value) < 1e-4 for j in team if e.step in team[j])
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_twin_critic_first_and_conditioned_paths_agree(layer_norm):
+    torch.manual_seed(0)
+    critic = TwinCritic(5, 3, [16, 12], extra_dim=4, layer_norm=layer_norm)
+    with torch.no_grad():  # make the LayerNorm affine non-trivial
+        for m in critic.modules():
+            if type(m).__name__ == "GroupedLayerNorm":
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    k, b = 3, 7
+    state, action, extra = torch.randn(k, b, 5), torch.randn(k, b, 3), torch.randn(k, 4)
+    full = critic.net(torch.cat([state, action, extra[:, None].expand(k, b, 4)], -1).reshape(k * b, -1))
+    out = critic.forward_conditioned(state, action, extra)
+    torch.testing.assert_close(out, full.view(2, k, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(critic.forward_conditioned(state, action, extra, first_only=True), out[0])
+    plain = TwinCritic(5, 3, [16, 12], layer_norm=layer_norm)
+    s, a = torch.randn(b, 5), torch.randn(b, 3)
+    torch.testing.assert_close(plain.first(s, a), plain(s, a)[0], rtol=1e-6, atol=1e-6)
+    n_ln = sum(type(m).__name__ == "GroupedLayerNorm" for m in plain.modules())
+    assert n_ln == (2 if layer_norm else 0)
+
+
+def test_layer_norm_bounds_the_critic_far_from_the_data():
+    """LayerNorm keeps the hidden features on a fixed scale, so the critic's output grows far less with the
+    size of an out-of-range input than a plain ReLU MLP's (which is linear in it)."""
+    torch.manual_seed(1)
+    outs = {}
+    for ln in (False, True):
+        critic = TwinCritic(4, 2, [32, 32], layer_norm=ln)
+        s = torch.randn(64, 4)
+        a = torch.randn(64, 2)
+        near, far = critic(s, a).abs().mean(), critic(s * 100, a * 100).abs().mean()
+        outs[ln] = float(far / near)
+    assert outs[False] > 20 and outs[True] < 5
+
+
+def test_pevfa_with_layer_norm_gives_no_gradient_to_heads():
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    pevfa = PeVFA(6, 2, [16, 16], 2, 5, mask, 8, layer_norm=True)
+    heads = torch.randn(3, 2, 1, 5, requires_grad=True)
+    pevfa(torch.randn(3, 4, 6), torch.randn(3, 4, 2), heads).sum().backward()
+    assert heads.grad is None
+    assert all(p.grad is not None for p in pevfa.critic.parameters())
+
+
+def test_marl_heads_start_scaled(tmp_path):
+    small = Trainer(tiny_config("matd3"), tmp_path / "a")
+    full = Trainer(tiny_config("matd3", extra=["learner.marl_head_init_scale=1.0"]), tmp_path / "b")
+    try:
+        torch.testing.assert_close(small.learner.marl_heads.detach(), 0.1 * full.learner.marl_heads.detach())
+    finally:
+        small.close()
+        full.close()
+
+
+def test_saved_configs_without_the_new_keys_load_with_the_old_behaviour():
+    old = to_dict(Config())
+    for dotted in LEGACY_DEFAULTS:
+        section, key = dotted.split(".")
+        del old[section][key]
+    cfg = from_dict(old)
+    for dotted, value in LEGACY_DEFAULTS.items():
+        section, key = dotted.split(".")
+        assert getattr(getattr(cfg, section), key) == value
+    fresh = from_dict(to_dict(Config()))  # a new run's saved config keeps its own values
+    assert fresh.race.champion_eval == "scored" and fresh.net.critic_layer_norm is True
+
+
+def test_discrete_vmm_is_summed_over_each_episodes_steps(fake_smac):
+    """At the same beta, the summed VMM term is the per-step mean times the batch's mean episode length."""
+    from racemarl.episode_buffer import EpisodeBuffer
+    from racemarl.race_discrete import RaceDiscreteLearner
+    from racemarl.rollout_discrete import run_discrete_episodes
+    from tests.test_discrete import discrete_config, fake_batch
+
+    losses = {}
+    for mode in ("mean", "sum"):
+        envs = fake_batch(3)
+        cfg = discrete_config("race", extra=["race.vmm_beta=0.1", f"discrete.vmm_time_reduction={mode}"])
+        torch.manual_seed(0)  # the same networks for both modes
+        learner = RaceDiscreteLearner(envs.spec, cfg, torch.Generator().manual_seed(0))
+        buffer = EpisodeBuffer(8, envs.spec.episode_limit, envs.spec.n_agents, learner.obs_dim, envs.spec.state_dim,
+                               learner.n_actions, seed=0)
+        heads = learner.marl_heads.detach()[None].expand(3, *learner.marl_heads.shape)
+        run_discrete_episodes(envs, learner, heads, [np.random.default_rng(i) for i in range(3)],
+                              epsilon=np.ones(3), buffer=buffer)
+        batch = buffer.sample(3)
+        learner.rcfg.vfm_pevfa = False
+        losses[mode] = float(learner.extra_encoder_losses(batch, learner.unroll(batch), None)["vmm"])
+        steps_per_episode = float(batch.mask.sum()) / batch.mask.shape[0]
+    assert steps_per_episode > 1
+    assert losses["sum"] == pytest.approx(losses["mean"] * steps_per_episode, rel=1e-5)
