@@ -307,7 +307,8 @@ def end_to_end(task: str, algo: str, timed_steps: int, episode_steps: int, run_d
     probe = config(task, algo)
     # learning starts with the generation after the one that fills a batch (RACE: after one full generation)
     start_steps = max(probe.learner.batch_size, slots_of(probe) * episode_steps) + 1
-    overrides = [f"env.max_episode_steps={episode_steps}", f"learner.start_steps={start_steps}"]
+    overrides = [f"env.max_episode_steps={episode_steps}", f"learner.start_steps={start_steps}",
+                 "checkpoint_minutes=0"]  # no wall-clock checkpoint inside the timed window either
     cfg = config(task, algo, overrides, total_steps=start_steps + timed_steps, eval_interval=10**12, eval_episodes=1)
     timers = Timers()
     gens: list[dict] = []  # per generation: clocks, env steps and updates at its start and end, timer snapshots
