@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-ALGOS = ("race", "matd3", "facmac", "ea")
+ALGOS = ("race", "matd3", "facmac", "ea", "merl")
 ROLLOUT_BACKENDS = ("inline", "process", "ray")
 
 
@@ -220,7 +220,7 @@ class RolloutConfig:
 
 @dataclass
 class Config:
-    algo: Literal["race", "matd3", "facmac", "ea"] = "race"
+    algo: Literal["race", "matd3", "facmac", "ea", "merl"] = "race"
     seed: int = 1
     total_steps: int = 1_000_000
     """Env steps of all teams together."""
@@ -296,7 +296,7 @@ class Config:
             (self.rollout.worker_timeout > 0, "rollout.worker_timeout must be positive"),
             (self.rollout.max_restarts >= 0, "rollout.max_restarts must be >= 0"),
         ]
-        if self.algo in ("race", "ea"):
+        if self.algo in ("race", "ea", "merl"):
             checks.append((self.race.pop_size >= 2, f"algo {self.algo} needs race.pop_size >= 2"))
         for ok, msg in checks:
             if not ok:
@@ -306,11 +306,16 @@ class Config:
 
     @property
     def uses_population(self) -> bool:
-        return self.algo in ("race", "ea")
+        return self.algo in ("race", "ea", "merl")
 
     @property
     def uses_marl(self) -> bool:
-        return self.algo in ("race", "matd3", "facmac")
+        return self.algo in ("race", "matd3", "facmac", "merl")
+
+    @property
+    def team_encoders(self) -> bool:
+        """Every population team owns its encoders (MERL's whole team networks, or RACE's unshared ablation)."""
+        return self.uses_population and (self.algo == "merl" or not self.race.shared_encoder)
 
     @property
     def uses_representation_losses(self) -> bool:

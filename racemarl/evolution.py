@@ -36,6 +36,7 @@ class GenerationReport:
     sources: np.ndarray  # [P, N]: the old team each new team's agent i descends from
     protected: list[int] = field(default_factory=list)  # slots holding an unmutated elite (never replaced by injection)
     selected: list[int] = field(default_factory=list)  # tournament winners that survive (reference scheme)
+    mutated: list[tuple[int, int]] = field(default_factory=list)  # (slot, agent) heads mutated this generation
     injected_slot: int | None = None
 
 
@@ -125,14 +126,52 @@ def evolve(heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg
     return new * row_mask[None, :, :, None], report
 
 
-def _mutate(team: torch.Tensor, row_mask: torch.Tensor, cfg: RaceConfig, rng: np.random.Generator) -> None:
-    """Agent-level: each agent's head mutates with probability `mutation_prob`; row-level: the whole team does."""
+def _mutate(team: torch.Tensor, row_mask: torch.Tensor, cfg: RaceConfig, rng: np.random.Generator) -> list[int]:
+    """Agent-level: each agent's head mutates with probability `mutation_prob`; row-level: the whole team does.
+    Returns the agents whose heads were mutated."""
     if cfg.operators == "agent":
+        hit = []
         for i in range(team.shape[0]):
             if rng.random() < cfg.mutation_prob:
                 mutate_agent_head(team[i], row_mask[i], cfg, rng)
-    elif rng.random() < cfg.mutation_prob:
+                hit.append(i)
+        return hit
+    if rng.random() < cfg.mutation_prob:
         mutate_team_rows(team, row_mask, cfg, rng)
+        return list(range(team.shape[0]))
+    return []
+
+
+def mutate_encoders(params: dict[str, torch.Tensor], mutated: list[tuple[int, int]], obs_dims, cfg: RaceConfig,
+                    rng: np.random.Generator) -> None:
+    """MERL: whole-network mutation. For every (team, agent) in `mutated`, perturb that agent's own encoder in
+    place, `params` `{name: [P, N, ...]}`: in each weight matrix (grouped layout `[in, out]`), for every output
+    unit a fraction `mutation_frac` of its real inputs (at least one), with one draw per unit of the kind of
+    mutation (normal, super, reset), as `perturb` does for head rows. Biases and LayerNorm are not mutated (the
+    reference operators mutate weight matrices only); padded inputs of narrower agents stay zero."""
+    weights = [name for name, p in params.items() if name.endswith("weight") and p.dim() == 4]
+    for team, agent in mutated:
+        for name in weights:
+            w = params[name][team, agent]  # [in_max, out]
+            n_in = obs_dims[agent] if name.startswith("l1.") else w.shape[0]
+            _perturb_columns(w, n_in, cfg, rng)
+
+
+def _perturb_columns(w: torch.Tensor, n_in: int, cfg: RaceConfig, rng: np.random.Generator) -> None:
+    """`perturb` for every column (output unit) of `w[:n_in]` at once, each with its own kind of mutation."""
+    n_out = w.shape[1]
+    k = n_mutated(n_in, cfg.mutation_frac)
+    rows = torch.from_numpy(np.argsort(rng.random((n_in, n_out)), axis=0)[:k])  # [k, out]: distinct inputs per unit
+    cols = torch.arange(n_out).expand(rows.shape)
+    u = rng.random(n_out)
+    noise = rng.standard_normal(tuple(rows.shape))
+    vals = w[rows, cols].numpy().astype(np.float64)
+    strength = np.where(u < cfg.super_mutation_prob, cfg.super_mutation_strength, cfg.mutation_strength)
+    new = vals + noise * strength[None, :] * np.abs(vals)
+    reset = (u >= cfg.super_mutation_prob) & (u < cfg.super_mutation_prob + cfg.reset_prob)
+    new = np.where(reset[None, :], noise, new)
+    w[rows, cols] = torch.from_numpy(
+        np.clip(new, -WEIGHT_CLIP, WEIGHT_CLIP).astype(np.float32))
 
 
 def _reference_generation(heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg: RaceConfig,
@@ -178,11 +217,9 @@ def _reference_generation(heads: torch.Tensor, fitness: np.ndarray, row_mask: to
             if slot not in children:
                 children.append(slot)
                 parents.append((int(sources[pa][0]), int(sources[pb][0])))
-    for slot in range(pop):
-        if slot not in protected:
-            _mutate(new[slot], row_mask, cfg, rng)
+    mutated = [(slot, i) for slot in range(pop) if slot not in protected for i in _mutate(new[slot], row_mask, cfg, rng)]
     report = GenerationReport(elites=elites, parents=parents, children=children, sources=sources,
-                              protected=protected, selected=selected)
+                              protected=protected, selected=selected, mutated=mutated)
     return new, report
 
 
@@ -206,9 +243,9 @@ def _children_generation(heads: torch.Tensor, fitness: np.ndarray, row_mask: tor
             new[slot] = kid
             sources[slot] = src
             parents.append((pa, pb))
-    for slot in children:
-        _mutate(new[slot], row_mask, cfg, rng)
-    report = GenerationReport(elites=elites, parents=parents, children=children, sources=sources, protected=elites)
+    mutated = [(slot, i) for slot in children for i in _mutate(new[slot], row_mask, cfg, rng)]
+    report = GenerationReport(elites=elites, parents=parents, children=children, sources=sources, protected=elites,
+                              mutated=mutated)
     return new, report
 
 

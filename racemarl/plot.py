@@ -32,7 +32,7 @@ from racemarl.runs import Run, RunDirError, check_metric, group_runs
 from racemarl.stats import BOOTSTRAP_RESAMPLES, CI_METHODS, interval  # noqa: F401 - re-exported
 
 # the same colour for an algorithm in every figure
-FIXED_COLOURS = {"race": "tab:red", "matd3": "tab:blue", "facmac": "tab:purple", "ea": "tab:green"}
+FIXED_COLOURS = {"race": "tab:red", "matd3": "tab:blue", "facmac": "tab:purple", "ea": "tab:green", "merl": "tab:orange"}
 OTHER_COLOURS = ["tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
 
 

@@ -19,7 +19,7 @@ from racemarl.config import Config, ConfigError, from_dict, save_yaml, to_dict
 from racemarl.envs import make_env, parse_task
 from racemarl.envs.batch import make_env_batch
 from racemarl.episode_buffer import EpisodeBuffer
-from racemarl.evolution import evolve, follow_sources, inject
+from racemarl.evolution import evolve, follow_sources, inject, mutate_encoders
 from racemarl.marl.facmac import FACMAC, FacmacContinuous
 from racemarl.marl.matd3 import MATD3, NonFiniteLossError
 from racemarl.metrics import MetricsLogger, write_summary
@@ -117,7 +117,7 @@ class Trainer:
             n_rows, width = self.row_mask.shape
             embed_dim = cfg.discrete.rnn_hidden if self.discrete else cfg.net.embed_dim
             self.population = init_heads(cfg.race.pop_size, n_rows, width, embed_dim, self.row_mask, self.torch_gen)
-            if not cfg.race.shared_encoder:
+            if cfg.team_encoders:
                 self.pop_encoders = self.learner.fresh_encoder_params(cfg.race.pop_size)
             self.best_heads = self.population[0].clone()
         if self.discrete:
@@ -341,6 +341,8 @@ class Trainer:
         self.population, self._report = evolve(self.population, fitness, self.row_mask, cfg.race, self.evo_rng)
         if self.pop_encoders is not None:  # each agent's own encoder travels with its head
             self.pop_encoders = {k: follow_sources(v, self._report.sources) for k, v in self.pop_encoders.items()}
+            if cfg.algo == "merl":  # MERL evolves whole networks: an agent's mutation also perturbs its encoder
+                mutate_encoders(self.pop_encoders, self._report.mutated, self.spec.obs_dims, cfg.race, self.evo_rng)
 
     def inject_marl(self, fitness: np.ndarray) -> None:
         """Copy the MARL team (after this generation's updates) over the worst-scored team of this generation
@@ -673,6 +675,9 @@ def _check_algo(cfg: Config, discrete: bool) -> None:
     if discrete and cfg.rollout.backend != "inline":
         raise RunError(f"rollout.backend={cfg.rollout.backend}: on discrete tasks all teams already step together in "
                        "one batched environment in the driver process; use the inline backend")
+    if discrete and cfg.algo == "merl":
+        raise RunError(f"{cfg.env.task} is a discrete task: MERL is implemented for continuous tasks (its MATD3 "
+                       "version, as in the RACE paper's MA-MuJoCo figures)")
     if discrete and cfg.uses_population and not cfg.race.shared_encoder:
         raise RunError("race.shared_encoder=false (each team its own encoders) is implemented for continuous "
                        "tasks only")

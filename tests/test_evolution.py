@@ -324,3 +324,38 @@ def test_tournament_returns_fittest_contender():
     # size 1: uniform
     counts = np.bincount([tournament(fitness, 1, rng) for _ in range(draws)], minlength=5)
     np.testing.assert_allclose(counts / draws, 0.2, atol=0.03)
+
+
+# ----------------------------------------------------------------------------- MERL: whole-network mutation
+
+
+def test_merl_encoder_mutation_touches_only_mutated_agents_real_weights():
+    from racemarl.evolution import mutate_encoders
+    from racemarl.nets.policy import AgentEncoders
+
+    obs_dims = (3, 5)
+    enc = AgentEncoders(obs_dims, hidden=6, embed_dim=4)
+    params = {k: v.detach()[None].repeat(2, *([1] * v.dim())) for k, v in enc.named_parameters()}  # 2 teams
+    before = {k: v.clone() for k, v in params.items()}
+    cfg = cfg_with(mutation_frac=0.5, super_mutation_prob=0.0, reset_prob=0.0)
+    mutate_encoders(params, [(1, 0)], obs_dims, cfg, np.random.default_rng(0))
+    for name, v in params.items():
+        assert torch.equal(v[0], before[name][0])  # team 0 untouched
+        assert torch.equal(v[1, 1], before[name][1, 1])  # agent 1 of team 1 untouched
+        if not name.endswith("weight") or v.dim() != 4:
+            assert torch.equal(v[1, 0], before[name][1, 0])  # biases and LayerNorm never mutated
+    l1 = (params["l1.weight"][1, 0] != before["l1.weight"][1, 0])  # [in_max=5, out=6]
+    assert torch.all(l1[:3].sum(0) == n_mutated(3, 0.5))  # per output unit, a fraction of agent 0's 3 real inputs
+    assert not l1[3:].any() and torch.count_nonzero(params["l1.weight"][1, 0, 3:]) == 0  # padding stays zero
+    l2 = (params["l2.weight"][1, 0] != before["l2.weight"][1, 0])
+    assert torch.all(l2.sum(0) == n_mutated(6, 0.5))
+
+
+def test_evolve_reports_the_mutated_agents():
+    heads = population(5, 30)
+    cfg = cfg_with(parents_survive=True, mutation_prob=1.0)
+    new, report = evolve(heads, np.arange(5.0), ROW_MASK, cfg, np.random.default_rng(30))
+    expected = {(s, i) for s in range(5) if s not in report.protected for i in range(N)}
+    assert set(report.mutated) == expected
+    _, report = evolve(heads, np.arange(5.0), ROW_MASK, cfg_with(mutation_prob=0.0), np.random.default_rng(31))
+    assert report.mutated == []
