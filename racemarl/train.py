@@ -518,25 +518,16 @@ class Trainer:
             "wins": None if champion[1] is None else [float(w) for w in champion[1]]}
         p.pending_report = None
         if self.cfg.race.evolve_before_learning and self._report is not None and len(fitness):
-            r = self._report
-            ints = lambda xs: [int(x) for x in xs]  # noqa: E731 - plain ints: checkpoints hold no numpy scalars
-            p.pending_report = {"elites": ints(r.elites), "parents": [ints(x) for x in r.parents],
-                                "children": ints(r.children), "sources": torch.from_numpy(np.asarray(r.sources).copy()),
-                                "protected": ints(r.protected), "selected": ints(r.selected),
-                                "injected_slot": None if r.injected_slot is None else int(r.injected_slot)}
+            p.pending_report = _report_state(self._report)
 
     def _restore_pending(self) -> tuple[np.ndarray, tuple | None, int]:
-        from racemarl.evolution import GenerationReport
-
         p = self.progress
         champion = None
         if p.pending_champion is not None:
             wins = p.pending_champion["wins"]
             champion = (np.array(p.pending_champion["returns"]), None if wins is None else np.array(wins))
         if p.pending_report is not None:
-            r = dict(p.pending_report)
-            self._report = GenerationReport(**{**r, "parents": [tuple(x) for x in r["parents"]],
-                                               "sources": r["sources"].numpy()})
+            self._report = _report_from_state(p.pending_report)
         return np.array(p.pending_fitness), champion, 0
 
     def _batch_size(self) -> int:
@@ -711,6 +702,36 @@ class _Interrupts:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+def _report_state(report) -> dict:
+    """An evolution report as checkpoint-safe values: arrays as tensors, tuples as lists, plain ints."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(report):
+        v = getattr(report, f.name)
+        if isinstance(v, np.ndarray):
+            out[f.name] = torch.from_numpy(v.copy())
+        elif isinstance(v, (list, tuple)):
+            out[f.name] = [[int(y) for y in x] if isinstance(x, (list, tuple)) else int(x) for x in v]
+        else:
+            out[f.name] = None if v is None else int(v)
+    return out
+
+
+def _report_from_state(state: dict):
+    from racemarl.evolution import GenerationReport
+
+    values = {}
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor):
+            values[k] = v.numpy()
+        elif isinstance(v, list):
+            values[k] = [tuple(x) if isinstance(x, list) else x for x in v]
+        else:
+            values[k] = v
+    return GenerationReport(**values)
 
 
 def _eval_postfix(row: dict | None) -> dict:

@@ -189,3 +189,20 @@ def test_progress_bar_and_summary_show_the_win_rate():
     assert _eval_postfix(None) == {"eval": "-"}
     assert _eval_postfix({"eval_return": 1.5, "eval_win_rate": 0.25}) == {"eval": "1.50", "win": "0.25"}
     assert _eval_postfix({"eval_return": -350.0, "eval_win_rate": None}) == {"eval": "-350.0"}
+
+
+def test_an_evolution_report_survives_a_checkpoint(tmp_path):
+    """Every field of the report (the slots, parents, sources, mutated heads) comes back from a saved checkpoint."""
+    import numpy as np
+
+    from racemarl.evolution import GenerationReport
+    from racemarl.train import _report_from_state, _report_state
+
+    report = GenerationReport(elites=[np.int64(2)], parents=[(0, 1), (3, 2)], children=[1, 4],
+                              sources=np.arange(6).reshape(3, 2), protected=[2], selected=[0, 3],
+                              mutated=[(1, 0), (4, 1)], injected_slot=np.int64(4))
+    ckpt.save_atomic({"report": _report_state(report)}, tmp_path / "c.pt")
+    back = _report_from_state(ckpt.load(tmp_path / "c.pt")["report"])
+    assert back.elites == [2] and back.parents == [(0, 1), (3, 2)] and back.mutated == [(1, 0), (4, 1)]
+    assert np.array_equal(back.sources, report.sources) and back.injected_slot == 4
+    assert (back.children, back.protected, back.selected) == ([1, 4], [2], [0, 3])
