@@ -676,7 +676,9 @@ def _check_algo(cfg: Config, discrete: bool) -> None:
 
 class _Interrupts:
     """While training: SIGINT/SIGTERM set a flag that the loop checks between updates and generations
-    (it then writes a checkpoint and stops); a second signal stops at once (KeyboardInterrupt)."""
+    (it then writes a checkpoint and stops); a second signal stops at once (KeyboardInterrupt). The
+    handlers are installed even where SIGINT was ignored (a run started with `nohup ... &`): a SIGINT
+    sent to it on purpose, e.g. forwarded by `racemarl sweep`, then stops it with a checkpoint."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
