@@ -65,7 +65,10 @@ class EpisodeBuffer:
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_episodes: int) -> EpisodeBatch:
-        idx = torch.randint(0, self.size, (batch_episodes,), generator=self.generator)
+        return self.batch(torch.randint(0, self.size, (batch_episodes,), generator=self.generator))
+
+    def batch(self, idx: torch.Tensor) -> EpisodeBatch:
+        """The stored episodes `idx` as one batch, cut to the longest of them."""
         lengths = self.lengths[idx]
         t = int(lengths.max())
         d = self.data

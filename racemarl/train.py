@@ -12,6 +12,7 @@ from typing import Self
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from racemarl import checkpoint as ckpt
 from racemarl.buffer import ReplayBuffer
@@ -401,7 +402,7 @@ class Trainer:
         mean Q_1(s_t, pi(s_t)) - discounted Monte Carlo return, see `rollout.critic_bias`)."""
         heads = self.learner.marl_heads.detach()
         if self.discrete:
-            return self.evaluate_team(heads)
+            return self._evaluate_marl_discrete(heads, row)
         stats = self._eval_episodes(heads, record=True)
         q_values = []
         with torch.no_grad():
@@ -412,6 +413,27 @@ class Trainer:
         bias = critic_bias(stats.episodes, q_values, self.cfg.learner.gamma)
         row.update(q_marl=bias["q"], mc_return_marl=bias["mc"], q_bias_marl=bias["bias"])
         return stats.returns, None
+
+    def _evaluate_marl_discrete(self, heads: torch.Tensor, row: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Discrete tasks: the MARL team's greedy episodes (as `evaluate_team`) and its mixed critic's bias
+        Q_tot(s_t, u_t) - discounted return on them."""
+        n = self.eval_envs.batch_size
+        rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.evals, r]) for r in range(n)]
+        learner = self.learner
+        episodes = EpisodeBuffer(n, self.spec.episode_limit, self.spec.n_agents, learner.obs_dim, self.spec.state_dim,
+                                 learner.n_actions)
+        stats = run_discrete_episodes(self.eval_envs, learner, heads[None].expand(n, *heads.shape), rngs,
+                                      greedy=np.ones(n, bool), buffer=episodes)
+        batch = episodes.batch(torch.arange(n))
+        t = batch.reward.shape[1]
+        with torch.no_grad():
+            q = learner.critic(batch.obs[:, :t], F.one_hot(batch.actions, learner.n_actions).float(), batch.state[:, :t])
+        lengths = batch.mask.sum(1).long().tolist()
+        eps = [{"reward": batch.reward[b, :n_b].numpy(), "terminated": batch.terminated[b, :n_b].numpy()}
+               for b, n_b in enumerate(lengths)]
+        bias = critic_bias(eps, [q[b, :n_b].numpy() for b, n_b in enumerate(lengths)], self.cfg.discrete.gamma)
+        row.update(q_marl=bias["q"], mc_return_marl=bias["mc"], q_bias_marl=bias["bias"])
+        return stats.returns, stats.won.astype(float)
 
     def evaluate_champion(self) -> tuple[np.ndarray, np.ndarray | None] | None:
         """The champion's evaluation episodes, played now (with the encoders of this moment)."""

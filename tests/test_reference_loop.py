@@ -255,3 +255,16 @@ def test_discrete_vmm_is_summed_over_each_episodes_steps(fake_smac):
         steps_per_episode = float(batch.mask.sum()) / batch.mask.shape[0]
     assert steps_per_episode > 1
     assert losses["sum"] == pytest.approx(losses["mean"] * steps_per_episode, rel=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["facmac", "race"])
+def test_q_bias_is_logged_on_discrete_tasks(fake_smac, tmp_path, algo):
+    from tests.test_discrete import discrete_config
+
+    with Trainer(discrete_config(algo), tmp_path) as trainer:
+        trainer.train()
+        rows = trainer.progress.rows
+    finite = [r for r in rows if np.isfinite(r["q_bias_marl"])]
+    assert finite  # the fake battles end by termination: every step has its full return in view
+    for r in finite:
+        assert r["q_bias_marl"] == pytest.approx(r["q_marl"] - r["mc_return_marl"], abs=1e-4)
