@@ -418,7 +418,7 @@ class Trainer:
         """Discrete tasks: the MARL team's greedy episodes (as `evaluate_team`) and its mixed critic's bias
         Q_tot(s_t, u_t) - discounted return on them."""
         n = self.eval_envs.batch_size
-        rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.evals, r]) for r in range(n)]
+        rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.env_steps, r]) for r in range(n)]  # as evaluate_team
         learner = self.learner
         episodes = EpisodeBuffer(n, self.spec.episode_limit, self.spec.n_agents, learner.obs_dim, self.spec.state_dim,
                                  learner.n_actions)

@@ -207,3 +207,21 @@ def test_an_evolution_report_survives_a_checkpoint(tmp_path):
     assert back.elites == [2] and back.parents == [(0, 1), (3, 2)] and back.mutated == [(1, 0), (4, 1)]
     assert np.array_equal(back.sources, report.sources) and back.injected_slot == 4
     assert (back.children, back.protected, back.selected) == ([1, 4], [2], [0, 3])
+
+
+def test_discrete_off_schedule_budget_then_resume_matches_a_straight_run(tmp_path):
+    """SMAX: both evaluated teams (MARL and champion) play episodes seeded by the env step, so a budget off
+    the evaluation schedule adds one row and changes no other."""
+    pytest.importorskip("jaxmarl")
+    from tests.test_discrete import discrete_config
+
+    kw = {"task": "smax/3m", "eval_episodes": 2, "eval_interval": 100}
+    Trainer(discrete_config("race", total_steps=260, **kw), tmp_path / "straight").train()
+    first = Trainer(discrete_config("race", total_steps=130, **kw), tmp_path / "split")
+    first.train()
+    end_of_first = first.progress.env_steps
+    Trainer(discrete_config("race", total_steps=260, **kw), tmp_path / "split", resume=True).train()
+    straight, split = _rows(tmp_path / "straight"), _rows(tmp_path / "split")
+    assert end_of_first % 100 != 0  # off the schedule: an extra evaluation row
+    assert [r for r in split if int(r["env_steps"]) != end_of_first] == straight
+    assert len(split) == len(straight) + 1
