@@ -141,7 +141,8 @@ def random_policy(task: str, *, episodes: int = 10, seed: int = 0, max_episode_s
     baseline a trained team should beat. Episode seeds are drawn from ``numpy.random.default_rng(seed)``."""
     import numpy as np
 
-    from racemarl.envs import parse_task
+    from racemarl.envs import is_discrete_task
+    from racemarl.workers import env_kwargs
 
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ConfigError(f"episodes must be a positive int, got {episodes!r}")
@@ -149,10 +150,11 @@ def random_policy(task: str, *, episodes: int = 10, seed: int = 0, max_episode_s
     cfg.env.task, cfg.env.max_episode_steps, cfg.env.agent_obsk = task, max_episode_steps, agent_obsk
     cfg.validate()
     rng = np.random.default_rng(seed)
-    if parse_task(task)[0] in ("smax", "smac"):  # all episodes step together in one batch
-        returns, won = _random_discrete(task, episodes, max_episode_steps, rng)
+    kwargs = env_kwargs(cfg)
+    if is_discrete_task(task, **kwargs):  # all episodes step together in one batch
+        returns, won = _random_discrete(task, episodes, kwargs, rng)
     else:
-        returns, won = _random_continuous(task, episodes, max_episode_steps, agent_obsk, rng)
+        returns, won = _random_continuous(task, episodes, kwargs, rng)
     r = np.array(returns)
     out = {"task": task, "episodes": episodes, "seed": seed, "mean": float(r.mean()), "std": float(r.std()),
            "returns": [float(x) for x in returns]}
@@ -161,10 +163,10 @@ def random_policy(task: str, *, episodes: int = 10, seed: int = 0, max_episode_s
     return out
 
 
-def _random_continuous(task, episodes, max_episode_steps, agent_obsk, rng) -> tuple[list[float], list[bool]]:
+def _random_continuous(task, episodes, kwargs, rng) -> tuple[list[float], list[bool]]:
     from racemarl.envs import make_env
 
-    env = make_env(task, agent_obsk=agent_obsk, max_episode_steps=max_episode_steps)
+    env = make_env(task, **kwargs)
     returns: list[float] = []
     try:
         for _ in range(episodes):
@@ -181,12 +183,12 @@ def _random_continuous(task, episodes, max_episode_steps, agent_obsk, rng) -> tu
     return returns, []
 
 
-def _random_discrete(task, episodes, max_episode_steps, rng) -> tuple[list[float], list[bool]]:
+def _random_discrete(task, episodes, kwargs, rng) -> tuple[list[float], list[bool]]:
     import numpy as np
 
     from racemarl.envs.batch import make_env_batch
 
-    envs = make_env_batch(task, episodes, max_episode_steps)
+    envs = make_env_batch(task, episodes, **kwargs)
     try:
         _, _, avail = envs.reset(seeds=[int(rng.integers(2**31)) for _ in range(episodes)])
         returns, won = np.zeros(episodes), np.zeros(episodes, bool)

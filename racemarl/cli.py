@@ -129,7 +129,7 @@ def _tasks_cache_file(agent_obsk: int) -> tuple[Path, dict]:
     from racemarl import __version__
 
     versions = {}
-    for package in ("gymnasium-robotics", "mujoco", "jaxmarl", "smac"):
+    for package in ("gymnasium-robotics", "mujoco", "jaxmarl", "smac", "pettingzoo", "mpe2"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -216,9 +216,28 @@ def _eval(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from racemarl.sweep import Sweep, SweepSpec, parse_names, parse_seeds
 
-    spec = SweepSpec(tasks=parse_names(args.tasks, "tasks"), algos=parse_names(args.algos, "algos"),
-                     seeds=parse_seeds(args.seeds), total_steps=args.total_steps, sets=list(args.set),
-                     config=args.config, eval_interval=args.eval_interval, eval_episodes=args.eval_episodes)
+    task_configs = {}
+    if args.preset:
+        from racemarl.presets import paper_grid
+
+        if args.config:
+            raise ConfigError("--preset gives every task its own preset; drop --config (use --set to change values)")
+        grid = paper_grid(args.preset)
+        tasks = parse_names(args.tasks, "tasks") if args.tasks else list(grid.presets)
+        outside = [t for t in tasks if t not in grid.presets]
+        if outside:
+            raise ConfigError(f"--tasks: {', '.join(outside)} not in --preset {grid.name}; its tasks: {', '.join(grid.presets)}")
+        task_configs = {t: str(grid.preset_path(t)) for t in tasks}
+        algos = parse_names(args.algos, "algos") if args.algos else grid.available_algos()
+        seeds = parse_seeds(args.seeds or grid.seeds)
+    else:
+        missing = [flag for flag, v in (("--tasks", args.tasks), ("--total-steps", args.total_steps)) if v is None]
+        if missing:
+            raise ConfigError(f"racemarl sweep needs {' and '.join(missing)} (or --preset with one of the paper grids)")
+        tasks, algos, seeds = parse_names(args.tasks, "tasks"), parse_names(args.algos or "race", "algos"), parse_seeds(args.seeds or "1")
+    spec = SweepSpec(tasks=tasks, algos=algos, seeds=seeds, total_steps=args.total_steps, sets=list(args.set),
+                     config=args.config, eval_interval=args.eval_interval, eval_episodes=args.eval_episodes,
+                     task_configs=task_configs, preset=args.preset)
     return Sweep(spec, args.out, workers=args.workers, backend=args.backend).run()
 
 
@@ -364,10 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_eval)
 
     w = sub.add_parser("sweep", help="train a grid of tasks x algos x seeds as subprocesses; restartable")
-    w.add_argument("--tasks", required=True, help="comma-separated task names")
-    w.add_argument("--algos", default="race", help="comma-separated, e.g. race,matd3 (default race)")
-    w.add_argument("--seeds", default="1", help="1-5 or 1,3,7 (default 1)")
-    w.add_argument("--total-steps", type=int, required=True, help="env steps of each run")
+    w.add_argument("--preset", metavar="GRID",
+                   help="a paper grid: paper-mamujoco (Figure 2's 8 tasks) or paper-smax (Figure 3's maps SMAX can "
+                        "build); each task runs with its preset under configs/paper/ and its budget; --tasks, --algos, "
+                        "--seeds and --total-steps narrow or change it")
+    w.add_argument("--tasks", help="comma-separated task names (required without --preset)")
+    w.add_argument("--algos", help="comma-separated, e.g. race,matd3 (default race; with --preset the paper's)")
+    w.add_argument("--seeds", help="1-5 or 1,3,7 (default 1; with --preset 1-5)")
+    w.add_argument("--total-steps", type=int, help="env steps of each run (required without --preset)")
     w.add_argument("--out", required=True, help="sweep folder (one run directory per grid point)")
     w.add_argument("--workers", type=int, help="runs at a time (default: number of CPU cores)")
     w.add_argument("--backend", choices=("local", "ray"), default="local")

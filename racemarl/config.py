@@ -33,6 +33,9 @@ class EnvConfig:
     max_episode_steps: int | None = None
     """Time limit; episodes cut here are truncated (bootstrapped), not terminated. None = the task's
     own limit (1000 for MA-MuJoCo, 100 for SMAX, the map's limit for SMAC)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the environment factory (pettingzoo/*, mpe/* and registered tasks), e.g.
+    `--set env.kwargs.N=4`; the other families take none."""
 
 
 @dataclass
@@ -414,6 +417,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is not None:
             raise ConfigError(f"{key}: expected null, got {value!r}")
         return None
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}: expected a mapping with string keys, got {value!r}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -433,6 +440,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
+def _mapping_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Dotted keys of the mapping-valued fields (e.g. `env.kwargs`), whose entries `--set` may set one by one."""
+    keys = []
+    for name, tp in _field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += _mapping_keys(tp, f"{prefix}{name}.")
+        elif typing.get_origin(tp) is dict:
+            keys.append(prefix + name)
+    return keys
+
+
+def _is_mapping_entry(key: str) -> bool:
+    """`env.kwargs.N`: one entry of a mapping-valued field."""
+    return any(key.startswith(m + ".") and len(key) > len(m) + 1 for m in _mapping_keys())
+
+
 def _unknown_key(key: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(valid_keys())}")
 
@@ -449,6 +472,8 @@ def apply_dict(obj: Any, data: dict, prefix: str = "") -> None:
         tp = types_[name]
         if dataclasses.is_dataclass(tp):
             apply_dict(getattr(obj, name), value, key + ".")
+        elif typing.get_origin(tp) is dict:  # mappings merge: `--set env.kwargs.A=1 --set env.kwargs.B=2`
+            setattr(obj, name, {**getattr(obj, name), **_coerce(value, tp, key)})
         else:
             setattr(obj, name, _coerce(value, tp, key))
 
@@ -459,12 +484,13 @@ def apply_override(cfg: Config, assignment: str) -> None:
         raise ConfigError(f"--set expects key=value, got '{assignment}'")
     key, raw = assignment.split("=", 1)
     key = key.strip()
-    if key not in valid_keys():
+    if key not in valid_keys() and not _is_mapping_entry(key):
         raise _unknown_key(key)
     value = yaml.safe_load(raw) if raw.strip() else ""
     nested: dict = {}
     cursor = nested
-    parts = key.split(".")
+    mapping = next((m for m in _mapping_keys() if key.startswith(m + ".")), None)
+    parts = key.split(".") if mapping is None else [*mapping.split("."), key[len(mapping) + 1 :]]
     for part in parts[:-1]:
         cursor = cursor.setdefault(part, {})
     cursor[parts[-1]] = value

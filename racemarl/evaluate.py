@@ -75,16 +75,17 @@ def rebuild(sd: dict) -> LoadedRun:
     import torch
 
     from racemarl.config import from_dict
-    from racemarl.envs import make_env, parse_task
-    from racemarl.train import DISCRETE_FAMILIES, _learner_class
+    from racemarl.envs import make_env
+    from racemarl.train import _learner_class
+    from racemarl.workers import env_kwargs
 
     cfg = from_dict(sd["config"])
     torch.set_num_threads(cfg.torch_threads)
     torch.set_flush_denormal(True)
-    env = make_env(cfg.env.task, agent_obsk=cfg.env.agent_obsk, max_episode_steps=cfg.env.max_episode_steps)
+    env = make_env(cfg.env.task, **env_kwargs(cfg))
     spec = env.spec
     env.close()
-    learner_cls = _learner_class(cfg, parse_task(cfg.env.task)[0] in DISCRETE_FAMILIES)
+    learner_cls = _learner_class(cfg, spec.discrete)
     learner = learner_cls(spec, cfg, torch.Generator().manual_seed(cfg.seed))
     learner.load_state_dict(sd["learner"]["model"])
     learner.eval()
@@ -235,6 +236,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
 
     from racemarl.envs import make_env
     from racemarl.rollout import run_episodes
+    from racemarl.workers import env_kwargs
 
     if episodes < 1:
         raise RunDirError(f"--episodes must be >= 1, got {episodes}")
@@ -262,7 +264,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
         result.update(run_dir=str(run.path), checkpoint=str(ckpt_path), task=cfg.env.task, algo=cfg.algo,
                       team=label, episodes=episodes, seed=seed)
         return _write_result(result, run.path, out)
-    env_kw = dict(agent_obsk=cfg.env.agent_obsk, max_episode_steps=cfg.env.max_episode_steps)
+    env_kw = env_kwargs(cfg)
     rng = np.random.default_rng(seed)
     returns, lengths, infos = [], [], []
     writer, render_env, frames = None, None, 0
@@ -329,13 +331,14 @@ def _evaluate_discrete(loaded: LoadedRun, heads, episodes: int, seed: int | list
     """Greedy episodes of one team on a discrete task, `MAX_LOCKSTEP_ENVS` rows at a time."""
     from racemarl.envs.batch import make_env_batch
     from racemarl.rollout_discrete import run_discrete_episodes
+    from racemarl.workers import env_kwargs
 
     cfg = loaded.cfg
     rng = np.random.default_rng(seed)
     returns, lengths, won = [], [], []
     while len(returns) < episodes:
         n = min(MAX_LOCKSTEP_ENVS, episodes - len(returns))
-        envs = make_env_batch(cfg.env.task, n, cfg.env.max_episode_steps)
+        envs = make_env_batch(cfg.env.task, n, **env_kwargs(cfg))
         rngs = [np.random.default_rng(int(rng.integers(2**63))) for _ in range(n)]
         try:
             stats = run_discrete_episodes(envs, loaded.learner, heads[None].expand(n, *heads.shape), rngs,

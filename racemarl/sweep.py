@@ -16,8 +16,10 @@ SIGKILL when the sweep process dies (PR_SET_PDEATHSIG), so even `kill -9` of the
 orphan writing into a run directory. A lock file (`OUT/.sweep.lock`) stops two sweeps from working
 on one folder at the same time.
 
-`OUT/sweep.json` records the config of the folder (`--config`, `--set`, `--eval-interval`,
-`--eval-episodes`); a restart must use the same ones (the budget and the grid may change).
+`OUT/sweep.json` records the config of the folder (`--config` or the per-task presets of
+`--preset`, `--set`, `--eval-interval`, `--eval-episodes`); a restart must use the same ones (the
+budget and the grid may change). With `--preset paper-mamujoco|paper-smax` (`racemarl.presets`) each
+task runs with its own preset file and, unless `--total-steps` is given, its preset's budget.
 `OUT/index.json` lists the grid: task, algo, seed, run dir, status, final and best eval return.
 """
 from __future__ import annotations
@@ -31,10 +33,10 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from racemarl.config import ALGOS, ConfigError, build_config
+from racemarl.config import ALGOS, ConfigError, build_config, load_yaml
 from racemarl.runs import LATEST_CHECKPOINT, RunDirError
 
 BACKENDS = ("local", "ray")
@@ -104,32 +106,56 @@ class SweepSpec:
     tasks: list[str]
     algos: list[str]
     seeds: list[int]
-    total_steps: int
+    total_steps: int | None
+    """Env steps of each run; None = each task's preset's `total_steps` (needs `task_configs`)."""
     sets: list[str]
     config: str | None = None
     eval_interval: int | None = None
     eval_episodes: int | None = None
+    task_configs: dict[str, str] = field(default_factory=dict)
+    """A preset per task (instead of `config`), e.g. the paper grids of `racemarl.presets`."""
+    preset: str | None = None
+    """The name of the grid `task_configs` come from (recorded instead of them, so a restart may change the grid)."""
 
     def points(self) -> list[Point]:
         return [Point(t, a, s) for t in self.tasks for a in self.algos for s in self.seeds]
 
+    def config_for(self, task: str) -> str | None:
+        return self.task_configs.get(task, self.config)
+
+    def steps_for(self, task: str) -> int:
+        if self.total_steps is not None:
+            return self.total_steps
+        preset = self.config_for(task)
+        steps = load_yaml(preset).get("total_steps") if preset else None
+        if not isinstance(steps, int) or steps <= 0:
+            raise ConfigError(f"--total-steps is required: {task} has no preset with a total_steps")
+        return steps
+
     def folder_config(self) -> dict:
         """What every run of the folder shares (the budget and the grid may change between restarts)."""
-        return {"config": None if self.config is None else str(Path(self.config).resolve()), "set": list(self.sets),
-                "eval_interval": self.eval_interval, "eval_episodes": self.eval_episodes}
+        out = {"config": None if self.config is None else str(Path(self.config).resolve()), "set": list(self.sets),
+               "eval_interval": self.eval_interval, "eval_episodes": self.eval_episodes}
+        if self.preset:
+            out["preset"] = self.preset
+        elif self.task_configs:
+            out["task_configs"] = {t: str(Path(c).resolve()) for t, c in self.task_configs.items()}
+        return out
 
     def validate(self) -> None:
         from racemarl.envs import parse_task
 
-        if self.total_steps is None or self.total_steps <= 0:
+        if self.total_steps is not None and self.total_steps <= 0:
             raise ConfigError("--total-steps must be positive")
+        for task in self.tasks:
+            self.steps_for(task)
         for algo in self.algos:
             if algo not in ALGOS:
                 raise ConfigError(f"--algos: unknown algo {algo!r}; valid: {', '.join(ALGOS)}")
         for task in self.tasks:
             parse_task(task)  # UnknownTaskError names the valid tasks
         for p in self.points():  # the overrides must make a valid config for every grid point
-            build_config(self.config, self.sets, algo=p.algo, seed=p.seed, total_steps=self.total_steps,
+            build_config(self.config_for(p.task), self.sets, algo=p.algo, seed=p.seed, total_steps=self.steps_for(p.task),
                          eval_interval=self.eval_interval, eval_episodes=self.eval_episodes, env={"task": p.task})
 
 
@@ -152,12 +178,12 @@ def run_state(run_dir: Path, total_steps: int) -> str:
 
 
 def train_command(p: Point, spec: SweepSpec, run_dir: Path, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "racemarl", "train", "--no-progress", "--total-steps", str(spec.total_steps)]
+    cmd = [sys.executable, "-m", "racemarl", "train", "--no-progress", "--total-steps", str(spec.steps_for(p.task))]
     if resume:
         return cmd + ["--resume", str(run_dir)]
     cmd += ["--task", p.task, "--algo", p.algo, "--seed", str(p.seed), "--out", str(run_dir)]
-    if spec.config:
-        cmd += ["--config", str(spec.config)]
+    if spec.config_for(p.task):
+        cmd += ["--config", str(spec.config_for(p.task))]
     if spec.eval_interval:
         cmd += ["--eval-interval", str(spec.eval_interval)]
     if spec.eval_episodes:
@@ -299,7 +325,7 @@ class Sweep:
         _write_json(self.out / INDEX_FILE, {"total_steps": self.spec.total_steps, "runs": entries})
 
     def _finish(self, p: Point, rc: int, interrupted: bool) -> None:
-        state = run_state(self.run_dir(p), self.spec.total_steps)
+        state = run_state(self.run_dir(p), self.spec.steps_for(p.task))
         if state == "finished":
             self.status[p] = self.entry(p, "finished")
             e = self.status[p]
@@ -315,7 +341,7 @@ class Sweep:
     def _prepare(self, p: Point) -> list[str] | None:
         """The command for a grid point, or None if it is finished."""
         run_dir = self.run_dir(p)
-        state = run_state(run_dir, self.spec.total_steps)
+        state = run_state(run_dir, self.spec.steps_for(p.task))
         if state == "finished":
             self.status[p] = self.entry(p, "finished")
             self.echo(f"skip     {p.label()} (finished)")

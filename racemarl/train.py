@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from racemarl import checkpoint as ckpt
 from racemarl.buffer import ReplayBuffer
 from racemarl.config import Config, ConfigError, from_dict, save_yaml, to_dict
-from racemarl.envs import make_env, parse_task
+from racemarl.envs import is_discrete_task, make_env
 from racemarl.envs.batch import make_env_batch
 from racemarl.episode_buffer import EpisodeBuffer
 from racemarl.evolution import evolve, follow_sources, inject, mutate_encoders
@@ -94,12 +94,12 @@ class Trainer:
         self.torch_gen = torch.Generator().manual_seed(cfg.seed)  # init, target smoothing, team draws
         # Slots of a generation: the MARL team's episode, then each population team's episodes.
         self.n_slots = int(cfg.uses_marl) + (cfg.race.pop_size * cfg.race.episodes_per_team if cfg.uses_population else 0)
-        self.discrete = parse_task(cfg.env.task)[0] in DISCRETE_FAMILIES
+        self.discrete = is_discrete_task(cfg.env.task, **env_kwargs(cfg))
         _check_algo(cfg, self.discrete)
         self.workers = None
         if self.discrete:  # every slot is a row of one batch of envs (SMAX: one vmapped call per step)
-            self.envs = make_env_batch(cfg.env.task, self.n_slots, cfg.env.max_episode_steps)
-            self.eval_envs = make_env_batch(cfg.env.task, cfg.eval_episodes, cfg.env.max_episode_steps)
+            self.envs = make_env_batch(cfg.env.task, self.n_slots, **env_kwargs(cfg))
+            self.eval_envs = make_env_batch(cfg.env.task, cfg.eval_episodes, **env_kwargs(cfg))
             self.spec = self.envs.spec
         else:
             self.eval_envs = [make_env(cfg.env.task, **env_kwargs(cfg)) for _ in range(cfg.eval_episodes)]

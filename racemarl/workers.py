@@ -53,7 +53,7 @@ class RolloutError(RuntimeError):
 
 def env_kwargs(cfg: Config) -> dict:
     """The keyword arguments of `make_env` for a config's training and evaluation environments."""
-    return {"agent_obsk": cfg.env.agent_obsk, "max_episode_steps": cfg.env.max_episode_steps}
+    return {"agent_obsk": cfg.env.agent_obsk, "max_episode_steps": cfg.env.max_episode_steps, "kwargs": dict(cfg.env.kwargs)}
 
 
 def assign_slots(n_slots: int, n_workers: int) -> list[tuple[int, ...]]:

@@ -83,13 +83,13 @@ def test_every_map_listed_and_buildable():
 
 
 # (these two run without jaxmarl)
-@pytest.mark.parametrize("task", ["smax/4m", "smax/3m-1x3", "smax/"])
+@pytest.mark.parametrize("task", ["smax/4x", "smax/3m-1x3", "smax/", "smax/0m", "smax/3s_vs_"])
 def test_unknown_map(task):
     with pytest.raises(UnknownTaskError) as info:
         parse_task(task)
     msg = str(info.value)
     assert "\n" not in msg and "smax/3m" in msg and "smax/2s3z" in msg and "smax/smacv2_5_units" in msg
-    assert [t for t in list_tasks() if t.startswith("smax/")] == [f"smax/{m}" for m in SMAX_MAPS]
+    assert [t for t in list_tasks() if t.startswith("smax/")] == [f"smax/{m}" for m in (*SMAX_MAPS, "3s_vs_3z")]
     with pytest.raises(ValueError, match="render"):
         make_env("smax/3m", render_mode="rgb_array")
 

@@ -2,21 +2,36 @@
 
 Task names look like ``<family>/<Scenario>[-<partition>]``, e.g. ``mamujoco/HalfCheetah-6x1`` or
 ``mamujoco/Hopper`` (single agent controlling the whole robot), ``smax/3m`` (JaxMARL's SMAX, JAX
-StarCraft-like maps) or ``smac/3m`` (the real SMAC on StarCraft II). Simulator packages are imported
-only by `make_env`, so this module imports without them.
+StarCraft-like maps), ``smac/3m`` (the real SMAC on StarCraft II), ``mpe/simple_spread`` (mpe2's
+cooperative particle tasks), ``pettingzoo/<module>:<factory>`` (any cooperative PettingZoo
+ParallelEnv) or a name registered with `register_env`. Simulator packages are imported only by
+`make_env`, so this module imports without them.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from racemarl.envs.base import EnvSpec, MultiAgentEnv, StepResult
+from racemarl.envs.base import EnvSpec, MissingDependencyError, MultiAgentEnv, StepResult, UnknownTaskError
+from racemarl.envs.byo import (
+    MPE_TASKS,
+    BadTaskError,
+    is_registered,
+    make_mpe,
+    make_pettingzoo,
+    make_registered,
+    parse_pettingzoo,
+    register_env,
+    registered_tasks,
+    unregister_env,
+)
 from racemarl.envs.mamujoco import (
     MAMUJOCO_PARTITIONS,
     mamujoco_config_error,
     mamujoco_task_name,
 )
 from racemarl.envs.smac import SMAC_MAPS, smac_config_error, smac_task_name
-from racemarl.envs.smax import SMAX_MAPS, smax_config_error, smax_task_name
+from racemarl.envs.smax import smax_config_error, smax_map_names, smax_task_name
 
 __all__ = [
     "EnvSpec",
@@ -27,15 +42,11 @@ __all__ = [
     "list_tasks",
     "parse_task",
     "make_env",
+    "register_env",
+    "unregister_env",
+    "is_discrete_task",
+    "BadTaskError",
 ]
-
-
-class UnknownTaskError(ValueError):
-    """A task name that names no known task; the message (one line) lists the valid choices."""
-
-
-class MissingDependencyError(ImportError):
-    """The simulator package a task family needs is not installed; the message names the pip extra."""
 
 
 # ---------------------------------------------------------------- family: mamujoco
@@ -60,7 +71,9 @@ def _make_mamujoco(
     agent_obsk: int,
     max_episode_steps: int | None,
     render_mode: str | None,
+    kwargs: dict[str, Any],
 ) -> MultiAgentEnv:
+    _no_kwargs(f"mamujoco/{scenario}", kwargs)
     from racemarl.envs.mamujoco import _import_mamujoco
 
     try:
@@ -107,8 +120,10 @@ def _make_smax(
     agent_obsk: int,
     max_episode_steps: int | None,
     render_mode: str | None,
+    kwargs: dict[str, Any],
 ) -> MultiAgentEnv:
     del partition, agent_obsk  # SMAX maps have no partitions; agent_obsk is a MaMuJoCo option
+    _no_kwargs(f"smax/{map_name}", kwargs)
     if render_mode is not None:
         raise ValueError(f"smax/{map_name}: rendering is not supported (render_mode={render_mode!r})")
     try:
@@ -134,8 +149,10 @@ def _make_smac(
     agent_obsk: int,
     max_episode_steps: int | None,
     render_mode: str | None,
+    kwargs: dict[str, Any],
 ) -> MultiAgentEnv:
     del partition, agent_obsk
+    _no_kwargs(f"smac/{map_name}", kwargs)
     if render_mode is not None:
         raise ValueError(f"smac/{map_name}: render_mode is not supported (SMAC saves replays instead)")
     from racemarl.envs.smac import SmacEnv, import_starcraft2env
@@ -145,6 +162,32 @@ def _make_smac(
     except ImportError as e:
         raise MissingDependencyError(str(e)) from e
     return SmacEnv(map_name, max_episode_steps=max_episode_steps, env_factory=factory)
+
+
+def _no_kwargs(task: str, kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise BadTaskError(f"{task}: env.kwargs ({', '.join(kwargs)}) are only for mpe/*, pettingzoo/* and registered "
+                           "tasks; this family takes its settings from env.* keys")
+
+
+# ---------------------------------------------------------------- families: mpe (mpe2), pettingzoo (any ParallelEnv)
+
+
+def _parse_mpe(task: str, rest: str) -> tuple[str, None]:
+    if rest not in MPE_TASKS:
+        raise UnknownTaskError(f"unknown task {task!r}: valid mpe tasks: {', '.join(f'mpe/{t}' for t in MPE_TASKS)} "
+                               "(others: pettingzoo/mpe2.<module>:parallel_env)")
+    return rest, None
+
+
+def _make_mpe(scenario: str, partition: str | None, *, agent_obsk: int, max_episode_steps: int | None,
+              render_mode: str | None, kwargs: dict[str, Any]) -> MultiAgentEnv:
+    return make_mpe(scenario, kwargs, max_episode_steps, render_mode)
+
+
+def _make_pettingzoo(spec: str, partition: str | None, *, agent_obsk: int, max_episode_steps: int | None,
+                     render_mode: str | None, kwargs: dict[str, Any]) -> MultiAgentEnv:
+    return make_pettingzoo(f"pettingzoo/{spec}", spec, kwargs, max_episode_steps, render_mode)
 
 
 class _Family:
@@ -158,22 +201,31 @@ class _Family:
     ) -> None:
         self.list_tasks = list_tasks
         self.parse = parse  # (full task name, text after "<family>/") -> (scenario, partition)
-        self.make = make  # (scenario, partition, *, agent_obsk, max_episode_steps, render_mode)
+        self.make = make  # (scenario, partition, *, agent_obsk, max_episode_steps, render_mode, kwargs)
 
 
 _FAMILIES: dict[str, _Family] = {
     "mamujoco": _Family(_list_mamujoco, _parse_mamujoco, _make_mamujoco),
-    "smax": _Family(*_map_family(SMAX_MAPS, smax_task_name, smax_config_error), _make_smax),
+    "smax": _Family(*_map_family(smax_map_names(), smax_task_name, smax_config_error), _make_smax),
     "smac": _Family(*_map_family(SMAC_MAPS, smac_task_name, smac_config_error), _make_smac),
+    "mpe": _Family(lambda: [f"mpe/{t}" for t in MPE_TASKS], _parse_mpe, _make_mpe),
+    # any module's factory: nothing to list
+    "pettingzoo": _Family(lambda: [], parse_pettingzoo, _make_pettingzoo),
 }
+_DISCRETE = {"smax": True, "smac": True, "mamujoco": False, "mpe": False}  # the others: from the env's spec
+
+
+def builtin_families() -> tuple[str, ...]:
+    return tuple(_FAMILIES)
 
 
 # ---------------------------------------------------------------- public API
 
 
 def list_tasks() -> list[str]:
-    """Every valid task name, e.g. "mamujoco/HalfCheetah-6x1", "mamujoco/HalfCheetah", "smax/3m", "smac/3m"."""
-    return [name for fam in _FAMILIES.values() for name in fam.list_tasks()]
+    """Every listed task name, e.g. "mamujoco/HalfCheetah-6x1", "smax/3m", "smac/3m", "mpe/simple_spread", and
+    the registered ones (any "pettingzoo/<module>:<factory>" is valid too, but not listed)."""
+    return [name for fam in _FAMILIES.values() for name in fam.list_tasks()] + registered_tasks()
 
 
 def parse_task(task: str) -> tuple[str, str, str | None]:
@@ -181,10 +233,14 @@ def parse_task(task: str) -> tuple[str, str, str | None]:
     if not isinstance(task, str):
         raise UnknownTaskError(f"task must be a string like 'mamujoco/HalfCheetah-6x1', got {task!r}")
     family, sep, rest = task.partition("/")
+    if registered(task):
+        return family, rest, None
     if not sep or family not in _FAMILIES:
+        extra = f"; registered: {', '.join(registered_tasks())}" if registered_tasks() else ""
         raise UnknownTaskError(
             f"unknown task {task!r}: expected '<family>/<Scenario>[-<partition>]' with family one of: "
-            f"{', '.join(_FAMILIES)} (e.g. 'mamujoco/HalfCheetah-6x1')"
+            f"{', '.join(_FAMILIES)} (e.g. 'mamujoco/HalfCheetah-6x1'), or a name registered with "
+            f"racemarl.envs.register_env{extra}"
         )
     scenario, partition = _FAMILIES[family].parse(task, rest)
     return family, scenario, partition
@@ -196,6 +252,7 @@ def make_env(
     agent_obsk: int = 0,
     max_episode_steps: int | None = None,
     render_mode: str | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> MultiAgentEnv:
     """Build the environment for `task`.
 
@@ -205,12 +262,17 @@ def make_env(
             other families.
         max_episode_steps: time limit; None = the task's default (1000 for MaMuJoCo, 100 for SMAX,
             the map's episode limit for SMAC, which cannot be exceeded).
-        render_mode: e.g. "rgb_array" (MaMuJoCo only; SMAX and SMAC raise ValueError).
+        render_mode: e.g. "rgb_array" (MaMuJoCo only; the other families raise ValueError).
+        kwargs: keyword arguments of the env factory (mpe/*, pettingzoo/* and registered tasks only).
 
     Raises:
         UnknownTaskError: the task name is not valid.
         MissingDependencyError: the simulator for the task's family is not installed.
+        BadTaskError: a pettingzoo/registered task whose module, factory or env cannot be used.
     """
+    kwargs = dict(kwargs or {})
+    if registered(task):
+        return make_registered(task, kwargs, max_episode_steps, render_mode)
     family, scenario, partition = parse_task(task)
     return _FAMILIES[family].make(
         scenario,
@@ -218,4 +280,23 @@ def make_env(
         agent_obsk=agent_obsk,
         max_episode_steps=max_episode_steps,
         render_mode=render_mode,
+        kwargs=kwargs,
     )
+
+
+def registered(task: str) -> bool:
+    """Whether `task` was registered with `register_env`."""
+    return isinstance(task, str) and is_registered(task)
+
+
+def is_discrete_task(task: str, **make_kwargs: Any) -> bool:
+    """Whether `task` has discrete actions. Families of one kind answer from the name; for pettingzoo/*
+    and registered tasks the env is built (with `make_env(task, **make_kwargs)`) and its spec read."""
+    family = parse_task(task)[0]
+    if family in _DISCRETE and not registered(task):
+        return _DISCRETE[family]
+    env = make_env(task, **make_kwargs)
+    try:
+        return env.spec.discrete
+    finally:
+        env.close()

@@ -11,6 +11,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class UnknownTaskError(ValueError):
+    """A task name that names no known task; the message (one line) lists the valid choices."""
+
+
+class MissingDependencyError(ImportError):
+    """The simulator package a task family needs is not installed; the message names the pip extra."""
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """Static description of a multi-agent task."""

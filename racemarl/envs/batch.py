@@ -82,14 +82,15 @@ class ListBatch:
             env.close()
 
 
-def make_env_batch(task: str, batch_size: int, max_episode_steps: int | None = None) -> EnvBatch:
-    """`batch_size` copies of a discrete task (SMAX: one vmapped batch; others: a list of envs)."""
+def make_env_batch(task: str, batch_size: int, max_episode_steps: int | None = None, **make_kwargs) -> EnvBatch:
+    """`batch_size` copies of a discrete task (SMAX: one vmapped batch; others: a list of envs built with
+    `make_env(task, max_episode_steps=..., **make_kwargs)`)."""
     family, scenario, _ = parse_task(task)
     if family == "smax":
-        make_env(task, max_episode_steps=max_episode_steps).close()  # dependency check with the usual message
+        make_env(task, max_episode_steps=max_episode_steps, **make_kwargs).close()  # dependency check with the usual message
         try:
             from racemarl.envs.smax import SmaxBatch
         except ImportError as e:  # pragma: no cover - make_env above raised first
             raise MissingDependencyError(f"SMAX tasks need jaxmarl ({e}): pip install 'racemarl[smax]'") from e
         return SmaxBatch(scenario, batch_size, max_episode_steps=max_episode_steps)
-    return ListBatch([make_env(task, max_episode_steps=max_episode_steps) for _ in range(batch_size)])
+    return ListBatch([make_env(task, max_episode_steps=max_episode_steps, **make_kwargs) for _ in range(batch_size)])
