@@ -46,6 +46,7 @@ LOCK_FILE = ".sweep.lock"
 LOG_DIR = "logs"
 POLL_S = 0.2
 GRACE_S = 10.0
+NOTICE_S = 0.5
 
 
 class SweepInterrupted(Exception):
@@ -474,7 +475,7 @@ def _stop(procs: list[subprocess.Popen], logs: list[Path] | None = None) -> None
     send SIGINT to the others (a second signal would stop a run at once, losing that checkpoint); SIGKILL
     whatever is left after the grace period."""
     logs = list(logs) if logs is not None else [None] * len(procs)
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + NOTICE_S  # a run that got the signal prints STOPPING_MARK at once
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.05)
     for p, log in zip(procs, logs):

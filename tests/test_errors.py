@@ -49,7 +49,7 @@ def place(tmp_path):
     (["--out", "{p}/r", "--set", "checkpoint_minutes=-1"], "checkpoint_minutes must be >= 0"),
     (["--out", "{p}/r", "--config", "{p}/adir"], "is not a file"),
     (["--out", "{p}/r", "--config", "{p}/missing.yaml"], "does not exist"),
-    (["--out", "{p}/r", "--set", "env.task=smax/4m"], "unknown SMAX map '4m'"),
+    (["--out", "{p}/r", "--set", "env.task=smax/no_such_map"], "unknown task 'smax/no_such_map'"),
 ])
 def test_train_rejects_bad_input_before_any_work(place, capsys, args, needle):
     args = [a.format(p=place) for a in args]
@@ -61,7 +61,7 @@ def test_train_rejects_bad_input_before_any_work(place, capsys, args, needle):
 
 @pytest.mark.parametrize("args, needle", [
     (["--config", "{p}/adir"], "is not a file"),
-    (["--set", "env.task=smax/4m"], "unknown SMAX map"),
+    (["--set", "env.task=smax/no_such_map"], "unknown task 'smax/no_such_map'"),
     (["--set", "seed=-3"], "seed must be >= 0"),
 ])
 def test_config_command_rejects_what_train_rejects(place, capsys, args, needle):
