@@ -1,4 +1,4 @@
-# Quick start: `make demo` (set up + short RACE training), `make test` (set up + tests).
+# Quick start: `make demo` (set up + a few minutes of RACE on SMAX 3m, compared with a random policy), `make test`.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -16,8 +16,8 @@ setup: $(BIN)/racemarl
 
 demo: setup
 	rm -rf $(DEMO_OUT)
-	$(BIN)/racemarl train --config configs/demo.yaml --out $(DEMO_OUT)
-	@echo "Results in $(DEMO_OUT): metrics.csv, summary.json, config.yaml, tb/ (tensorboard --logdir $(DEMO_OUT)/tb), checkpoints/"
+	$(BIN)/python examples/demo.py --config configs/demo.yaml --out $(DEMO_OUT)
+	@echo "Look at it with: tensorboard --logdir $(DEMO_OUT)/tb   or   $(BIN)/racemarl info $(DEMO_OUT)"
 
 test: setup
 	$(BIN)/python -m pytest tests

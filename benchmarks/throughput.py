@@ -354,7 +354,8 @@ def end_to_end(task: str, algo: str, timed_steps: int, episode_steps: int, run_d
     probe = config(task, algo)
     # learning starts with the generation after the one that fills a batch (RACE: after one full generation)
     start_steps = max(probe.learner.batch_size, slots_of(probe) * episode_steps) + 1
-    overrides = [f"env.max_episode_steps={episode_steps}", f"learner.start_steps={start_steps}", f"device={DEVICE}"]
+    overrides = [f"env.max_episode_steps={episode_steps}", f"learner.start_steps={start_steps}", f"device={DEVICE}",
+                 "checkpoint_minutes=0"]  # no wall-clock checkpoint inside the timed window either
     if E2E_WORKERS > 1:
         overrides += ["rollout.backend=process", f"rollout.workers={E2E_WORKERS}"]
     cfg = config(task, algo, overrides, total_steps=start_steps + timed_steps, eval_interval=10**12, eval_episodes=1)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from racemarl.runs import CheckpointError  # noqa: F401 - raised by `load`, re-exported
+
 
 def save_atomic(obj: dict, path: str | Path) -> None:
     path = Path(path)
@@ -32,7 +34,36 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 
 
 def load(path: str | Path) -> dict:
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """The checkpoint's state; CheckpointError (one line) for anything unreadable or unsafe."""
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "unsupported global" in str(e).lower():  # a class or function, which loading would import and call
+            raise CheckpointError(f"{path} holds objects other than tensors, numbers and strings; it was not "
+                                  f"written by racemarl and is refused, since loading it could run code") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated: {type(e).__name__})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a racemarl checkpoint (it holds a {type(state).__name__})")
+    return state
+
+
+def clean_temp_files(folder: str | Path) -> list[Path]:
+    """Remove the temporary files an interrupted `save_atomic` left in `folder`; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    leftovers = [p for p in folder.glob(".*.tmp") if p.is_file()]
+    for p in leftovers:
+        p.unlink(missing_ok=True)
+    return leftovers
 
 
 def numpy_rng_state(rng: np.random.Generator) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,42 +26,71 @@ def _rollout_flags(args: argparse.Namespace) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _resume_config(args: argparse.Namespace, run_dir: Path):
+    """The saved config of `run_dir` with what the resume command may change: a larger --total-steps, where the
+    episodes are played, and the session's own settings. Flags that repeat the run's settings are accepted;
+    flags that would change them are refused, naming them."""
+    from racemarl.config import apply_dict, apply_override
+    from racemarl.runs import experiment_settings, require_run_dir
+    from racemarl.train import RunError
+
+    require_run_dir(run_dir)
+    if args.out and Path(args.out).resolve() != run_dir.resolve():
+        raise RunError("--resume continues the run in its own directory; drop --out")
+    try:
+        cfg = from_dict(load_yaml(run_dir / "config.yaml"))
+    except ConfigError as e:
+        raise RunError(f"{run_dir / 'config.yaml'}: {e}") from None
+    wanted = from_dict(load_yaml(run_dir / "config.yaml"))
+    if args.config:
+        apply_dict(wanted, load_yaml(_config_file(args.config)))
+    top = {"algo": args.algo, "seed": args.seed, "eval_interval": args.eval_interval,
+           "eval_episodes": args.eval_episodes, "env": {"task": args.task} if args.task else {}}
+    apply_dict(wanted, {k: v for k, v in top.items() if v is not None})
+    for assignment in args.set:
+        apply_override(wanted, assignment)
+    saved_flat, wanted_flat = experiment_settings(cfg), experiment_settings(wanted)
+    changed = [f"{k}={wanted_flat[k]} (the run has {saved_flat[k]})" for k in saved_flat
+               if k != "total_steps" and wanted_flat[k] != saved_flat[k]]
+    if changed:
+        raise RunError(f"--resume keeps the run's settings; these differ: {'; '.join(changed)}. Only a larger "
+                       "--total-steps, --device and where the episodes are played (--backend, --workers, "
+                       "--ray-address) may change")
+    if args.total_steps is not None:
+        if args.total_steps < cfg.total_steps:
+            raise RunError(f"--total-steps {args.total_steps} is smaller than the run's budget of {cfg.total_steps} "
+                           "env steps; a resume can only keep or extend it")
+        cfg.total_steps = args.total_steps
+    cfg.checkpoint_minutes = wanted.checkpoint_minutes  # never changes what is learned
+    cfg.device = args.device if args.device is not None else wanted.device  # checkpoints are device-independent
+    rollout = _rollout_flags(args)
+    if rollout:  # never changes what is learned
+        if "backend" in rollout:  # another backend: its own defaults unless given
+            rollout = {"workers": 0, "ray_address": None, **rollout}
+        for key, value in rollout.items():
+            setattr(cfg.rollout, key, value)
+    cfg.progress = not args.no_progress
+    return cfg.validate()
+
+
+def _config_file(path: str) -> Path:
+    from racemarl.runs import check_input_file
+
+    return check_input_file(path, "--config")
+
+
 def _train(args: argparse.Namespace) -> int:
-    from racemarl.train import RunError, train
+    from racemarl.train import RunError, TrainingInterrupted, train
 
     if args.resume:
         run_dir = Path(args.resume)
-        cfg_path = run_dir / "config.yaml"
-        if not cfg_path.exists():
-            raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
-        if args.out and Path(args.out) != run_dir:
-            raise RunError("--resume continues the run in its own directory; drop --out")
-        cfg = from_dict(load_yaml(cfg_path))
-        given = {"env.task": (args.task, cfg.env.task), "algo": (args.algo, cfg.algo), "seed": (args.seed, cfg.seed)}
-        for key, (flag, saved) in given.items():
-            if flag is not None and flag != saved:
-                raise RunError(f"--resume: the run was started with {key}={saved}, not {flag}")
-        if args.set or args.config or args.eval_interval or args.eval_episodes:
-            raise RunError("--resume takes the run's saved config; only --total-steps, --device and where the episodes "
-                           "are played (--backend, --workers, --ray-address) may change")
-        if args.total_steps is not None:
-            cfg.total_steps = args.total_steps
-        rollout = _rollout_flags(args)
-        if rollout:  # never changes what is learned
-            if "backend" in rollout:  # another backend: its own defaults unless given
-                rollout = {"workers": 0, "ray_address": None, **rollout}
-            for key, value in rollout.items():
-                setattr(cfg.rollout, key, value)
-        if args.device is not None:  # checkpoints are device-independent
-            cfg.device = args.device
-        cfg.progress = not args.no_progress
-        cfg.validate()
+        cfg = _resume_config(args, run_dir)
     else:
         if not args.out:
             raise RunError("--out RUN_DIR is required")
         run_dir = Path(args.out)
-        if (run_dir / "checkpoints").exists():
-            raise RunError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+        if args.config:
+            _config_file(args.config)
         top = {
             "algo": args.algo, "seed": args.seed, "total_steps": args.total_steps,
             "eval_interval": args.eval_interval, "eval_episodes": args.eval_episodes,
@@ -73,34 +103,90 @@ def _train(args: argparse.Namespace) -> int:
         if args.device is not None:
             top["device"] = args.device
         cfg = build_config(args.config, args.set, **top)
-    summary = train(cfg, run_dir, resume=bool(args.resume))
+    try:
+        summary = train(cfg, run_dir, resume=bool(args.resume))
+    except TrainingInterrupted as e:
+        print(f"racemarl: {e}", file=sys.stderr)
+        return 130 if e.signal_name == "SIGINT" else 143
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+        has_ckpt = (run_dir / "checkpoints" / "latest.pt").is_file()
+        print(f"racemarl: interrupted; " + (f"resume from the last checkpoint with `racemarl train --resume {run_dir}`"
+              if has_ckpt else f"no checkpoint was written yet; start again (the folder {run_dir} can be reused)"),
+              file=sys.stderr)
+        return 130
     print(f"run finished: {run_dir}  (metrics.csv, summary.json, tb/, checkpoints/)")
-    print(f"final eval return {summary['final_eval_return']:.1f}, best {summary['best_eval_return']:.1f}, "
+    win = f", final win rate {summary['final_eval_win_rate']:.2f}" if "final_eval_win_rate" in summary else ""
+    print(f"final eval return {_num(summary['final_eval_return'])}, best {_num(summary['best_eval_return'])}{win}, "
           f"{summary['total_env_steps']} env steps in {summary['wall_time']:.0f} s")
     return 0
 
 
-def _tasks(args: argparse.Namespace) -> int:
+def _num(v: float | None) -> str:
+    return "-" if v is None else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")
+
+
+def _tasks_cache_file(agent_obsk: int) -> tuple[Path, dict]:
+    """Where `racemarl tasks` keeps its table, and the key it must match: the sizes only change with
+    racemarl and the simulator packages, so a table built once is reused until one of them changes."""
+    from importlib import metadata
+
+    from racemarl import __version__
+
+    versions = {}
+    for package in ("gymnasium-robotics", "mujoco", "jaxmarl", "smac", "pettingzoo", "mpe2"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "racemarl"
+    return root / "tasks.json", {"racemarl": __version__, "packages": versions, "agent_obsk": agent_obsk}
+
+
+def _task_rows(agent_obsk: int) -> tuple[list[tuple[str, ...]], dict[str, str]]:
+    import json
+
     from racemarl.envs import list_tasks, make_env
 
-    names = list_tasks()
-    if args.names_only:
-        for t in names:
-            print(t)
-        return 0
+    cache, key = _tasks_cache_file(agent_obsk)
+    try:
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key and saved.get("tasks") == list_tasks():
+            return [tuple(r) for r in saved["rows"]], saved["missing"]
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
     rows, missing = [], {}
-    for t in names:
+    for t in list_tasks():
         family = t.split("/", 1)[0]
         if family in missing:
             continue
         try:
-            env = make_env(t, agent_obsk=args.agent_obsk)
+            env = make_env(t, agent_obsk=agent_obsk)
         except MissingDependencyError as e:
             missing[family] = str(e)
             continue
         s = env.spec
         env.close()
         rows.append((t, str(s.n_agents), ",".join(map(str, s.obs_dims)), str(s.state_dim), ",".join(map(str, s.act_dims))))
+    try:  # a cache that cannot be written only costs time
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "tasks": list_tasks(), "rows": rows, "missing": missing}))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return rows, missing
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from racemarl.envs import list_tasks
+
+    if args.names_only:
+        for t in list_tasks():
+            print(t)
+        return 0
+    if args.agent_obsk < 0:
+        raise ConfigError(f"--agent-obsk must be >= 0, got {args.agent_obsk}")
+    rows, missing = _task_rows(args.agent_obsk)
     header = ("task", "agents", "obs sizes (per agent)", "state", "action sizes (per agent)")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
@@ -161,8 +247,11 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from racemarl.plot import learning_curves, plot_curves
-    from racemarl.runs import duplicate_seeds, load_runs
+    from racemarl.runs import duplicate_seeds, grouping, load_runs
 
+    from racemarl.runs import check_output_file
+
+    check_output_file(args.out, "--out", (".png", ".pdf", ".svg"))
     runs = load_runs(args.dirs)
     _warn(duplicate_seeds(runs))
     curves = learning_curves(runs, args.metric, smooth=args.smooth, ci=args.ci, level=args.level)
@@ -171,17 +260,26 @@ def _plot(args: argparse.Namespace) -> int:
     for (task, algo), c in curves.items():
         last = f"{c.mean[-1]:.1f} at {int(c.x[-1])} env steps" if len(c.x) else "no common range"
         print(f"{task} {algo}: {c.n_seeds} seed(s), last mean {last}")
+    print(grouping(runs).note())
+    _warn_without(runs, args.metric)
     print(f"written: {out}")
     return 0
 
 
 def _table(args: argparse.Namespace) -> int:
     from racemarl.report import results_table
-    from racemarl.runs import duplicate_seeds, load_runs
+    from racemarl.runs import check_output_file, duplicate_seeds, load_runs
 
+    if args.digits < 0:
+        raise RunDirError(f"--digits must be >= 0, got {args.digits}")
+    if args.max_steps is not None and args.max_steps < 0:
+        raise RunDirError(f"--max-steps must be >= 0, got {args.max_steps}")
+    if args.out:
+        check_output_file(args.out)
     runs = load_runs(args.dirs)
     _warn(duplicate_seeds(runs))
     text = results_table(runs, args.metric, fmt=args.format, digits=args.digits, max_steps=args.max_steps)
+    _warn_without(runs, args.metric)
     if args.out:
         Path(args.out).write_text(text)
         print(f"written: {args.out}")
@@ -190,10 +288,20 @@ def _table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_without(runs, metric: str) -> None:
+    from racemarl.runs import groups_without
+
+    left_out = groups_without(runs, metric)
+    if left_out:
+        why = " (MaMuJoCo tasks have no win rate)" if "win_rate" in metric else ""
+        _warn([f"left out, no values of {metric}{why}: {', '.join(left_out)}"])
+
+
 def _export(args: argparse.Namespace) -> int:
     from racemarl.report import export_marl_eval
-    from racemarl.runs import duplicate_seeds, load_runs
+    from racemarl.runs import check_output_file, duplicate_seeds, load_runs
 
+    check_output_file(args.out)
     runs = load_runs(args.dirs)
     _warn(duplicate_seeds(runs))
     out, warnings = export_marl_eval(runs, args.out, args.metric, args.name)
@@ -222,13 +330,18 @@ def _config(args: argparse.Namespace) -> int:
 
     from racemarl.config import to_dict
 
+    if args.config:
+        _config_file(args.config)
     cfg = build_config(args.config, args.set)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from racemarl import __version__
+
     p = argparse.ArgumentParser(prog="racemarl", description="RACE: evolutionary MARL with shared encoders.")
+    p.add_argument("--version", action="version", version=f"racemarl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a RACE / MATD3 / EA run")
@@ -328,24 +441,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_error(e: BaseException) -> bool:
+    """Errors that are the user's to fix: one line, exit 2. RunError lives in racemarl.train, which (with
+    torch) is only imported by the commands that train; an error of that class can only come from them."""
+    train_mod = sys.modules.get("racemarl.train")
+    known = (ConfigError, UnknownTaskError, MissingDependencyError, RunDirError)
+    return isinstance(e, known) or (train_mod is not None and isinstance(e, train_mod.RunError))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from racemarl.train import RunError
-
     try:
-        return args.func(args)
-    except (ConfigError, UnknownTaskError, MissingDependencyError, RunError, RunDirError) as e:
-        print(f"racemarl: error: {e}", file=sys.stderr)
-        return 2
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:  # e.g. `racemarl info RUN | head`: the reader has gone; end quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not complain
+        except (OSError, ValueError):
+            pass
+        return 141
     except KeyboardInterrupt:
         if args.command == "sweep":
             print("racemarl: interrupted; run the same sweep command again to continue", file=sys.stderr)
-        elif args.command == "train":
-            print("racemarl: interrupted; resume with `racemarl train --resume RUN_DIR`", file=sys.stderr)
         else:
             print("racemarl: interrupted", file=sys.stderr)
         return 130
-
+    except Exception as e:
+        if not _user_error(e):
+            raise
+        message = " ".join(str(e).split())  # always one line
+        print(f"racemarl: error: {message}", file=sys.stderr)
+        return 2
 
 if __name__ == "__main__":
     sys.exit(main())

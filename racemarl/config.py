@@ -7,6 +7,7 @@ keys. The resolved config is written to every run directory as `config.yaml`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -245,6 +246,10 @@ class Config:
     device: str = "auto"
     """Where the learner, its optimisers and the replay buffer live: auto (CUDA when available, else the CPU),
     cpu, cuda or cuda:N. Environments, rollout workers and evaluation always act on the CPU."""
+    checkpoint_minutes: float = 5.0
+    """Also write checkpoints/latest.pt every this many wall-clock minutes (at the end of a generation or
+    between updates), besides every evaluation, so a killed run loses at most this much work (0 = only at
+    evaluations). Never changes what is learned."""
 
     def validate(self) -> Config:
         checks = [
@@ -308,6 +313,7 @@ class Config:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        check_ranges(self)
         return self
 
     @property
@@ -326,6 +332,60 @@ class Config:
     @property
     def uses_representation_losses(self) -> bool:
         return self.algo == "race"
+
+
+# ---------------------------------------------------------------- ranges of every value (run before any work)
+
+# (dotted key, lower bound, whether the bound itself is allowed); every numeric value not listed must
+# only be finite. Lists (hidden widths) are checked item by item and must not be empty.
+_RANGES: list[tuple[str, float, bool]] = [
+    ("seed", 0, True), ("checkpoint_minutes", 0, True),
+    ("net.encoder_hidden", 1, True), ("net.embed_dim", 1, True), ("net.critic_hidden", 1, True),
+    ("net.policy_embed_dim", 1, True),
+    ("learner.lr_actor", 0, False), ("learner.lr_critic", 0, False), ("learner.lr_encoder", 0, False),
+    ("learner.policy_noise", 0, True), ("learner.noise_clip", 0, True), ("learner.expl_noise", 0, True),
+    ("learner.start_steps", 0, True), ("learner.grad_clip", 0, True),
+    ("discrete.lr_actor", 0, False), ("discrete.lr_critic", 0, False), ("discrete.grad_clip", 0, True),
+    ("discrete.critic_hidden", 1, True), ("discrete.mixer_embed", 1, True), ("discrete.hypernet_hidden", 1, True),
+    ("discrete.logit_reg", 0, True),
+    ("race.mutation_strength", 0, True), ("race.super_mutation_prob", 0, True),
+    ("race.super_mutation_strength", 0, True), ("race.reset_prob", 0, True), ("race.value_target_factor", 0, True),
+    ("race.mi_hidden", 1, True),
+]
+MAX_SEED = 2**63 - 1
+
+
+def _get(cfg: Config, key: str) -> Any:
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_ranges(cfg: Config) -> None:
+    """Every numeric value finite and in its range, the task a known one; raises ConfigError (one line)."""
+    for key in valid_keys():
+        value = _get(cfg, key)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{key} must be a finite number, got {v}")
+    for key, low, inclusive in _RANGES:
+        value = _get(cfg, key)
+        if isinstance(value, list) and not value:
+            raise ConfigError(f"{key} must list at least one width")
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and (v < low if inclusive else v <= low):
+                raise ConfigError(f"{key} must be {'>=' if inclusive else '>'} {low:g}, got {v}")
+    if cfg.seed > MAX_SEED:
+        raise ConfigError(f"seed must be <= 2**63 - 1, got {cfg.seed}")
+    if not cfg.logging.project.strip():
+        raise ConfigError("logging.project must not be empty")
+    from racemarl.envs import UnknownTaskError, parse_task
+
+    try:
+        parse_task(cfg.env.task)
+    except UnknownTaskError as e:
+        raise ConfigError(f"env.task: {e}") from None
 
 
 # ---------------------------------------------------------------- (de)serialisation and overrides
@@ -494,13 +554,25 @@ def load_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {path}") from e
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder, not a YAML file") from None
+    except (PermissionError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"config file {path} cannot be read ({type(e).__name__})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        first = " ".join(str(e).split())  # one line
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, not a {type(data).__name__}")
     return data
 
 
+# Settings of one session, not of the experiment: never written to config.yaml, ignored when runs are compared.
+SESSION_KEYS = ("progress",)
+
+
 def save_yaml(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    data = {k: v for k, v in to_dict(cfg).items() if k not in SESSION_KEYS}
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def build_config(preset: str | Path | None = None, overrides: list[str] = (), **top_level: Any) -> Config:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from racemarl.envs.base import MultiAgentEnv, StepResult
-from racemarl.runs import LATEST_CHECKPOINT, RunDirError, load_run
+from racemarl.runs import LATEST_CHECKPOINT, RunDirError, check_output_file, load_run
 
 GL_BACKENDS = ("egl", "osmesa")
 GL_INSTALL_HINT = ("install an off-screen OpenGL library: EGL (Debian/Ubuntu: apt-get install -y libegl1 libgl1) "
@@ -58,10 +58,12 @@ def load_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -
         raise RunDirError(f"no checkpoint at {path}{hint}")
     try:
         sd = ckpt.load(path)
+    except ckpt.CheckpointError as e:
+        raise RunDirError(str(e)) from None
+    try:
         saved_task, saved_algo = sd["config"]["env"]["task"], sd["config"]["algo"]
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise RunDirError(f"{path} is not a readable racemarl checkpoint ({type(e).__name__}: {first})") from e
+    except (KeyError, TypeError) as e:
+        raise RunDirError(f"{path} is not a racemarl checkpoint (no {e})") from None
     if (saved_task, saved_algo) != (run.task, run.algo):
         raise RunDirError(f"checkpoint {path} is for {saved_algo} on {saved_task}, but {run.path} is a "
                           f"{run.algo} run on {run.task}")
@@ -228,7 +230,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
     """Greedy returns of one team of a saved run over `episodes` episodes; writes the result as JSON.
 
     `seed` seeds the generator that draws the episodes' env seeds (`np.random.default_rng(seed)`);
-    `[cfg.seed, 2, k]` with `episodes = cfg.eval_episodes` replays the run's k-th evaluation.
+    `[cfg.seed, 2, S]` with `episodes = cfg.eval_episodes` replays the run's evaluation at S env steps (MaMuJoCo).
     """
     import torch
 
@@ -238,9 +240,15 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
 
     if episodes < 1:
         raise RunDirError(f"--episodes must be >= 1, got {episodes}")
+    if any(int(v) < 0 for v in (seed if isinstance(seed, (list, tuple)) else [seed])):
+        raise RunDirError(f"--seed must be >= 0, got {seed}")
     if video is not None and Path(video).suffix.lower() != ".mp4":
         raise RunDirError(f"--video must name an .mp4 file, got {video}")
     run = load_run(run_dir)
+    # every path is checked before a single episode is played
+    check_output_file(out if out is not None else run.path / "eval.json", "--out")
+    if video is not None:
+        check_output_file(video, "--video", (".mp4",))
     team = team if team is not None else default_team(run.algo)
     ckpt_path, sd = load_checkpoint(run.path, checkpoint)
     loaded = rebuild(sd)

@@ -71,6 +71,11 @@ class MetricsLogger:
             if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) and k != "env_steps":
                 self.tb.add_scalar(prefix + k, v, step)
 
+    def flush(self) -> None:
+        """Write the buffered TensorBoard events to disk (before every checkpoint)."""
+        if self.tb is not None:
+            self.tb.flush()
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

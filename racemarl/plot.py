@@ -1,6 +1,6 @@
 """Learning curves of run directories: one panel per task, one line per algorithm.
 
-`learning_curves` computes the data (pure, no matplotlib): for each (task, algo) the runs' curves are
+`learning_curves` computes the data (pure, no matplotlib): for each group of runs the runs' curves are
 smoothed, interpolated onto a common grid of env steps, and summarised by the mean over seeds and a
 confidence band. `plot_curves` draws them with matplotlib's Agg backend.
 
@@ -11,9 +11,13 @@ largest first step to the smallest last step); each run is linearly interpolated
 extrapolated: a group's curve ends where its shortest run ends. Runs evaluated at identical steps
 are used as they are.
 
+Groups. Runs are pooled as seeds only when every setting except the seed (and those that never change
+what is learned, `racemarl.runs.GROUPING_IGNORES`) is equal; a line's label is its algo followed by
+the settings that tell the groups apart (see `racemarl.runs.grouping`).
+
 Bands. `ci="t"` (default): Student-t interval of the mean over seeds,
-mean +- t_{(1+level)/2, n-1} * sd / sqrt(n), sd with n-1 degrees of freedom. `ci="bootstrap"`:
-percentile bootstrap of the mean over seeds (2000 resamples of the seeds, fixed generator).
+mean +- t_{(1+level)/2, n-1} * sd / sqrt(n), sd with n-1 degrees of freedom (scipy). `ci="bootstrap"`:
+rliable's percentile stratified bootstrap of the mean over seeds (2000 resamples, fixed seed).
 One seed gives no band (lo = hi = mean).
 """
 from __future__ import annotations
@@ -25,91 +29,28 @@ from pathlib import Path
 import numpy as np
 
 from racemarl.runs import Run, RunDirError, check_metric, group_runs
+from racemarl.stats import BOOTSTRAP_RESAMPLES, CI_METHODS, interval  # noqa: F401 - re-exported
 
-CI_METHODS = ("t", "bootstrap")
-BOOTSTRAP_RESAMPLES = 2000
 # the same colour for an algorithm in every figure
 FIXED_COLOURS = {"race": "tab:red", "matd3": "tab:blue", "facmac": "tab:purple", "ea": "tab:green", "merl": "tab:orange"}
 OTHER_COLOURS = ["tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
 
 
-# ---------------------------------------------------------------- statistics
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
+# ---------------------------------------------------------------- statistics (racemarl.stats: scipy, rliable)
 
 
 def t_quantile(p: float, df: float) -> float:
-    """Quantile of Student's t distribution (bisection on the CDF; accurate to ~1e-10)."""
+    """Quantile of Student's t distribution (scipy)."""
+    from scipy.stats import t
+
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    return float(t.ppf(p, df))
 
 
 def confidence_band(values: np.ndarray, ci: str = "t", level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """values `[n_seeds, n_points]` -> (mean, lo, hi), each `[n_points]`."""
-    if ci not in CI_METHODS:
-        raise RunDirError(f"unknown confidence interval {ci!r}; valid: {', '.join(CI_METHODS)}")
-    values = np.asarray(values, dtype=float)
-    n = values.shape[0]
-    mean = values.mean(axis=0)
-    if n < 2:
-        return mean, mean.copy(), mean.copy()
-    if ci == "t":
-        half = t_quantile(0.5 + level / 2.0, n - 1) * values.std(axis=0, ddof=1) / math.sqrt(n)
-        return mean, mean - half, mean + half
-    rng = np.random.default_rng(0)
-    picks = rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
-    means = values[picks].mean(axis=1)  # [B, n_points]
-    alpha = (1.0 - level) / 2.0
-    return mean, np.quantile(means, alpha, axis=0), np.quantile(means, 1.0 - alpha, axis=0)
+    """values `[n_seeds, n_points]` -> (mean, lo, hi), each `[n_points]` (see `racemarl.stats.interval`)."""
+    return interval(values, ci, level)
 
 
 def moving_average(y: np.ndarray, window: int) -> np.ndarray:
@@ -129,7 +70,7 @@ def moving_average(y: np.ndarray, window: int) -> np.ndarray:
 @dataclass
 class Curve:
     task: str
-    algo: str
+    algo: str  # the group's label: its algo, then the settings that tell the groups apart
     x: np.ndarray  # env steps (the common grid)
     mean: np.ndarray
     lo: np.ndarray
@@ -203,7 +144,7 @@ def plot_curves(curves: dict[tuple[str, str], Curve], out: str | Path, metric: s
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise RunDirError(f"--out must end in .png, .pdf or .svg, got {out.name}")
     tasks = sorted({t for t, _ in curves})
-    algos = sorted({a for _, a in curves})
+    algos = sorted({a for _, a in curves})  # the groups' labels: the algo, then the settings that differ
     others = [a for a in algos if a not in FIXED_COLOURS]
     colours = {a: FIXED_COLOURS.get(a) or OTHER_COLOURS[others.index(a) % len(OTHER_COLOURS)] for a in algos}
     ncols = min(len(tasks), 3)

@@ -8,7 +8,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from racemarl.runs import Run, RunDirError, check_metric, group_runs
+import numpy as np
+
+from racemarl import stats as stats_mod
+
+from racemarl.runs import Run, RunDirError, check_metric, group_runs, grouping
 
 TABLE_FORMATS = ("md", "csv")
 
@@ -76,28 +80,71 @@ def results_table(runs: list[Run], metric: str = "eval_return", fmt: str = "md",
     if fmt not in TABLE_FORMATS:
         raise RunDirError(f"unknown table format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")
     stats = group_stats(runs, metric, max_steps)
+    cis = [stats_mod.bootstrap_ci(g.final) for g in stats]
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["task", "algo", "metric", "n_seeds", "seeds", "finished", "env_steps_min", "env_steps_max",
-                    "final_mean", "final_se", "best_mean", "best_se"])
-        for g in stats:
+                    "final_mean", "final_se", "final_ci95_lo", "final_ci95_hi", "best_mean", "best_se"])
+        for g, (_, lo, hi) in zip(stats, cis):
             fm, fs = mean_se(g.final)
             bm, bs = mean_se(g.best)
             w.writerow([g.task, g.algo, metric, len(g.seeds), " ".join(map(str, g.seeds)), g.finished,
                         min(g.steps), max(g.steps), f"{fm:.6g}", "" if fs is None else f"{fs:.6g}",
+                        *(("", "") if len(g.final) < 2 else (f"{lo:.6g}", f"{hi:.6g}")),
                         f"{bm:.6g}", "" if bs is None else f"{bs:.6g}"])
         return buf.getvalue()
-    lines = [f"| task | algo | seeds | env steps | final {metric} | best {metric} |",
-             "|---|---|---|---|---|---|"]
-    for g in stats:
+    lines = [f"| task | algo | seeds | env steps | final {metric} | final 95% CI | best {metric} |",
+             "|---|---|---|---|---|---|---|"]
+    for g, (_, lo, hi) in zip(stats, cis):
         seeds = f"{len(g.seeds)}" + ("" if g.finished == len(g.seeds) else f" ({g.finished} finished)")
+        ci = "-" if len(g.final) < 2 else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
         lines.append(f"| {g.task} | {g.algo} | {seeds} | {_steps_text(g.steps)} | "
-                     f"{format_mean_se(g.final, digits)} | {format_mean_se(g.best, digits)} |")
+                     f"{format_mean_se(g.final, digits)} | {ci} | {format_mean_se(g.best, digits)} |")
     lines.append("")
     cap = "" if max_steps is None else f" (evaluations up to {max_steps} env steps)"
-    lines.append(f"mean ± standard error over seeds; final = last evaluation, best = best evaluation of each run{cap}")
+    lines.append(f"mean ± standard error over seeds; final = last evaluation, best = best evaluation of each run{cap}; "
+                 f"95% CI: rliable's stratified bootstrap of the mean of the final values")
+    lines.append("")
+    lines.append(grouping(runs).note())
+    improvement = improvement_table(stats, metric, digits=2)
+    if improvement:
+        lines += ["", *improvement]
     return "\n".join(lines) + "\n"
+
+
+def improvement_table(stats: list[GroupStats], metric: str, digits: int = 2) -> list[str]:
+    """Markdown lines: for every pair of groups that ran a common task, P(X > Y) of the final values over
+    their runs (rliable's probability of improvement, averaged over the common tasks; CI when every task
+    has the same number of runs per group and at least 2)."""
+    by_label: dict[str, dict[str, list[float]]] = {}
+    for g in stats:
+        by_label.setdefault(g.algo, {})[g.task] = g.final
+    labels = sorted(by_label)
+    rows = []
+    for i, x in enumerate(labels):
+        for y in labels[i + 1:]:
+            tasks = sorted(set(by_label[x]) & set(by_label[y]))
+            if not tasks:
+                continue
+            nx = {len(by_label[x][t]) for t in tasks}
+            ny = {len(by_label[y][t]) for t in tasks}
+            if len(nx) == 1 and len(ny) == 1:
+                xs = np.array([by_label[x][t] for t in tasks]).T
+                ys = np.array([by_label[y][t] for t in tasks]).T
+                p, lo, hi = stats_mod.probability_of_improvement(xs, ys)
+            else:  # unequal runs per task: the per-task statistics averaged, no interval
+                p = float(np.mean([stats_mod.probability_of_improvement(np.array(by_label[x][t])[:, None],
+                                                                        np.array(by_label[y][t])[:, None])[0]
+                                   for t in tasks]))
+                lo = hi = None
+            ci = "-" if lo is None else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+            rows.append(f"| {x} | {y} | {len(tasks)} | {p:.{digits}f} | {ci} |")
+    if not rows:
+        return []
+    return ["| X | Y | tasks | P(X > Y) | 95% CI |", "|---|---|---|---|---|", *rows, "",
+            f"probability of improvement (rliable): the chance that a run of X ends with a higher final {metric} "
+            "than a run of Y, averaged over the tasks both ran; 0.5 = no difference; CI: stratified bootstrap"]
 
 
 # ---------------------------------------------------------------- marl-eval export

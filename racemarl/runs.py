@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,10 @@ LATEST_CHECKPOINT = Path("checkpoints") / "latest.pt"
 
 class RunDirError(ValueError):
     """A user-facing problem with run directories, checkpoints, metrics or teams (one line)."""
+
+
+class CheckpointError(RunDirError):
+    """A checkpoint that cannot be used: missing, truncated, not a checkpoint, or holding unsafe objects."""
 
 
 def missing_files(path: Path) -> list[str]:
@@ -40,6 +46,103 @@ def require_run_dir(path: str | Path) -> Path:
     missing = missing_files(path)
     if missing:
         raise RunDirError(f"{path} is not a run directory (no {' and no '.join(missing)})")
+    return path
+
+
+# ---------------------------------------------------------------- output paths, checked before any work
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe_writable(folder: Path, what: str, path: Path) -> None:
+    """A file can be created in `folder` (an existing directory); the probe file is removed at once."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".racemarl-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise RunDirError(f"{what} {path}: cannot write into {folder} ({e.strerror or e})") from None
+
+
+def check_output_dir(path: str | Path, what: str = "--out") -> Path:
+    """`path` is, or can be created as, a writable directory (nothing is created); else RunDirError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{what} {path} is a file, not a folder")
+    base = path if path.exists() else _nearest_existing(path)
+    if not base.is_dir():
+        raise RunDirError(f"{what} {path}: {base} is a file, not a folder")
+    _probe_writable(base, what, path)
+    return path
+
+
+def check_output_file(path: str | Path, what: str = "--out", suffixes: tuple[str, ...] = ()) -> Path:
+    """`path` can be written as a file (its folders may be missing; nothing is created); else RunDirError."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise RunDirError(f"{what} must end in {', '.join(suffixes)}, got {path.name}")
+    if path.is_dir():
+        raise RunDirError(f"{what} {path} is a folder, not a file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise RunDirError(f"{what} {path}: the file is not writable")
+        _probe_writable(path.parent, what, path)
+        return path
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise RunDirError(f"{what} {path}: {base} is a file, not a folder")
+    _probe_writable(base, what, path)
+    return path
+
+
+def check_input_file(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise RunDirError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise RunDirError(f"{what} {path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise RunDirError(f"{what} {path} is not readable")
+    return path
+
+
+def experiment_settings(cfg: Config) -> dict:
+    """The config as flat dotted keys, without the settings that never change what is learned."""
+    from racemarl.config import SESSION_KEYS, to_dict
+
+    flat = _flatten(to_dict(cfg))
+    return {k: v for k, v in flat.items()
+            if k not in SESSION_KEYS and not k.startswith("rollout.") and k not in ("checkpoint_minutes", "device")}
+
+
+def check_new_run_dir(path: str | Path, cfg: Config) -> Path:
+    """Before a new run starts in `path`: it must be new, empty, or an earlier start of this very run that
+    never wrote a checkpoint (killed early). Anything else is refused, so no run or folder is overwritten."""
+    path = check_output_dir(path)
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    cfg_file = path / "config.yaml"
+    if not cfg_file.is_file():
+        raise RunDirError(f"{path} is not empty and holds no run; choose a new or empty folder")
+    try:
+        saved = from_dict(load_yaml(cfg_file))
+    except ConfigError as e:
+        raise RunDirError(f"{path} holds a run whose config.yaml is unreadable ({e}); choose another folder") from None
+    what = f"a {saved.algo} run on {saved.env.task}, seed {saved.seed}"
+    if (path / LATEST_CHECKPOINT).exists() or (path / "summary.json").exists():
+        raise RunDirError(f"{path} already holds {what}; continue it with `racemarl train --resume {path}` "
+                          f"(racemarl.resume_run) or choose another folder")
+    mine, theirs = experiment_settings(cfg), experiment_settings(saved)
+    mine.pop("total_steps"), theirs.pop("total_steps")
+    diff = [k for k in mine if mine[k] != theirs.get(k)]
+    if diff:
+        raise RunDirError(f"{path} holds the start of {what} with other settings ({', '.join(diff)}); "
+                          f"choose another folder")
     return path
 
 
@@ -95,6 +198,11 @@ class Run:
     @property
     def checkpoint(self) -> Path:
         return self.path / LATEST_CHECKPOINT
+
+    @property
+    def diverged(self) -> bool:
+        """The run stopped on a non-finite loss (it left checkpoints/last_good.pt and did not finish)."""
+        return (self.path / "checkpoints" / "last_good.pt").is_file() and not self.finished
 
     def series(self, metric: str) -> tuple[list[float], list[float]]:
         """(env_steps, values) of the rows where `metric` has a value."""
@@ -178,22 +286,90 @@ def check_metric(runs: list[Run], metric: str) -> None:
         raise RunDirError(f"metric {metric!r} {why}; valid metrics: {', '.join(valid) or '(none: no evaluations yet)'}")
 
 
-def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
-    """Runs grouped by (task, algo), groups and members sorted (members by seed, then path)."""
+# Settings that never change what a run learns or how it is measured; runs differing only in these (and
+# the seed) are samples of one experiment. Everything else that differs splits the runs into groups.
+GROUPING_IGNORES = ("seed", "total_steps", "eval_interval", "torch_threads", "checkpoint_minutes", "progress",
+                    "rollout.*", "logging.*")
+
+
+def grouping_settings(run: Run) -> dict:
+    """The settings that define a run's experiment (everything but GROUPING_IGNORES)."""
+    flat = _flatten(to_dict_config(run.config))
+    out = {}
+    for k, v in flat.items():
+        if k in GROUPING_IGNORES or any(k.startswith(g[:-1]) for g in GROUPING_IGNORES if g.endswith("*")):
+            continue
+        out[k] = tuple(v) if isinstance(v, list) else v
+    out["diverged"] = run.diverged
+    return out
+
+
+def to_dict_config(cfg: Config) -> dict:
+    from racemarl.config import to_dict
+
+    return to_dict(cfg)
+
+
+def _value_text(v) -> str:
+    if isinstance(v, tuple):
+        return "[" + ",".join(map(str, v)) + "]"
+    return str(v)
+
+
+@dataclass
+class Grouping:
+    """How runs were grouped: groups keyed (task, label); the settings that tell the groups apart."""
+
+    groups: dict[tuple[str, str], list[Run]]
+    differing: list[str]  # setting keys (besides task and algo) whose values differ between groups
+
+    def note(self) -> str:
+        n_runs = sum(len(v) for v in self.groups.values())
+        what = (f"groups differ in {', '.join(self.differing)}" if self.differing
+                else "the groups differ only in task and algo")
+        return (f"{n_runs} run(s) in {len(self.groups)} group(s): runs are pooled as seeds only when every setting "
+                f"but {', '.join(GROUPING_IGNORES)} is equal; {what}")
+
+
+def grouping(runs: list[Run]) -> Grouping:
+    """Runs grouped by task, algo and every other setting except GROUPING_IGNORES (members sorted by seed,
+    then path). A group's label is its algo, followed by the settings that differ between groups, and
+    '(diverged)' for runs that stopped on a non-finite loss."""
+    settings = {id(r): grouping_settings(r) for r in runs}
+    keys = sorted({k for s in settings.values() for k in s} - {"env.task", "algo", "diverged"})
+    differing = [k for k in keys if len({_value_text(s.get(k)) for s in settings.values()}) > 1]
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
-        groups.setdefault((run.task, run.algo), []).append(run)
-    return {k: sorted(v, key=lambda r: (r.seed, str(r.path))) for k, v in sorted(groups.items())}
+        st = settings[id(run)]
+        parts = [run.algo] + [f"{k}={_value_text(st.get(k))}" for k in differing]
+        if run.diverged:
+            parts.append("(diverged)")
+        groups.setdefault((run.task, " ".join(parts)), []).append(run)
+    ordered = {k: sorted(v, key=lambda r: (r.seed, str(r.path))) for k, v in sorted(groups.items())}
+    return Grouping(ordered, differing)
+
+
+def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
+    """Runs grouped by (task, label), see `grouping`; the label is the algo when nothing else differs."""
+    return grouping(runs).groups
+
+
+def groups_without(runs: list[Run], metric: str) -> list[str]:
+    """'task label' of the groups none of whose runs has a value of `metric` (e.g. win rates on MaMuJoCo)."""
+    return [f"{task} {label}" for (task, label), members in group_runs(runs).items()
+            if not any(run.series(metric)[0] for run in members)]
 
 
 def duplicate_seeds(runs: list[Run]) -> list[str]:
-    """Warnings for (task, algo, seed) triples that occur in more than one run directory."""
-    seen: dict[tuple[str, str, int], list[Path]] = {}
-    for run in runs:
-        seen.setdefault((run.task, run.algo, run.seed), []).append(run.path)
-    return [f"{algo} on {task} seed {seed} appears {len(ps)} times ({', '.join(map(str, ps))}); "
-            f"each counts as a separate sample"
-            for (task, algo, seed), ps in seen.items() if len(ps) > 1]
+    """Warnings for seeds that occur in more than one run directory of the same group."""
+    out = []
+    for (task, label), members in group_runs(runs).items():
+        seen: dict[int, list[Path]] = {}
+        for run in members:
+            seen.setdefault(run.seed, []).append(run.path)
+        out += [f"{label} on {task} seed {seed} appears {len(ps)} times ({', '.join(map(str, ps))}); "
+                f"each counts as a separate sample" for seed, ps in seen.items() if len(ps) > 1]
+    return out
 
 
 # ---------------------------------------------------------------- racemarl info

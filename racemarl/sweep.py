@@ -46,6 +46,7 @@ LOCK_FILE = ".sweep.lock"
 LOG_DIR = "logs"
 POLL_S = 0.2
 GRACE_S = 10.0
+NOTICE_S = 0.5
 
 
 class SweepInterrupted(Exception):
@@ -266,14 +267,27 @@ class Sweep:
         path = self.out / SWEEP_FILE
         mine = self.spec.folder_config()
         if path.is_file():
-            saved = json.loads(path.read_text()).get("folder_config", {})
-            if saved != mine:
-                diffs = [f"{k}: {saved.get(k)!r} (now {mine.get(k)!r})" for k in mine if saved.get(k) != mine.get(k)]
+            try:
+                saved = json.loads(path.read_text()).get("folder_config", {})
+            except (json.JSONDecodeError, AttributeError) as e:
+                raise RunDirError(f"{path} is not a readable sweep file ({e}); use another --out") from None
+            diffs = [f"{k}: {saved.get(k)!r} (now {mine.get(k)!r})" for k in mine
+                     if _comparable(k, saved.get(k)) != _comparable(k, mine.get(k))]
+            if diffs:
                 raise RunDirError(f"{self.out} was started with other settings ({'; '.join(diffs)}); "
                                   f"restart it with the same ones or use another --out")
         data = {"folder_config": mine, "tasks": self.spec.tasks, "algos": self.spec.algos, "seeds": self.spec.seeds,
                 "total_steps": self.spec.total_steps}
         _write_json(path, data)
+
+    def _check_out(self) -> None:
+        """--out: a new or empty folder, or a sweep folder (with sweep.json) to continue; nothing else."""
+        from racemarl.runs import check_output_dir
+
+        check_output_dir(self.out)
+        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / SWEEP_FILE).is_file():
+            raise RunDirError(f"{self.out} is not empty and is not a sweep folder (no {SWEEP_FILE}); "
+                              "choose a new or empty folder")
 
     def _acquire_lock(self) -> None:
         import fcntl
@@ -348,6 +362,7 @@ class Sweep:
         self.spec.validate()
         if self.backend == "ray":
             _require_ray()
+        self._check_out()
         self.out.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -405,7 +420,7 @@ class Sweep:
                         self._finish(p, rc, interrupted=False)
                 time.sleep(POLL_S)
         except SweepInterrupted:
-            _stop(list(running.values()))
+            _stop(list(running.values()), [self.log_path(p) for p in running])
             for p, proc in running.items():
                 self._finish(p, proc.returncode if proc.returncode is not None else -1, interrupted=True)
             raise
@@ -444,21 +459,43 @@ class Sweep:
             ray.shutdown()
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """Let children that already got the signal (Ctrl-C reaches the whole group) exit, then SIGINT, then SIGKILL."""
-    for sig, wait in ((None, 2.0), (signal.SIGINT, GRACE_S), (signal.SIGKILL, 5.0)):
-        alive = [p for p in procs if p.poll() is None]
-        if not alive:
-            return
-        for p in alive:
-            if sig is not None:
-                try:
-                    p.send_signal(sig)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(p.poll() is None for p in alive):
-            time.sleep(0.05)
+STOPPING_MARK = "finishing the current update, then writing a checkpoint"  # printed by a run's signal handler
+
+
+def _already_stopping(log_path: Path | None) -> bool:
+    """The run's log shows, since its last launch, that it got a signal and is writing its checkpoint."""
+    if log_path is None or not log_path.is_file():
+        return False
+    text = log_path.read_text(errors="replace")
+    return STOPPING_MARK in text[text.rfind("\n# ") + 1:]
+
+
+def _stop(procs: list[subprocess.Popen], logs: list[Path] | None = None) -> None:
+    """Let children that already got the signal (Ctrl-C reaches the whole group) finish their checkpoint;
+    send SIGINT to the others (a second signal would stop a run at once, losing that checkpoint); SIGKILL
+    whatever is left after the grace period."""
+    logs = list(logs) if logs is not None else [None] * len(procs)
+    deadline = time.monotonic() + NOTICE_S  # a run that got the signal prints STOPPING_MARK at once
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    for p, log in zip(procs, logs):
+        if p.poll() is None and not _already_stopping(log):
+            try:
+                p.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + GRACE_S
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.kill()
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.05)
 
 
 def _require_ray() -> None:
@@ -466,6 +503,24 @@ def _require_ray() -> None:
         import ray  # noqa: F401
     except ImportError:
         raise RunDirError("--backend ray needs ray: pip install 'racemarl[ray]'") from None
+
+
+def set_values(sets: list[str] | None) -> dict:
+    """The config that --set flags make from the defaults: the same settings given in another order or
+    spelling (1e-3 vs 0.001) compare equal; flags that do not apply compare as their text."""
+    from racemarl.config import Config, apply_override, to_dict
+
+    cfg = Config()
+    try:
+        for assignment in sets or []:
+            apply_override(cfg, str(assignment))
+    except ConfigError:
+        return {"unparsed": sorted(map(str, sets or []))}
+    return to_dict(cfg)
+
+
+def _comparable(key: str, value):
+    return set_values(value) if key == "set" else value
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +17,7 @@ import torch.nn.functional as F
 
 from racemarl import checkpoint as ckpt
 from racemarl.buffer import ReplayBuffer
-from racemarl.config import Config, from_dict, save_yaml, to_dict
+from racemarl.config import Config, ConfigError, from_dict, save_yaml, to_dict
 from racemarl.device import DeviceError, clone_tree, cpu_tree, resolve_device
 from racemarl.envs import is_discrete_task, make_env
 from racemarl.envs.batch import make_env_batch
@@ -46,6 +49,14 @@ class RunError(RuntimeError):
     """A run could not start or continue (bad run directory, resume mismatch, diverged losses)."""
 
 
+class TrainingInterrupted(RunError):
+    """SIGINT or SIGTERM stopped the run after a checkpoint was written; `resume` continues it exactly."""
+
+    def __init__(self, message: str, signal_name: str, run_dir: Path):
+        super().__init__(message)
+        self.signal_name, self.run_dir = signal_name, run_dir
+
+
 @dataclass
 class Progress:
     """Counters of a run; saved in every checkpoint."""
@@ -64,6 +75,12 @@ class Progress:
     loss_sums: dict[str, float] = field(default_factory=dict)  # during a run: float64 tensors on the device
     loss_counts: dict[str, int] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
+    # A checkpoint written inside a generation's updates (interruption, wall-clock checkpoint): the
+    # generation's fitness and the updates still to do; resuming does them, then evolves. None otherwise.
+    pending_fitness: list[float] | None = None
+    pending_updates: int = 0
+    pending_champion: dict | None = None  # the champion's evaluation played before the updates
+    pending_report: dict | None = None  # the evolution report, when evolution came before the updates
 
 
 class Trainer:
@@ -75,6 +92,9 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self._check_paths(resume)  # before any work: nothing is built or written for a bad folder
+        self._stop: _Interrupts | None = None
+        self._last_save, self._saved_key = time.monotonic(), None
         try:
             self.device = resolve_device(cfg.device)
         except DeviceError as e:
@@ -131,8 +151,9 @@ class Trainer:
             self._load(self.run_dir / "checkpoints" / LATEST)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, self.run_dir / "config.yaml")
-        self.logger = MetricsLogger(self.run_dir, self.progress.rows, purge_step=self.progress.env_steps if resume else None,
-                                    tracking=cfg.logging)
+        # TensorBoard: drop only the points written after the checkpoint (a killed session's tail)
+        self.logger = MetricsLogger(self.run_dir, self.progress.rows,
+                                    purge_step=self.progress.env_steps + 1 if resume else None, tracking=cfg.logging)
         self._clock_start, self._clock_base = time.perf_counter(), self.progress.wall_time
 
     def _uses_acting_copy(self) -> bool:
@@ -323,42 +344,67 @@ class Trainer:
         if not cfg.uses_marl:
             return
         n, batch_size = self.n_updates_due(new_steps)
+        self.run_updates(n, batch_size)
+
+    def run_updates(self, n: int, batch_size: int) -> None:
+        """`n` learner updates, back to back on the device with no host read in between (see `Learner`). The losses
+        are summed on the device (read at the next evaluation). Between two updates a stop signal or the wall-clock
+        interval writes a checkpoint that records the updates still to do (`Progress.pending_updates`).
+
+        The non-finite guard is read once, after the last update, and before any checkpoint written between two
+        updates: if an update met a NaN or inf (it was skipped on the device), the learner, its optimisers and
+        targets, the learner's and the buffer's random generators and the update counters are put back as they
+        were before these updates, that state is saved to `checkpoints/last_good.pt` and the run stops."""
+        cfg, p = self.cfg, self.progress
         if n == 0:
+            p.pending_updates = 0
             return
-        fallback = self._learner_snapshot()
+        fallback = self._learner_snapshot(n)
         population = None if self.population is None else self.population.to(self.device)
         pop_encoders = None if self.pop_encoders is None else {k: v.to(self.device) for k, v in self.pop_encoders.items()}
         sums, counts = p.loss_sums, p.loss_counts
-        for _ in range(n):
+        for i in range(n):
+            p.pending_updates = n - i
+            if self._checkpoint_due():
+                self._raise_if_non_finite(fallback)  # a checkpoint holds only checked updates
+            self.maybe_checkpoint()
             losses = self.learner.update(self.buffer.sample(batch_size), population, pop_encoders)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.double()  # float64 on the device: the sums Python floats gave
                 counts[k] = counts.get(k, 0) + 1
-        problem = self.learner.non_finite()  # the one host read of the generation's updates
-        if problem is not None:
-            bad = [k for k, v in self._loss_values(sums).items() if not math.isfinite(v)]
-            self._restore_learner(fallback)
-            path = self.run_dir / "checkpoints" / LAST_GOOD
-            ckpt.save_atomic(self._state(), path)
-            detail = f" ({', '.join(bad)})" if bad else ""
-            raise RunError(f"{problem}{detail}; training stopped. Last good state (before this generation's "
-                           f"updates) saved to {path}")
-        p.updates += n
+            p.updates += 1
+        self._raise_if_non_finite(fallback)  # the one host read of these updates
+        p.pending_updates = 0
         self.sync_actor()
 
-    def _learner_snapshot(self) -> dict:
+    def _raise_if_non_finite(self, fallback: dict) -> None:
+        problem = self.learner.non_finite()
+        if problem is None:
+            return
+        bad = [k for k, v in self._loss_values(self.progress.loss_sums).items() if not math.isfinite(v)]
+        self._restore_learner(fallback)
+        path = self.run_dir / "checkpoints" / LAST_GOOD
+        ckpt.save_atomic(self._state(), path)
+        detail = f" ({', '.join(bad)})" if bad else ""
+        raise RunError(f"{problem}{detail}; training stopped. Last good state (before this generation's "
+                       f"updates) saved to {path}")
+
+    def _learner_snapshot(self, n: int) -> dict:
         """A copy, on the device, of everything the updates change: the learner's parameters, targets and optimiser
-        states, its update count, the learner's and the buffer's generators, and the loss sums."""
+        states, its update count, the learner's and the buffer's generators, the loss sums and the update counters."""
         p = self.progress
         return {"learner": clone_tree(self.learner.full_state()), "gen": self.learner.generator.get_state(),
                 "buffer_gen": self.buffer.generator.get_state(), "loss_sums": dict(p.loss_sums),
-                "loss_counts": dict(p.loss_counts)}
+                "loss_counts": dict(p.loss_counts), "updates": p.updates, "pending_updates": n}
 
     def _restore_learner(self, snap: dict) -> None:
+        p = self.progress
         self.learner.load_full_state(snap["learner"])
         self.learner.generator.set_state(snap["gen"])
         self.buffer.generator.set_state(snap["buffer_gen"])
-        self.progress.loss_sums, self.progress.loss_counts = snap["loss_sums"], snap["loss_counts"]
+        p.loss_sums, p.loss_counts = snap["loss_sums"], snap["loss_counts"]
+        p.updates = snap["updates"]
+        p.pending_updates = snap["pending_updates"]  # all of these updates are still to do
         self.sync_actor()
 
     @staticmethod
@@ -433,7 +479,7 @@ class Trainer:
         episodes with fixed seeds per evaluation."""
         if self.discrete:
             n = self.eval_envs.batch_size
-            rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.evals, row]) for row in range(n)]
+            rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.env_steps, row]) for row in range(n)]
             stats = run_discrete_episodes(self.eval_envs, self.actor, heads[None].expand(n, *heads.shape), rngs,
                                           greedy=np.ones(n, bool))
             return stats.returns, stats.won.astype(float)
@@ -441,7 +487,7 @@ class Trainer:
         return stats.returns, None
 
     def _eval_episodes(self, heads: torch.Tensor, encoders: dict | None = None, record: bool = False):
-        rng = np.random.default_rng([self.cfg.seed, 2, self.progress.evals])
+        rng = np.random.default_rng([self.cfg.seed, 2, self.progress.env_steps])  # same episodes at a step, however reached
         n = len(self.eval_envs)
         tiled_enc = None if encoders is None else {k: v.expand(n, *v.shape[1:]) for k, v in encoders.items()}
         return run_episodes(self.eval_envs, self.team_policy(heads[None].expand(n, *heads.shape), tiled_enc), rng,
@@ -468,7 +514,7 @@ class Trainer:
         """Discrete tasks: the MARL team's greedy episodes (as `evaluate_team`) and its mixed critic's bias
         Q_tot(s_t, u_t) - discounted return on them."""
         n = self.eval_envs.batch_size
-        rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.evals, r]) for r in range(n)]
+        rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.env_steps, r]) for r in range(n)]  # as evaluate_team
         learner = self.actor
         episodes = EpisodeBuffer(n, self.spec.episode_limit, self.spec.n_agents, learner.obs_dim, self.spec.state_dim,
                                  learner.n_actions)
@@ -525,7 +571,8 @@ class Trainer:
                 row[col] = loss_sums[k] / p.loss_counts[k]
         row["wall_time"] = self.elapsed()
         row["sps"] = (p.env_steps - interval_start[1]) / max(row["wall_time"] - interval_start[0], 1e-9)
-        p.train_returns, p.train_wins, p.loss_sums, p.loss_counts = [], [], {}, {}
+        if p.env_steps >= p.next_eval:  # an extra evaluation at the end of a budget leaves the interval's means running
+            p.train_returns, p.train_wins, p.loss_sums, p.loss_counts = [], [], {}, {}
         p.evals += 1
         self.logger.log_row(row)
         return row
@@ -536,39 +583,93 @@ class Trainer:
         session_steps = p.env_steps
         interval_start = (self.elapsed(), p.env_steps)
         bar = _progress_bar(cfg, p.env_steps)
-        last_eval = p.rows[-1]["eval_return"] if p.rows else None
+        last_row = p.rows[-1] if p.rows else None
+        self._stop = _Interrupts()
         try:
-            while p.env_steps < cfg.total_steps:
-                fitness, steps = self.play_generation()
-                p.env_steps += steps
-                p.generation += 1
-                copy_slot = p.last_injected if len(fitness) else None  # played last generation's MARL copy
-                self.select_champion(fitness)
-                eval_due = p.env_steps >= p.next_eval or p.env_steps >= cfg.total_steps
-                champion = None
-                if eval_due and cfg.race.champion_eval == "scored":
-                    champion = self.evaluate_champion()  # with the encoders it was scored with
-                if cfg.race.evolve_before_learning:
-                    self.evolve_population(fitness)
-                self.learn(steps)
-                if not cfg.race.evolve_before_learning:
-                    self.evolve_population(fitness)
-                self.inject_marl(fitness)
-                self.log_generation(fitness, copy_slot)
-                bar.update(min(steps, bar.total - bar.n))  # the last generation may overshoot the budget
-                if eval_due:
-                    row = self.evaluate(interval_start, champion)
-                    interval_start = (row["wall_time"], p.env_steps)
-                    last_eval = row["eval_return"]
-                    p.next_eval = (p.env_steps // cfg.eval_interval + 1) * cfg.eval_interval
-                    self.save()
-                session_time = self.elapsed() - self._clock_base
-                bar.set_postfix(sps=f"{(p.env_steps - session_steps) / max(session_time, 1e-9):.0f}",
-                                eval=f"{last_eval:.1f}" if last_eval is not None else "-")
+            with self._stop:
+                while p.env_steps < cfg.total_steps or p.pending_fitness is not None:
+                    if p.pending_fitness is None:
+                        fitness, steps = self.play_generation()
+                        p.env_steps += steps
+                        p.generation += 1
+                        self.select_champion(fitness)
+                        eval_due = p.env_steps >= p.next_eval or p.env_steps >= cfg.total_steps
+                        champion = None
+                        if eval_due and cfg.race.champion_eval == "scored":
+                            champion = self.evaluate_champion()  # with the encoders it was scored with
+                        if cfg.race.evolve_before_learning:
+                            self.evolve_population(fitness)
+                        self._set_pending(fitness, champion)  # what the rest of the generation needs, for checkpoints
+                        self.learn(steps)
+                    else:  # resumed from a checkpoint written inside this generation's updates
+                        fitness, champion, steps = self._restore_pending()
+                        self.run_updates(p.pending_updates, self._batch_size())
+                    p.pending_fitness, p.pending_champion, p.pending_report = None, None, None
+                    copy_slot = p.last_injected if len(fitness) else None  # played last generation's MARL copy
+                    eval_due = p.env_steps >= p.next_eval or p.env_steps >= cfg.total_steps
+                    if not cfg.race.evolve_before_learning:
+                        self.evolve_population(fitness)
+                    self.inject_marl(fitness)
+                    self.log_generation(fitness, copy_slot)
+                    bar.update(min(steps, bar.total - bar.n))  # the last generation may overshoot the budget
+                    if eval_due:
+                        row = self.evaluate(interval_start, champion)
+                        interval_start = (row["wall_time"], p.env_steps)
+                        last_row = row
+                        p.next_eval = (p.env_steps // cfg.eval_interval + 1) * cfg.eval_interval
+                        self.save()
+                    self.maybe_checkpoint()
+                    session_time = self.elapsed() - self._clock_base
+                    bar.set_postfix(sps=f"{(p.env_steps - session_steps) / max(session_time, 1e-9):.0f}",
+                                    **_eval_postfix(last_row))
         finally:
             bar.close()
             self.close()
         return self.summary()
+
+    def _set_pending(self, fitness: np.ndarray, champion: tuple | None) -> None:
+        """Record in the progress what the rest of this generation needs after its updates (its fitness, the
+        champion's evaluation, the evolution report), so a checkpoint written between two updates resumes it."""
+        p = self.progress
+        p.pending_fitness = [float(f) for f in fitness]
+        p.pending_champion = None if champion is None else {
+            "returns": [float(r) for r in champion[0]],
+            "wins": None if champion[1] is None else [float(w) for w in champion[1]]}
+        p.pending_report = None
+        if self.cfg.race.evolve_before_learning and self._report is not None and len(fitness):
+            p.pending_report = _report_state(self._report)
+
+    def _restore_pending(self) -> tuple[np.ndarray, tuple | None, int]:
+        p = self.progress
+        champion = None
+        if p.pending_champion is not None:
+            wins = p.pending_champion["wins"]
+            champion = (np.array(p.pending_champion["returns"]), None if wins is None else np.array(wins))
+        if p.pending_report is not None:
+            self._report = _report_from_state(p.pending_report)
+        return np.array(p.pending_fitness), champion, 0
+
+    def _batch_size(self) -> int:
+        return self.cfg.discrete.batch_episodes if self.discrete else self.cfg.learner.batch_size
+
+    def _checkpoint_due(self) -> bool:
+        """Whether `maybe_checkpoint` would write a checkpoint now (host-side clocks and flags only)."""
+        minutes = self.cfg.checkpoint_minutes
+        stop = self._stop.signal if self._stop is not None else None
+        due = stop is not None or (minutes > 0 and time.monotonic() - self._last_save >= 60.0 * minutes)
+        return due and self._saved_key != self._state_key()
+
+    def maybe_checkpoint(self) -> None:
+        """Write a checkpoint when the wall-clock interval has passed or a stop signal came; after a
+        signal, stop the run (`TrainingInterrupted`)."""
+        stop = self._stop.signal if self._stop is not None else None
+        if self._checkpoint_due():
+            self.save()
+        if stop is not None:
+            path = self.run_dir / "checkpoints" / LATEST
+            raise TrainingInterrupted(
+                f"stopped by {stop} at {self.progress.env_steps} env steps; checkpoint written to {path}; "
+                f"continue with `racemarl train --resume {self.run_dir}`", stop, self.run_dir)
 
     def close(self) -> None:
         """Stop the rollout workers, close the logger and the evaluation envs (idempotent)."""
@@ -594,6 +695,7 @@ class Trainer:
     def summary(self) -> dict:
         p = self.progress
         evals = [r["eval_return"] for r in p.rows]
+        wins = [r["eval_win_rate"] for r in p.rows if r.get("eval_win_rate") is not None]
         wall = self.elapsed()
         summary = {
             "task": self.cfg.env.task, "algo": self.cfg.algo, "seed": self.cfg.seed,
@@ -602,6 +704,8 @@ class Trainer:
             "total_env_steps": p.env_steps, "updates": p.updates, "generations": p.generation,
             "wall_time": wall, "mean_sps": p.env_steps / wall if wall > 0 else None,
         }
+        if wins:  # discrete tasks
+            summary.update(final_eval_win_rate=wins[-1], best_eval_win_rate=max(wins))
         write_summary(self.run_dir, summary)
         return summary
 
@@ -628,13 +732,44 @@ class Trainer:
         })
 
     def save(self) -> None:
+        self.logger.flush()  # the events up to the checkpoint are on disk before it (a resume keeps them)
         ckpt.save_atomic(self._state(), self.run_dir / "checkpoints" / LATEST)
+        self._last_save, self._saved_key = time.monotonic(), self._state_key()
+
+    def _state_key(self) -> tuple:
+        p = self.progress
+        return p.env_steps, p.updates, p.evals, p.pending_fitness is None
+
+    def _check_paths(self, resume: bool) -> None:
+        """The run folder, before anything is built or written: a new run needs a new, empty or
+        never-checkpointed folder of this run; a resume needs a run with a checkpoint."""
+        from racemarl.runs import RunDirError, check_new_run_dir, check_output_dir
+
+        try:
+            if not resume:
+                check_new_run_dir(self.run_dir, self.cfg.validate())
+                return
+            check_output_dir(self.run_dir, "--resume")
+        except (RunDirError, ckpt.CheckpointError) as e:
+            raise RunError(str(e)) from None
+        if not (self.run_dir / "checkpoints" / LATEST).is_file():
+            raise RunError(f"no checkpoint to resume from at {self.run_dir / 'checkpoints' / LATEST}")
+        ckpt.clean_temp_files(self.run_dir / "checkpoints")
 
     def _load(self, path: Path) -> None:
         if not path.exists():
             raise RunError(f"no checkpoint to resume from at {path}")
-        sd = ckpt.load(path)
-        saved = from_dict(sd["config"])
+        try:
+            sd = ckpt.load(path)
+        except ckpt.CheckpointError as e:
+            raise RunError(str(e)) from None
+        missing = [k for k in ("config", "progress", "learner", "buffer", "rng") if k not in sd]
+        if missing:
+            raise RunError(f"{path} is not a racemarl training checkpoint (no {', '.join(missing)})")
+        try:
+            saved = from_dict(sd["config"])
+        except (ConfigError, TypeError, AttributeError) as e:
+            raise RunError(f"{path} holds an invalid config ({e})") from None
         if saved.env.task != self.cfg.env.task or saved.algo != self.cfg.algo:
             raise RunError(f"checkpoint {path} is for {saved.algo} on {saved.env.task}, not {self.cfg.algo} on {self.cfg.env.task}")
         self.progress = Progress(**sd["progress"])
@@ -685,6 +820,78 @@ def _check_algo(cfg: Config, discrete: bool) -> None:
     if discrete and cfg.uses_population and not cfg.race.shared_encoder:
         raise RunError("race.shared_encoder=false (each team its own encoders) is implemented for continuous "
                        "tasks only")
+
+
+class _Interrupts:
+    """While training: SIGINT/SIGTERM set a flag that the loop checks between updates and generations
+    (it then writes a checkpoint and stops); a second signal stops at once (KeyboardInterrupt). The
+    handlers are installed even where SIGINT was ignored (a run started with `nohup ... &`): a SIGINT
+    sent to it on purpose, e.g. forwarded by `racemarl sweep`, then stops it with a checkpoint."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"\nracemarl: {self.signal}: finishing the current update, then writing a checkpoint "
+              f"(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def _report_state(report) -> dict:
+    """An evolution report as checkpoint-safe values: arrays as tensors, tuples as lists, plain ints."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(report):
+        v = getattr(report, f.name)
+        if isinstance(v, np.ndarray):
+            out[f.name] = torch.from_numpy(v.copy())
+        elif isinstance(v, (list, tuple)):
+            out[f.name] = [[int(y) for y in x] if isinstance(x, (list, tuple)) else int(x) for x in v]
+        else:
+            out[f.name] = None if v is None else int(v)
+    return out
+
+
+def _report_from_state(state: dict):
+    from racemarl.evolution import GenerationReport
+
+    values = {}
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor):
+            values[k] = v.numpy()
+        elif isinstance(v, list):
+            values[k] = [tuple(x) if isinstance(x, list) else x for x in v]
+        else:
+            values[k] = v
+    return GenerationReport(**values)
+
+
+def _eval_postfix(row: dict | None) -> dict:
+    """The progress bar's last evaluation: the return, and the win rate on discrete tasks."""
+    if row is None:
+        return {"eval": "-"}
+    out = {"eval": f"{row['eval_return']:.2f}" if abs(row["eval_return"]) < 100 else f"{row['eval_return']:.1f}"}
+    if row.get("eval_win_rate") is not None and not math.isnan(row["eval_win_rate"]):
+        out["win"] = f"{row['eval_win_rate']:.2f}"
+    return out
 
 
 def _learner_class(cfg: Config, discrete: bool) -> type:

@@ -237,6 +237,8 @@ def test_tiny_runs_on_fake_smac(fake_smac, tmp_path, algo):
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert rows and all(0.0 <= float(r["eval_win_rate"]) <= 1.0 for r in rows)
     last = rows[-1]
+    assert summary["final_eval_win_rate"] == pytest.approx(float(last["eval_win_rate"]), abs=1e-5)
+    assert summary["best_eval_win_rate"] == pytest.approx(max(float(r["eval_win_rate"]) for r in rows), abs=1e-5)
     if algo in ("facmac", "race"):
         assert int(last["updates"]) > 0 and last["loss_critic"] and last["eval_win_rate_marl"] != ""
     if algo == "race":

@@ -27,7 +27,7 @@ def runs(tmp_path_factory):
 
 def _last_eval_seed(run_dir):
     rows = read_metrics(run_dir / "metrics.csv")
-    return [1, 2, len(rows) - 1], rows[-1]  # tiny_config runs use seed 1
+    return [1, 2, int(rows[-1]["env_steps"])], rows[-1]  # tiny_config runs use seed 1; seeds follow the env step
 
 
 @pytest.mark.parametrize("name, team, column", [
@@ -88,7 +88,7 @@ def test_eval_errors(runs, tmp_path, capsys):
     assert "has none" in _error(capsys, ["eval", str(runs["matd3"]), "--team", "best"])
     assert "no checkpoint at" in _error(capsys, ["eval", str(runs["race"]), "--checkpoint", str(tmp_path / "x.pt")])
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    assert "not a readable racemarl checkpoint" in _error(
+    assert "not a readable checkpoint" in _error(
         capsys, ["eval", str(runs["race"]), "--checkpoint", str(tmp_path / "junk.pt")])
 
 

@@ -35,10 +35,14 @@ def test_mean_se():
 def test_table_markdown(fake_runs, capsys):
     assert main(["table", str(fake_runs)]) == 0
     out = capsys.readouterr().out
-    assert "| task | algo | seeds | env steps | final eval_return | best eval_return |" in out
-    assert "| mamujoco/HalfCheetah-6x1 | race | 2 | 200 | 15.0 ± 5.0 | 35.0 ± 5.0 |" in out
-    assert "| mamujoco/HalfCheetah-6x1 | matd3 | 1 (0 finished) | 210 | 3.0 | 3.0 |" in out
-    assert "| mamujoco/Hopper-3x1 | race | 1 | 100 | 6.0 | 6.0 |" in out
+    assert "| task | algo | seeds | env steps | final eval_return | final 95% CI | best eval_return |" in out
+    # two seeds: the stratified bootstrap of the mean spans the two final values
+    assert "| mamujoco/HalfCheetah-6x1 | race | 2 | 200 | 15.0 ± 5.0 | [10.0, 20.0] | 35.0 ± 5.0 |" in out
+    assert "| mamujoco/HalfCheetah-6x1 | matd3 | 1 (0 finished) | 210 | 3.0 | - | 3.0 |" in out
+    assert "| mamujoco/Hopper-3x1 | race | 1 | 100 | 6.0 | - | 6.0 |" in out
+    assert "the groups differ only in task and algo" in out
+    # the only pair with a common task: matd3's single run (3.0) is below both race runs (10, 20)
+    assert "| matd3 | race | 1 | 0.00 | - |" in out
 
 
 def test_table_csv_and_other_metric(fake_runs, tmp_path, capsys):

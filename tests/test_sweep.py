@@ -83,7 +83,7 @@ def _children_of(out: Path) -> list[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and process groups")
-@pytest.mark.parametrize("how", ["kill the process group", "SIGTERM to the sweep only"])
+@pytest.mark.parametrize("how", ["kill the process group", "SIGTERM to the sweep only", "Ctrl-C to the process group"])
 def test_an_interrupted_sweep_resumes_without_duplicates(tmp_path, how):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "racemarl", *sweep_args(out, algos="matd3", steps=800, workers=1)]
@@ -97,12 +97,16 @@ def test_an_interrupted_sweep_resumes_without_duplicates(tmp_path, how):
     assert not (run_dir / "summary.json").exists()  # ... before the run finishes
     if how == "kill the process group":
         os.killpg(proc.pid, signal.SIGKILL)
+    elif how == "Ctrl-C to the process group":
+        os.killpg(proc.pid, signal.SIGINT)
     else:
         os.kill(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
     if how != "kill the process group":
         assert proc.returncode == 130
         assert json.loads((out / "index.json").read_text())["runs"][0]["status"] == "interrupted"
+        # the run got one signal (not a second one from the sweep) and wrote its checkpoint before stopping
+        assert "racemarl: stopped by SIGINT" in (out / "logs" / f"{run_dir.name}.log").read_text()
     deadline = time.monotonic() + 20
     while _children_of(out):  # no orphan keeps training
         assert time.monotonic() < deadline, "a train process outlived the sweep"

@@ -144,7 +144,7 @@ def test_cli_train_and_resume(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "run finished" in res.stdout
     res = _cli("train", "--resume", str(out), "--algo", "race", "--total-steps", "80", cwd=tmp_path)
-    assert res.returncode == 2 and "started with algo=matd3, not race" in res.stderr
+    assert res.returncode == 2 and "algo=race (the run has matd3)" in res.stderr
     res = _cli("train", "--resume", str(out), "--algo", "matd3", "--total-steps", "80", "--no-progress", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert int(read_metrics(out / "metrics.csv")[-1]["env_steps"]) == 80

@@ -1,0 +1,207 @@
+"""Every bad input is one line on stderr, exit status 2, no traceback, and nothing written."""
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from racemarl.cli import main
+from racemarl.config import Config, ConfigError
+from racemarl.train import train
+from tests.conftest import tiny_config
+from tests.test_plot import write_fake_run
+
+
+def _snapshot(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*"))
+
+
+def _one_line_error(capsys, needle):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert needle in err, err
+    return err
+
+
+@pytest.fixture
+def place(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--out", "{p}/afile"], "is a file, not a folder"),
+    (["--out", "{p}/afile/run"], "afile is a file, not a folder"),
+    (["--out", "/proc/racemarl-test/run"], "cannot write into /proc"),
+    (["--out", "{p}/r", "--seed", "-1"], "seed must be >= 0, got -1"),
+    (["--out", "{p}/r", "--set", "learner.lr_actor=-0.001"], "learner.lr_actor must be > 0"),
+    (["--out", "{p}/r", "--set", "discrete.lr_critic=0"], "discrete.lr_critic must be > 0"),
+    (["--out", "{p}/r", "--set", "net.encoder_hidden=0"], "net.encoder_hidden must be >= 1"),
+    (["--out", "{p}/r", "--set", "net.critic_hidden=[64,0]"], "net.critic_hidden must be >= 1"),
+    (["--out", "{p}/r", "--set", "discrete.critic_hidden=[]"], "must list at least one width"),
+    (["--out", "{p}/r", "--set", "learner.expl_noise=-0.1"], "learner.expl_noise must be >= 0"),
+    (["--out", "{p}/r", "--set", "race.value_target_factor=-1"], "race.value_target_factor must be >= 0"),
+    (["--out", "{p}/r", "--set", "learner.tau=.nan"], "learner.tau must be"),
+    (["--out", "{p}/r", "--set", "race.mutation_strength=.inf"], "must be a finite number"),
+    (["--out", "{p}/r", "--set", "checkpoint_minutes=-1"], "checkpoint_minutes must be >= 0"),
+    (["--out", "{p}/r", "--config", "{p}/adir"], "is not a file"),
+    (["--out", "{p}/r", "--config", "{p}/missing.yaml"], "does not exist"),
+    (["--out", "{p}/r", "--set", "env.task=smax/no_such_map"], "unknown task 'smax/no_such_map'"),
+])
+def test_train_rejects_bad_input_before_any_work(place, capsys, args, needle):
+    args = [a.format(p=place) for a in args]
+    before = _snapshot(place)
+    assert main(["train", "--algo", "matd3", "--total-steps", "10", "--no-progress", *args]) == 2
+    _one_line_error(capsys, needle)
+    assert _snapshot(place) == before
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--config", "{p}/adir"], "is not a file"),
+    (["--set", "env.task=smax/no_such_map"], "unknown task 'smax/no_such_map'"),
+    (["--set", "seed=-3"], "seed must be >= 0"),
+])
+def test_config_command_rejects_what_train_rejects(place, capsys, args, needle):
+    assert main(["config", *[a.format(p=place) for a in args]]) == 2
+    _one_line_error(capsys, needle)
+
+
+def test_validate_rejects_an_unknown_task():
+    cfg = Config()
+    cfg.env.task = "mamujoco/HalfCheetah-7x1"
+    with pytest.raises(ConfigError, match="env.task: unknown task"):
+        cfg.validate()
+
+
+def test_a_yaml_list_as_config_is_refused(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("- 1\n- 2\n")
+    assert main(["config", "--config", str(tmp_path / "c.yaml")]) == 2
+    _one_line_error(capsys, "must hold a mapping")
+
+
+@pytest.mark.parametrize("command", [
+    ["plot", "{runs}", "--out", "{p}/afile/fig.png"],
+    ["plot", "{runs}", "--out", "{p}/adir"],
+    ["table", "{runs}", "--out", "{p}/afile/t.md"],
+    ["export", "{runs}", "--out", "{p}/adir"],
+    ["export", "{runs}", "--out", "/proc/racemarl-test/r.json"],
+])
+def test_report_commands_check_their_output_first(place, capsys, command):
+    runs = place / "runs"
+    write_fake_run(runs / "a", "race", 1, [0, 100], [0.0, 1.0])
+    before = _snapshot(place)
+    assert main([c.format(p=place, runs=runs) for c in command]) == 2
+    _one_line_error(capsys, "--out")
+    assert _snapshot(place) == before
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    train(tiny_config("matd3", total_steps=40), run)
+    return run
+
+
+@pytest.mark.parametrize("flag", ["--out", "--video"])
+def test_eval_checks_its_outputs_before_playing(tiny_run, place, capsys, monkeypatch, flag):
+    import racemarl.evaluate as ev
+
+    def no_work(*a, **k):
+        raise AssertionError("episodes were played before the output was checked")
+
+    monkeypatch.setattr(ev, "rebuild", no_work)
+    target = f"{place}/afile/x.mp4" if flag == "--video" else f"{place}/afile/e.json"
+    before = _snapshot(tiny_run)
+    assert main(["eval", str(tiny_run), flag, target]) == 2
+    _one_line_error(capsys, "afile is a file, not a folder")
+    assert _snapshot(tiny_run) == before
+
+
+def _resume_copy(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("truncate", "not a readable checkpoint"),
+    ("pickle", "loading it could run code"),
+    ("foreign", "not a racemarl training checkpoint"),
+    ("text", "not a readable checkpoint"),
+])
+def test_a_bad_checkpoint_is_a_clear_error(tiny_run, tmp_path, capsys, damage, needle):
+    run = _resume_copy(tiny_run, tmp_path)
+    path = run / "checkpoints" / "latest.pt"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "pickle":
+        torch.save({"config": argparse.Namespace(x=1)}, path)
+    elif damage == "foreign":
+        torch.save({"model": torch.zeros(2)}, path)
+    else:
+        path.write_text("not a checkpoint")
+    before = _snapshot(run)
+    assert main(["train", "--resume", str(run), "--total-steps", "80", "--no-progress"]) == 2
+    err = _one_line_error(capsys, needle)
+    assert "weights_only" not in err
+    assert _snapshot(run) == before
+    assert main(["eval", str(run)]) == 2  # eval reads checkpoints the same way
+    assert "weights_only" not in _one_line_error(capsys, str(path))
+
+
+def test_version_and_closed_pipe(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    from racemarl import __version__
+
+    assert capsys.readouterr().out.strip() == f"racemarl {__version__}"
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written: like `racemarl ... | head` after head exits
+    res = subprocess.run([sys.executable, "-m", "racemarl", "tasks", "--names-only"], stdout=write,
+                         stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert res.returncode == 141 and res.stderr == ""
+
+
+def test_tasks_table_is_cached(tmp_path, monkeypatch, capsys):
+    import racemarl.envs as envs
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = {"n": 0}
+    real = envs.make_env
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if a[0].startswith("smax/"):
+            raise envs.MissingDependencyError("not here (test)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(envs, "make_env", counting)
+    assert main(["tasks"]) == 0
+    first, built = capsys.readouterr().out, calls["n"]
+    assert built > 0 and "mamujoco/HalfCheetah-6x1" in first and "smax/* not shown" in first
+    assert main(["tasks"]) == 0
+    assert capsys.readouterr().out == first and calls["n"] == built  # no environment built the second time
+    assert main(["tasks", "--agent-obsk", "1"]) == 0  # another key: built again
+    assert calls["n"] > built
+
+
+@pytest.mark.parametrize("command, needle", [
+    (["table", "{runs}", "--digits", "-1"], "--digits must be >= 0"),
+    (["eval", "{run}", "--seed", "-1"], "--seed must be >= 0"),
+    (["sweep", "--tasks", "mamujoco/HalfCheetah-6x1", "--total-steps", "10", "--out", "{p}/afile"], "is a file"),
+    (["sweep", "--tasks", "mamujoco/HalfCheetah-6x1", "--total-steps", "10", "--out", "{p}"], "not a sweep folder"),
+])
+def test_other_commands_reject_bad_input(place, tiny_run, capsys, command, needle):
+    runs = place / "runs"
+    write_fake_run(runs / "a", "race", 1, [0, 100], [0.0, 1.0])
+    before = _snapshot(place)
+    assert main([c.format(p=place, runs=runs, run=tiny_run) for c in command]) == 2
+    _one_line_error(capsys, needle)
+    assert _snapshot(place) == before
