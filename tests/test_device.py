@@ -280,3 +280,28 @@ def test_checkpoints_hold_cpu_tensors_and_load_with_map_location(tmp_path, monke
                 yield from devices(v)
 
     assert set(devices(state)) == {"cpu"}
+
+
+def test_a_checkpoint_between_updates_reads_the_guard_first(tmp_path, monkeypatch):
+    """With a checkpoint due before every update, a NaN met by update 30 is caught before the next checkpoint:
+    no checkpoint holds an unchecked update, and last_good.pt has the state (and counters) before the
+    generation's updates, with all of them still to do."""
+    from racemarl.train import RunError
+
+    original, calls = ReplayBuffer.sample, {"n": 0}
+
+    def poisoned(self, batch_size):
+        batch = original(self, batch_size)
+        calls["n"] += 1
+        if calls["n"] == 30:
+            batch.reward[0] = float("nan")
+        return batch
+
+    monkeypatch.setattr(ReplayBuffer, "sample", poisoned)
+    with pytest.raises(RunError, match="at update 30 .*last_good.pt"):
+        Trainer(tiny_config("matd3", checkpoint_minutes=1e-9), tmp_path).train()
+    latest = ckpt.load(tmp_path / "checkpoints" / "latest.pt")
+    assert latest["progress"]["updates"] == 29
+    good = ckpt.load(tmp_path / "checkpoints" / "last_good.pt")
+    assert good["progress"]["updates"] < 30 and good["progress"]["pending_updates"] > 0
+    assert all(torch.isfinite(v).all() for v in good["learner"]["model"].values())
