@@ -15,7 +15,7 @@ from racemarl.config import (
     load_yaml,
 )
 from racemarl.envs import MissingDependencyError, UnknownTaskError
-from racemarl.runs import RunDirError
+from racemarl.records.runs import RunDirError
 
 
 def _rollout_flags(args: argparse.Namespace) -> dict:
@@ -31,7 +31,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
     episodes are played, and the session's own settings. Flags that repeat the run's settings are accepted;
     flags that would change them are refused, naming them."""
     from racemarl.config import apply_dict, apply_override
-    from racemarl.runs import experiment_settings, require_run_dir
+    from racemarl.records.runs import experiment_settings, require_run_dir
     from racemarl.train import RunError
 
     require_run_dir(run_dir)
@@ -74,7 +74,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
 
 
 def _config_file(path: str) -> Path:
-    from racemarl.runs import check_input_file
+    from racemarl.records.runs import check_input_file
 
     return check_input_file(path, "--config")
 
@@ -203,7 +203,7 @@ def _warn(lines: list[str]) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from racemarl.evaluate import evaluate_run
+    from racemarl.experiment.evaluate import evaluate_run
 
     r = evaluate_run(args.run_dir, checkpoint=args.checkpoint, episodes=args.episodes, team=args.team,
                      seed=args.seed, video=args.video, out=args.out)
@@ -218,11 +218,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from racemarl.sweep import Sweep, SweepSpec, parse_names, parse_seeds
+    from racemarl.experiment.sweep import Sweep, SweepSpec, parse_names, parse_seeds
 
     task_configs = {}
     if args.preset:
-        from racemarl.presets import paper_grid
+        from racemarl.experiment.presets import paper_grid
 
         if args.config:
             raise ConfigError("--preset gives every task its own preset; drop --config (use --set to change values)")
@@ -246,10 +246,10 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from racemarl.plot import learning_curves, plot_curves
-    from racemarl.runs import duplicate_seeds, grouping, load_runs
+    from racemarl.experiment.plot import learning_curves, plot_curves
+    from racemarl.records.runs import duplicate_seeds, grouping, load_runs
 
-    from racemarl.runs import check_output_file
+    from racemarl.records.runs import check_output_file
 
     check_output_file(args.out, "--out", (".png", ".pdf", ".svg"))
     runs = load_runs(args.dirs)
@@ -267,8 +267,8 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from racemarl.report import results_table
-    from racemarl.runs import check_output_file, duplicate_seeds, load_runs
+    from racemarl.experiment.report import results_table
+    from racemarl.records.runs import check_output_file, duplicate_seeds, load_runs
 
     if args.digits < 0:
         raise RunDirError(f"--digits must be >= 0, got {args.digits}")
@@ -289,7 +289,7 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _warn_without(runs, metric: str) -> None:
-    from racemarl.runs import groups_without
+    from racemarl.records.runs import groups_without
 
     left_out = groups_without(runs, metric)
     if left_out:
@@ -298,8 +298,8 @@ def _warn_without(runs, metric: str) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from racemarl.report import export_marl_eval
-    from racemarl.runs import check_output_file, duplicate_seeds, load_runs
+    from racemarl.experiment.report import export_marl_eval
+    from racemarl.records.runs import check_output_file, duplicate_seeds, load_runs
 
     check_output_file(args.out)
     runs = load_runs(args.dirs)
@@ -313,13 +313,13 @@ def _export(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    from racemarl.runs import run_info
+    from racemarl.records.runs import run_info
 
     info = run_info(args.run_dir)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    from racemarl.runs import format_info
+    from racemarl.records.runs import format_info
 
     print(format_info(info))
     return 0

@@ -15,21 +15,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from racemarl import checkpoint as ckpt
-from racemarl.buffer import ReplayBuffer
+from racemarl.records import checkpoint as ckpt
+from racemarl.data.buffer import ReplayBuffer
 from racemarl.config import Config, ConfigError, from_dict, save_yaml, to_dict
 from racemarl.device import DeviceError, clone_tree, cpu_tree, resolve_device
 from racemarl.envs import is_discrete_task, make_env
 from racemarl.envs.batch import make_env_batch
-from racemarl.episode_buffer import EpisodeBuffer
-from racemarl.evolution import evolve, follow_sources, inject, mutate_encoders
-from racemarl.marl.facmac import FACMAC, FacmacContinuous
-from racemarl.marl.matd3 import MATD3
-from racemarl.metrics import MetricsLogger, write_summary
+from racemarl.data.episode_buffer import EpisodeBuffer
+from racemarl.algorithms.evolution import evolve, follow_sources, inject, mutate_encoders
+from racemarl.algorithms.facmac import FACMAC, FacmacContinuous
+from racemarl.algorithms.matd3 import MATD3
+from racemarl.records.metrics import MetricsLogger, write_summary
 from racemarl.nets.policy import init_heads
-from racemarl.race import RaceLearner
-from racemarl.race_discrete import RaceDiscreteLearner
-from racemarl.rollout import (
+from racemarl.algorithms.race import RaceLearner
+from racemarl.algorithms.race_discrete import RaceDiscreteLearner
+from racemarl.acting.rollout import (
     GenerationPlan,
     SlotResult,
     critic_bias,
@@ -37,8 +37,8 @@ from racemarl.rollout import (
     slot_stream,
     transitions_in_order,
 )
-from racemarl.rollout_discrete import run_discrete_episodes
-from racemarl.workers import RolloutError, env_kwargs, make_workers
+from racemarl.acting.rollout_discrete import run_discrete_episodes
+from racemarl.acting.workers import RolloutError, env_kwargs, make_workers
 
 LATEST = "latest.pt"
 LAST_GOOD = "last_good.pt"
@@ -743,7 +743,7 @@ class Trainer:
     def _check_paths(self, resume: bool) -> None:
         """The run folder, before anything is built or written: a new run needs a new, empty or
         never-checkpointed folder of this run; a resume needs a run with a checkpoint."""
-        from racemarl.runs import RunDirError, check_new_run_dir, check_output_dir
+        from racemarl.records.runs import RunDirError, check_new_run_dir, check_output_dir
 
         try:
             if not resume:
@@ -871,7 +871,7 @@ def _report_state(report) -> dict:
 
 
 def _report_from_state(state: dict):
-    from racemarl.evolution import GenerationReport
+    from racemarl.algorithms.evolution import GenerationReport
 
     values = {}
     for k, v in state.items():

@@ -18,7 +18,7 @@ on one folder at the same time.
 
 `OUT/sweep.json` records the config of the folder (`--config` or the per-task presets of
 `--preset`, `--set`, `--eval-interval`, `--eval-episodes`); a restart must use the same ones (the
-budget and the grid may change). With `--preset paper-mamujoco|paper-smax` (`racemarl.presets`) each
+budget and the grid may change). With `--preset paper-mamujoco|paper-smax` (`racemarl.experiment.presets`) each
 task runs with its own preset file and, unless `--total-steps` is given, its preset's budget.
 `OUT/index.json` lists the grid: task, algo, seed, run dir, status, final and best eval return.
 """
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from racemarl.config import ALGOS, ConfigError, build_config, load_yaml
-from racemarl.runs import LATEST_CHECKPOINT, RunDirError
+from racemarl.records.runs import LATEST_CHECKPOINT, RunDirError
 
 BACKENDS = ("local", "ray")
 SWEEP_FILE = "sweep.json"
@@ -114,7 +114,7 @@ class SweepSpec:
     eval_interval: int | None = None
     eval_episodes: int | None = None
     task_configs: dict[str, str] = field(default_factory=dict)
-    """A preset per task (instead of `config`), e.g. the paper grids of `racemarl.presets`."""
+    """A preset per task (instead of `config`), e.g. the paper grids of `racemarl.experiment.presets`."""
     preset: str | None = None
     """The name of the grid `task_configs` come from (recorded instead of them, so a restart may change the grid)."""
 
@@ -282,7 +282,7 @@ class Sweep:
 
     def _check_out(self) -> None:
         """--out: a new or empty folder, or a sweep folder (with sweep.json) to continue; nothing else."""
-        from racemarl.runs import check_output_dir
+        from racemarl.records.runs import check_output_dir
 
         check_output_dir(self.out)
         if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / SWEEP_FILE).is_file():

@@ -12,7 +12,7 @@ them; per generation it gets its slots' orders (`GenerationPlan.part`: the teams
 weights, exploration noise, random-action flags, random streams), plays one episode per env and sends
 back the transitions, returns and lengths. The driver keeps the learner, the replay buffer, evolution
 and evaluation. Because every slot has its own random stream and the policy batch always has the same
-shape (`racemarl.rollout.SlotActor`), the results do not depend on the backend or the worker count.
+shape (`racemarl.acting.rollout.SlotActor`), the results do not depend on the backend or the worker count.
 
 A worker that dies, closes its pipe or gives no answer within `rollout.worker_timeout` is restarted
 (new process or actor, environments rebuilt) and plays its episodes again with the same orders. A
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from racemarl.config import Config
-from racemarl.rollout import EnvRunner, GenerationPlan, RunnerSetup, SlotResult
+from racemarl.acting.rollout import EnvRunner, GenerationPlan, RunnerSetup, SlotResult
 
 log = logging.getLogger(__name__)
 
