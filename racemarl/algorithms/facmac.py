@@ -42,6 +42,10 @@ def team_logits(z: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
 
     z `[..., N, h]` with one team's heads `[N, A, h+1]` -> `[..., N, A]`;
     with K teams' heads `[K, N, A, h+1]` (all on the same z) -> `[K, ..., N, A]`.
+
+    The same math as `nets.policy.heads_forward`, in the recurrent layout (agents after batch and time, not
+    first); kept apart because one function would need transposes and other kernels (baddbmm vs einsum),
+    whose float rounding would change the seeded results of both families.
     """
     w, b = heads[..., :-1], heads[..., -1]
     if heads.dim() == 3:

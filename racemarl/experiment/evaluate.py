@@ -2,7 +2,7 @@
 
 The learner is rebuilt from the checkpoint's own config (RaceLearner for `race`, MATD3 otherwise),
 its model weights are loaded from `learner.model`, and the chosen team plays greedy episodes with
-the same batched policy as `Trainer.team_policy` (all episodes step in lockstep, one forward pass).
+the same batched policy as the continuous family's `team_policy` (all episodes step in lockstep, one forward pass).
 
 Teams: `marl` = the MARL learner's heads (race, matd3); `best` = the fittest population team of the
 last generation, the one behind `eval_return_best_team` (race, ea); `K` = population slot K
@@ -76,7 +76,7 @@ def rebuild(sd: dict) -> LoadedRun:
 
     from racemarl.config import from_dict
     from racemarl.envs import make_env
-    from racemarl.train import _learner_class
+    from racemarl.acting.families import learner_class
     from racemarl.acting.workers import env_kwargs
 
     cfg = from_dict(sd["config"])
@@ -85,7 +85,7 @@ def rebuild(sd: dict) -> LoadedRun:
     env = make_env(cfg.env.task, **env_kwargs(cfg))
     spec = env.spec
     env.close()
-    learner_cls = _learner_class(cfg, spec.discrete)
+    learner_cls = learner_class(cfg, spec.discrete)
     learner = learner_cls(spec, cfg, torch.Generator().manual_seed(cfg.seed))
     learner.load_state_dict(sd["learner"]["model"])
     learner.eval()
