@@ -265,7 +265,7 @@ def test_checkpoints_hold_cpu_tensors_and_load_with_map_location(tmp_path, monke
     cfg = tiny_config("race", total_steps=40)
     with Trainer(cfg, tmp_path / "run") as trainer:
         calls = []
-        monkeypatch.setattr("racemarl.train.cpu_tree", lambda obj: calls.append(1) or cpu_tree(obj))
+        monkeypatch.setattr("racemarl.records.run_state.cpu_tree", lambda obj: calls.append(1) or cpu_tree(obj))
         state = trainer._state()
     assert calls, "checkpoint state not passed through cpu_tree"
 

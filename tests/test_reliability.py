@@ -197,7 +197,8 @@ def test_an_evolution_report_survives_a_checkpoint(tmp_path):
     import numpy as np
 
     from racemarl.algorithms.evolution import GenerationReport
-    from racemarl.train import _report_from_state, _report_state
+    from racemarl.records.run_state import report_from_state as _report_from_state
+    from racemarl.records.run_state import report_state as _report_state
 
     report = GenerationReport(elites=[np.int64(2)], parents=[(0, 1), (3, 2)], children=[1, 4],
                               sources=np.arange(6).reshape(3, 2), protected=[2], selected=[0, 3],
