@@ -75,4 +75,10 @@ def test_no_import_runs_upwards():
 
 def test_the_root_holds_only_the_entry_points():
     root_modules = sorted(p.stem for p in ROOT.glob("*.py"))
-    assert root_modules == ["__init__", "__main__", "api", "cli", "config", "device", "train"]
+    assert root_modules == ["__init__", "__main__", "api", "cli", "device", "train"]  # and the config/ package
+
+
+def test_every_folder_of_modules_is_a_package():
+    """`[tool.setuptools.packages.find]` installs only folders with an `__init__.py`."""
+    for folder in {p.parent for p in ROOT.rglob("*.py")}:
+        assert (folder / "__init__.py").is_file(), f"{folder.relative_to(ROOT.parent)} has no __init__.py"

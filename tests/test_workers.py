@@ -14,7 +14,9 @@ from racemarl.config import ConfigError
 from racemarl.records.metrics import WALL_CLOCK_COLUMNS, read_metrics
 from racemarl.acting.rollout import EnvRunner, GenerationPlan, RunnerSetup
 from racemarl.train import RunError, Trainer
-from racemarl.acting.workers import ProcessWorkers, RayWorkers, assign_slots
+from racemarl.acting.process_workers import ProcessWorkers
+from racemarl.acting.ray_workers import RayWorkers
+from racemarl.acting.workers import assign_slots
 from tests.conftest import tiny_config
 
 STEPS = 320  # 4 generations of 4 slots (MARL team + 3 population teams) x 20 steps
