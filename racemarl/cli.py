@@ -247,7 +247,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from racemarl.experiment.plot import learning_curves, plot_curves
-    from racemarl.records.runs import duplicate_seeds, grouping, load_runs
+    from racemarl.experiment.grouping import duplicate_seeds, grouping
+    from racemarl.records.runs import load_runs
 
     from racemarl.records.runs import check_output_file
 
@@ -268,7 +269,8 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _table(args: argparse.Namespace) -> int:
     from racemarl.experiment.report import results_table
-    from racemarl.records.runs import check_output_file, duplicate_seeds, load_runs
+    from racemarl.experiment.grouping import duplicate_seeds
+    from racemarl.records.runs import check_output_file, load_runs
 
     if args.digits < 0:
         raise RunDirError(f"--digits must be >= 0, got {args.digits}")
@@ -289,7 +291,7 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _warn_without(runs, metric: str) -> None:
-    from racemarl.records.runs import groups_without
+    from racemarl.experiment.grouping import groups_without
 
     left_out = groups_without(runs, metric)
     if left_out:
@@ -299,7 +301,8 @@ def _warn_without(runs, metric: str) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from racemarl.experiment.report import export_marl_eval
-    from racemarl.records.runs import check_output_file, duplicate_seeds, load_runs
+    from racemarl.experiment.grouping import duplicate_seeds
+    from racemarl.records.runs import check_output_file, load_runs
 
     check_output_file(args.out)
     runs = load_runs(args.dirs)
@@ -313,13 +316,13 @@ def _export(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    from racemarl.records.runs import run_info
+    from racemarl.experiment.info import run_info
 
     info = run_info(args.run_dir)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    from racemarl.records.runs import format_info
+    from racemarl.experiment.info import format_info
 
     print(format_info(info))
     return 0

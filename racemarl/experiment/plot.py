@@ -12,8 +12,8 @@ extrapolated: a group's curve ends where its shortest run ends. Runs evaluated a
 are used as they are.
 
 Groups. Runs are pooled as seeds only when every setting except the seed (and those that never change
-what is learned, `racemarl.records.runs.GROUPING_IGNORES`) is equal; a line's label is its algo followed by
-the settings that tell the groups apart (see `racemarl.records.runs.grouping`).
+what is learned, `racemarl.experiment.grouping.GROUPING_IGNORES`) is equal; a line's label is its algo followed by
+the settings that tell the groups apart (see `racemarl.experiment.grouping.grouping`).
 
 Bands. `ci="t"` (default): Student-t interval of the mean over seeds,
 mean +- t_{(1+level)/2, n-1} * sd / sqrt(n), sd with n-1 degrees of freedom (scipy). `ci="bootstrap"`:
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from racemarl.records.runs import Run, RunDirError, check_metric, group_runs
+from racemarl.experiment.grouping import group_runs
+from racemarl.records.runs import Run, RunDirError, check_metric
 from racemarl.experiment.stats import BOOTSTRAP_RESAMPLES, CI_METHODS, interval  # noqa: F401 - re-exported
 
 # the same colour for an algorithm in every figure

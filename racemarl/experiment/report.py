@@ -12,7 +12,8 @@ import numpy as np
 
 from racemarl.experiment import stats as stats_mod
 
-from racemarl.records.runs import Run, RunDirError, check_metric, group_runs, grouping
+from racemarl.experiment.grouping import group_runs, grouping
+from racemarl.records.runs import Run, RunDirError, check_metric
 
 TABLE_FORMATS = ("md", "csv")
 
