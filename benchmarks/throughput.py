@@ -53,19 +53,19 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 sys.path.insert(0, str(ROOT.parent))
 
-from racemarl import rollout
-from racemarl.buffer import ReplayBuffer
+from racemarl.acting import rollout
+from racemarl.data.buffer import ReplayBuffer
 from racemarl.config import build_config
 from racemarl.envs import make_env
-from racemarl.marl.matd3 import MATD3
+from racemarl.algorithms.matd3 import MATD3
 from racemarl.nets.policy import init_heads
-from racemarl.race import RaceLearner
+from racemarl.algorithms.race import RaceLearner
 from racemarl.train import Trainer
 
 TASKS = "mamujoco/HalfCheetah-6x1,mamujoco/Ant-2x4"
 ALGOS = ("matd3", "race")
 TD3_REFERENCE_SPS = 140.0  # issue #5: a well-known single-file TD3, HalfCheetah-v5, batch 256, 256x256, this machine
-# record_function labels of MATD3.update / RaceLearner (see racemarl/marl/matd3.py)
+# record_function labels of MATD3.update / RaceLearner (see racemarl/algorithms/matd3.py)
 UPDATE_LABELS = ("critic_target", "critic_loss", "pevfa_target", "pevfa_loss", "value_loss", "critic_backward",
                  "critic_optim", "encoder_forward", "actor_loss", "vfm_loss", "vmm_loss", "actor_backward",
                  "actor_optim", "target_update")

@@ -4,7 +4,7 @@
     python examples/demo.py --out runs/d2 --set seed=2
 
 Uses only the public Python API (`racemarl.make_config`, `train_run`, `random_policy`, `load_run`) and
-`racemarl.plot`. Writes the usual run directory plus `learning_curve.png` and `demo.json` (both numbers).
+`racemarl.experiment.plot`. Writes the usual run directory plus `learning_curve.png` and `demo.json` (both numbers).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = racemarl.make_config(args.config, overrides=args.set)
         out = Path(args.out)
-        from racemarl.runs import check_new_run_dir
+        from racemarl.records.runs import check_new_run_dir
 
         check_new_run_dir(out, cfg)  # before training: the figure and demo.json go there too
         print(f"training {cfg.algo} on {cfg.env.task} for {cfg.total_steps} env steps (seed {cfg.seed}) into {out}")

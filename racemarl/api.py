@@ -10,7 +10,7 @@
     rows = racemarl.load_metrics("runs/s1")               # metrics.csv as a list of dicts of numbers
     baseline = racemarl.random_policy("smax/3m", episodes=20)
 
-(The names end in `_run` because `racemarl.train` and `racemarl.evaluate` are the modules behind them.)
+(The names end in `_run` because `racemarl.train` and `racemarl.experiment.evaluate` are the modules behind them.)
 Every function validates its arguments before any work starts, like the command line: a bad value is a
 `ConfigError`, a bad folder or checkpoint a `RunDirError` or `RunError`, each with a one-line message.
 A run stopped by Ctrl-C (SIGINT) or SIGTERM writes a checkpoint and raises `TrainingInterrupted`.
@@ -42,7 +42,7 @@ def make_config(preset: str | Path | None = None, *, task: str | None = None,
         ConfigError: an unknown key, a wrong type or a value out of range (the message names it).
     """
     if preset is not None:
-        from racemarl.runs import RunDirError, check_input_file
+        from racemarl.records.runs import RunDirError, check_input_file
 
         try:
             check_input_file(preset, "preset")
@@ -93,7 +93,7 @@ def resume_run(run_dir: str | Path, *, total_steps: int | None = None, progress:
 
     `total_steps` extends the budget (a smaller one than the run's is refused). Returns the summary.
     """
-    from racemarl.runs import require_run_dir
+    from racemarl.records.runs import require_run_dir
     from racemarl.train import RunError, Trainer
 
     run_dir = require_run_dir(run_dir)
@@ -116,21 +116,21 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, team: str | None = 
     """Greedy episodes of one team of a saved run (``racemarl eval``); returns and writes the result
     (``out``, default ``run_dir/eval.json``): mean, std, min, max, per-episode returns, win rate on
     discrete tasks. `team`: ``"marl"``, ``"best"`` or a population slot ``"K"`` (default: the run's main team)."""
-    from racemarl.evaluate import evaluate_run as _evaluate_run
+    from racemarl.experiment.evaluate import evaluate_run as _evaluate_run
 
     return _evaluate_run(run_dir, checkpoint=checkpoint, episodes=episodes, team=team, seed=seed, video=video, out=out)
 
 
 def load_metrics(run_dir: str | Path) -> list[dict[str, float | None]]:
     """A run's ``metrics.csv``, one dict per evaluation, numbers parsed (empty cells are None)."""
-    from racemarl.runs import load_run as _load_run
+    from racemarl.records.runs import load_run as _load_run
 
     return _load_run(run_dir).rows
 
 
 def load_run(run_dir: str | Path):
-    """A run directory read from disk (`racemarl.runs.Run`: config, metrics rows, summary, series(metric))."""
-    from racemarl.runs import load_run as _load_run
+    """A run directory read from disk (`racemarl.records.runs.Run`: config, metrics rows, summary, series(metric))."""
+    from racemarl.records.runs import load_run as _load_run
 
     return _load_run(run_dir)
 
@@ -142,7 +142,7 @@ def random_policy(task: str, *, episodes: int = 10, seed: int = 0, max_episode_s
     import numpy as np
 
     from racemarl.envs import is_discrete_task
-    from racemarl.workers import env_kwargs
+    from racemarl.acting.workers import env_kwargs
 
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ConfigError(f"episodes must be a positive int, got {episodes!r}")

@@ -1,89 +1,38 @@
-"""The training loop: one generation = the teams play, the learner updates, the population evolves."""
+"""The training loop: one generation = the teams play, the learner updates, the population evolves, the teams
+are evaluated, a checkpoint is written. What differs between continuous and discrete tasks is the task family's
+(`acting/families.py`); the run's checkpoints, resume and logs are `RunState`'s (`records/run_state.py`)."""
 from __future__ import annotations
 
-import logging
 import math
-import signal
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from racemarl import checkpoint as ckpt
-from racemarl.buffer import ReplayBuffer
-from racemarl.config import Config, ConfigError, from_dict, save_yaml, to_dict
-from racemarl.device import DeviceError, clone_tree, cpu_tree, resolve_device
-from racemarl.envs import is_discrete_task, make_env
-from racemarl.envs.batch import make_env_batch
-from racemarl.episode_buffer import EpisodeBuffer
-from racemarl.evolution import evolve, follow_sources, inject, mutate_encoders
-from racemarl.marl.facmac import FACMAC, FacmacContinuous
-from racemarl.marl.matd3 import MATD3
-from racemarl.metrics import MetricsLogger, write_summary
+from racemarl.acting.families import learner_class as _learner_class  # noqa: F401 - re-exported
+from racemarl.acting.families import make_family
+from racemarl.acting.rollout import GenerationPlan, SlotResult
+from racemarl.acting.workers import RolloutError
+from racemarl.algorithms.evolution import evolve, follow_sources, inject, mutate_encoders
+from racemarl.config import Config, save_yaml
+from racemarl.device import DeviceError, resolve_device
 from racemarl.nets.policy import init_heads
-from racemarl.race import RaceLearner
-from racemarl.race_discrete import RaceDiscreteLearner
-from racemarl.rollout import (
-    GenerationPlan,
-    SlotResult,
-    critic_bias,
-    run_episodes,
-    slot_stream,
-    transitions_in_order,
+from racemarl.records import checkpoint as ckpt
+from racemarl.records.metrics import MetricsLogger
+from racemarl.records.run_state import (  # noqa: F401 - RunError, TrainingInterrupted, Progress: re-exported
+    LAST_GOOD,
+    LATEST,
+    Interrupts,
+    Progress,
+    RunError,
+    RunState,
+    TrainingInterrupted,
 )
-from racemarl.rollout_discrete import run_discrete_episodes
-from racemarl.workers import RolloutError, env_kwargs, make_workers
-
-LATEST = "latest.pt"
-LAST_GOOD = "last_good.pt"
-log = logging.getLogger(__name__)
 
 
-class RunError(RuntimeError):
-    """A run could not start or continue (bad run directory, resume mismatch, diverged losses)."""
-
-
-class TrainingInterrupted(RunError):
-    """SIGINT or SIGTERM stopped the run after a checkpoint was written; `resume` continues it exactly."""
-
-    def __init__(self, message: str, signal_name: str, run_dir: Path):
-        super().__init__(message)
-        self.signal_name, self.run_dir = signal_name, run_dir
-
-
-@dataclass
-class Progress:
-    """Counters of a run; saved in every checkpoint."""
-
-    env_steps: int = 0
-    generation: int = 0
-    updates: int = 0
-    evals: int = 0
-    next_eval: int = 0
-    wall_time: float = 0.0
-    update_credit: float = 0.0  # fractional updates carried over between generations
-    train_returns: list[float] = field(default_factory=list)  # MARL (or population) returns since last eval
-    train_wins: list[float] = field(default_factory=list)  # discrete tasks: the same episodes' battle_won
-    last_fitness: list[float] = field(default_factory=list)
-    last_injected: int | None = None
-    loss_sums: dict[str, float] = field(default_factory=dict)  # during a run: float64 tensors on the device
-    loss_counts: dict[str, int] = field(default_factory=dict)
-    rows: list[dict] = field(default_factory=list)
-    # A checkpoint written inside a generation's updates (interruption, wall-clock checkpoint): the
-    # generation's fitness and the updates still to do; resuming does them, then evolves. None otherwise.
-    pending_fitness: list[float] | None = None
-    pending_updates: int = 0
-    pending_champion: dict | None = None  # the champion's evaluation played before the updates
-    pending_report: dict | None = None  # the evolution report, when evolution came before the updates
-
-
-class Trainer:
+class Trainer(RunState):
     """One run. The learner, its optimisers and the replay buffer live on `cfg.device`; everything that acts (the
     rollouts, evaluation, the fitness bootstrap) uses `self.actor`, a CPU copy of the learner refreshed after each
     generation's updates (on the CPU it is the learner itself, so a CPU run is exactly what it was before
@@ -93,7 +42,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self._check_paths(resume)  # before any work: nothing is built or written for a bad folder
-        self._stop: _Interrupts | None = None
+        self._stop: Interrupts | None = None
         self._last_save, self._saved_key = time.monotonic(), None
         try:
             self.device = resolve_device(cfg.device)
@@ -107,45 +56,30 @@ class Trainer:
         self.torch_gen = torch.Generator().manual_seed(cfg.seed)  # init, target smoothing, team draws
         # Slots of a generation: the MARL team's episode, then each population team's episodes.
         self.n_slots = int(cfg.uses_marl) + (cfg.race.pop_size * cfg.race.episodes_per_team if cfg.uses_population else 0)
-        self.discrete = is_discrete_task(cfg.env.task, **env_kwargs(cfg))
-        _check_algo(cfg, self.discrete)
-        self.workers = None
-        if self.discrete:  # every slot is a row of one batch of envs (SMAX: one vmapped call per step)
-            self.envs = make_env_batch(cfg.env.task, self.n_slots, **env_kwargs(cfg))
-            self.eval_envs = make_env_batch(cfg.env.task, cfg.eval_episodes, **env_kwargs(cfg))
-            self.spec = self.envs.spec
-        else:
-            self.eval_envs = [make_env(cfg.env.task, **env_kwargs(cfg)) for _ in range(cfg.eval_episodes)]
-            self.spec = self.eval_envs[0].spec
-            try:  # the training episodes are played by the rollout workers (started by the first generation)
-                self.workers = make_workers(cfg, self.n_slots)
-            except RolloutError as e:
-                raise RunError(str(e)) from e
-        self.learner = _learner_class(cfg, self.discrete)(self.spec, cfg, self.torch_gen)
+        try:  # the task family: its envs, rollouts, buffer, evaluation and update schedule (`acting.families`)
+            self.family = make_family(cfg, self.n_slots)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        except RolloutError as e:
+            raise RunError(str(e)) from e
+        self.spec = self.family.spec
+        self.learner = self.family.learner_class()(self.spec, cfg, self.torch_gen)
         self.actor = self.learner  # the CPU copy that acts (see the class docstring)
         if self._uses_acting_copy():
             self._to_device()
-        self.row_mask = self.actor.row_mask if self.discrete else self.actor.layout.row_mask
+        self.row_mask = self.family.row_mask(self.actor)
         self.population = None  # [P, N, A, d+1] evolved heads
         self._report = None  # the last generation's evolution report (which slots are protected elites)
         self.pop_encoders = None  # {name: [P, N, ...]} each team's own encoders (unshared ablation only)
         self.best_heads, self.best_encoders = self.actor.marl_heads.detach().clone(), None
         if cfg.uses_population:
             n_rows, width = self.row_mask.shape
-            embed_dim = cfg.discrete.rnn_hidden if self.discrete else cfg.net.embed_dim
-            self.population = init_heads(cfg.race.pop_size, n_rows, width, embed_dim, self.row_mask, self.torch_gen)
+            self.population = init_heads(cfg.race.pop_size, n_rows, width, self.family.embed_dim(), self.row_mask,
+                                         self.torch_gen)
             if cfg.team_encoders:
                 self.pop_encoders = self.learner.fresh_encoder_params(cfg.race.pop_size)
             self.best_heads = self.population[0].clone()
-        if self.discrete:
-            dc = cfg.discrete
-            self.buffer = EpisodeBuffer(dc.buffer_episodes, self.spec.episode_limit, self.spec.n_agents,
-                                        self.learner.obs_dim, self.spec.state_dim, self.learner.n_actions, seed=cfg.seed,
-                                        device=self.device)
-        else:
-            self.buffer = ReplayBuffer(cfg.learner.buffer_size, self.spec.n_agents, self.learner.max_obs,
-                                       self.spec.state_dim, self.learner.layout.joint_dim, seed=cfg.seed,
-                                       device=self.device)
+        self.buffer = self.family.make_buffer(self.learner, self.device)
         self.progress = Progress(next_eval=0)
         if resume:
             self._load(self.run_dir / "checkpoints" / LATEST)
@@ -155,6 +89,19 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, self.progress.rows,
                                     purge_step=self.progress.env_steps + 1 if resume else None, tracking=cfg.logging)
         self._clock_start, self._clock_base = time.perf_counter(), self.progress.wall_time
+
+    @property
+    def workers(self):
+        """The rollout workers (continuous tasks; None on discrete tasks)."""
+        return self.family.workers
+
+    @property
+    def eval_envs(self):
+        return self.family.eval_envs
+
+    @eval_envs.setter
+    def eval_envs(self, envs) -> None:
+        self.family.eval_envs = envs
 
     def _uses_acting_copy(self) -> bool:
         """Whether the learner trains away from the CPU (then it needs a CPU copy to act with)."""
@@ -166,7 +113,7 @@ class Trainer:
         come from a generator on the device, seeded with the run's seed."""
         cfg = self.cfg
         with torch.random.fork_rng(devices=[]):
-            self.actor = _learner_class(cfg, self.discrete)(self.spec, cfg, torch.Generator())
+            self.actor = self.family.learner_class()(self.spec, cfg, torch.Generator())
         self.actor.requires_grad_(False)
         self.actor.load_state_dict(self.learner.state_dict())
         self.learner.to(self.device)
@@ -177,120 +124,43 @@ class Trainer:
         if self.actor is not self.learner:
             self.actor.load_state_dict(self.learner.state_dict())
 
-    def elapsed(self) -> float:
-        """Wall-clock seconds of the whole run, earlier sessions of a resumed run included."""
-        return self._clock_base + time.perf_counter() - self._clock_start
-
     # ------------------------------------------------------------------ one generation
     def play_generation(self) -> tuple[np.ndarray, int]:
-        """Every team plays; returns the population's fitness and the env steps taken."""
-        if self.discrete:
-            return self.play_generation_discrete()
-        plan = self.generation_plan()
+        """Every team plays (as its task family plays them); returns the population's fitness and the env steps."""
         try:
-            results = self.workers.play(plan)
+            played = self.family.play(self)
         except RolloutError as e:
             raise RunError(str(e)) from e
-        self.store(results)
-        fitness = self._record_returns(np.array([r.episode_return for r in results]))
+        fitness = self._record_returns(played.returns, played.won)
         if self.in_warmup():
             fitness = np.array([])  # the population sat out: nothing to evolve
         elif self.short_fitness():
-            fitness = self.bootstrapped_fitness(results[int(self.cfg.uses_marl):])
-        return fitness, sum(r.length for r in results)
+            fitness = self.bootstrapped_fitness(played.results[int(self.cfg.uses_marl):])
+        return fitness, played.steps
 
     def short_fitness(self) -> bool:
         """Whether this generation scores the population by short rollouts + the PeVFA (`race.fitness_mc_prob`,
         one draw per generation from its own stream; RACE only, never during warm-up)."""
         cfg = self.cfg
-        if not cfg.uses_representation_losses or self.discrete or cfg.race.fitness_mc_prob >= 1 or self.in_warmup():
+        if (not cfg.uses_representation_losses or not self.family.short_rollouts or cfg.race.fitness_mc_prob >= 1
+                or self.in_warmup()):
             return False
         return bool(np.random.default_rng([cfg.seed, 3, self.progress.generation]).random() >= cfg.race.fitness_mc_prob)
 
     def bootstrapped_fitness(self, results: list[SlotResult]) -> np.ndarray:
-        """Fitness of short rollouts: sum_t gamma^t r_t, plus gamma^H min Q_theta(s_H, pi_j(s_H), W_j) where the
-        episode was cut at H steps (an episode that terminated earlier has no bootstrap)."""
-        cfg = self.cfg
-        gamma = cfg.learner.gamma
-        scores = np.array([float(np.sum(r.transitions["reward"] * gamma ** np.arange(r.length))) for r in results])
-        cut = [i for i, r in enumerate(results) if r.cut]
-        if cut:
-            repeat = cfg.race.episodes_per_team
-            teams = torch.tensor([i // repeat for i in cut])
-            obs = torch.from_numpy(np.stack([results[i].transitions["next_obs"][-1] for i in cut]))
-            state = torch.from_numpy(np.stack([results[i].transitions["next_state"][-1] for i in cut]))
-            enc = None if self.pop_encoders is None else {k: v[teams] for k, v in self.pop_encoders.items()}
-            values = self.actor.pevfa_value(obs, state, self.population[teams], enc).numpy()
-            for j, i in enumerate(cut):
-                scores[i] += gamma ** results[i].length * float(values[j])
-        return scores.reshape(cfg.race.pop_size, -1).mean(1)
+        """Fitness of short rollouts (see the continuous family's `bootstrapped_fitness`)."""
+        return self.family.bootstrapped_fitness(self, results)
 
     def in_warmup(self) -> bool:
         """Whether this generation is warm-up: the MARL team alone plays (uniformly random actions) until it
         has collected `learner.start_steps` env steps; the population neither plays nor evolves."""
         cfg = self.cfg
-        return (not self.discrete and cfg.uses_marl and cfg.uses_population and not cfg.race.play_during_warmup
+        return (self.family.has_warmup and cfg.uses_marl and cfg.uses_population and not cfg.race.play_during_warmup
                 and self.progress.env_steps < cfg.learner.start_steps)
 
     def generation_plan(self) -> GenerationPlan:
-        """This generation's orders for every slot: its team, exploration and random stream."""
-        cfg, p = self.cfg, self.progress
-        heads, encoders, noise, random_act = [], [], [], []
-        if cfg.uses_marl:
-            heads.append(self.actor.marl_heads.detach()[None])
-            encoders.append(self.actor.encoder_params())
-            noise.append(cfg.learner.expl_noise)
-            random_act.append(p.env_steps < cfg.learner.start_steps)
-        if cfg.uses_population:
-            repeat = cfg.race.episodes_per_team
-            heads.append(self.population.repeat_interleave(repeat, 0))
-            if self.pop_encoders is not None:
-                encoders.append({k: v.repeat_interleave(repeat, 0) for k, v in self.pop_encoders.items()})
-            noise += [0.0] * (self.n_slots - len(noise))
-            random_act += [False] * (self.n_slots - len(random_act))
-        team_encoders = None
-        if self.pop_encoders is not None:
-            team_encoders = {k: torch.cat([e[k] for e in encoders]) for k in encoders[0]}
-        limit = np.full(self.n_slots, -1, np.int64)
-        if self.in_warmup():
-            limit[int(cfg.uses_marl):] = 0  # population slots sit out
-        elif self.short_fitness():
-            limit[int(cfg.uses_marl):] = cfg.race.fitness_steps
-        return GenerationPlan(
-            slots=tuple(range(self.n_slots)), heads=torch.cat(heads),
-            encoders=self.actor.encoders.state_dict() if team_encoders is None else {},
-            team_encoders=team_encoders, noise_std=np.array(noise, np.float64), random_actions=np.array(random_act, bool),
-            streams=[slot_stream(cfg.seed, p.generation, t) for t in range(self.n_slots)], step_limit=limit)
-
-    def store(self, results: list[SlotResult]) -> None:
-        """A generation's transitions into the replay buffer, in the same order whoever played them."""
-        rows = transitions_in_order(results)
-        n, step = len(rows["reward"]), self.buffer.capacity
-        for start in range(0, n, step):
-            self.buffer.add(**{k: v[start : start + step] for k, v in rows.items()})
-
-    def play_generation_discrete(self) -> tuple[np.ndarray, int]:
-        """Discrete tasks: the MARL team explores with the epsilon-mixture, population teams sample from
-        their softmax policies; each row's episode uses its own stream (`slot_stream`)."""
-        cfg, p = self.cfg, self.progress
-        heads, eps = [], []
-        if cfg.uses_marl:
-            heads.append(self.actor.marl_heads.detach()[None])
-            eps.append(self.epsilon())
-        if cfg.uses_population:
-            heads.append(self.population.repeat_interleave(cfg.race.episodes_per_team, 0))
-        eps += [0.0] * (self.n_slots - len(eps))
-        rngs = [np.random.default_rng(slot_stream(cfg.seed, p.generation, row)) for row in range(self.n_slots)]
-        stats = run_discrete_episodes(self.envs, self.actor, torch.cat(heads), rngs, epsilon=np.array(eps),
-                                      buffer=self.buffer)
-        fitness = self._record_returns(stats.returns, stats.won)
-        return fitness, int(stats.lengths.sum())
-
-    def epsilon(self) -> float:
-        """The MARL team's exploration on discrete tasks, annealed linearly over env steps."""
-        dc = self.cfg.discrete
-        frac = min(1.0, self.progress.env_steps / dc.epsilon_anneal_steps)
-        return dc.epsilon_start + frac * (dc.epsilon_finish - dc.epsilon_start)
+        """This generation's orders for every slot (continuous tasks): its team, exploration and random stream."""
+        return self.family.generation_plan(self)
 
     def _record_returns(self, returns: np.ndarray, won: np.ndarray | None = None) -> np.ndarray:
         """Keep the training returns (the MARL team's, else the population's mean); return the fitness."""
@@ -309,30 +179,17 @@ class Trainer:
                 p.train_wins.append(float(won.mean()))
         return fitness
 
-    def team_policy(self, heads: torch.Tensor, encoders: dict | None = None):
-        """The batched policy of a stack of teams for `run_episodes` (env t is driven by team t)."""
-
-        def policy(obs: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-            team_enc = None if encoders is None else {k: v[idx] for k, v in encoders.items()}
-            return self.actor.act(obs, heads[idx], team_enc)
-
-        return policy
-
     def n_updates_due(self, new_steps: int) -> tuple[int, int]:
         """(updates to do now, batch size): continuous tasks do `updates_per_step` updates per env step
         after `start_steps`; discrete tasks `updates_per_episode` per episode once the buffer holds a batch of episodes."""
-        cfg, p = self.cfg, self.progress
-        if self.discrete:
-            if len(self.buffer) < cfg.discrete.batch_episodes:
-                return 0, cfg.discrete.batch_episodes
-            p.update_credit += self.n_slots * cfg.discrete.updates_per_episode  # one episode per slot
-        elif p.env_steps < cfg.learner.start_steps or len(self.buffer) < cfg.learner.batch_size:
-            return 0, cfg.learner.batch_size
-        else:
-            p.update_credit += new_steps * cfg.learner.updates_per_step
+        p, batch_size = self.progress, self.family.batch_size()
+        credit = self.family.new_update_credit(p, self.buffer, new_steps)
+        if credit is None:
+            return 0, batch_size
+        p.update_credit += credit
         n = int(p.update_credit)
         p.update_credit -= n
-        return n, cfg.discrete.batch_episodes if self.discrete else cfg.learner.batch_size
+        return n, batch_size
 
     def learn(self, new_steps: int) -> None:
         """This generation's updates, back to back on the device with no host read in between. The losses are
@@ -377,46 +234,6 @@ class Trainer:
         p.pending_updates = 0
         self.sync_actor()
 
-    def _raise_if_non_finite(self, fallback: dict) -> None:
-        problem = self.learner.non_finite()
-        if problem is None:
-            return
-        bad = [k for k, v in self._loss_values(self.progress.loss_sums).items() if not math.isfinite(v)]
-        self._restore_learner(fallback)
-        path = self.run_dir / "checkpoints" / LAST_GOOD
-        ckpt.save_atomic(self._state(), path)
-        detail = f" ({', '.join(bad)})" if bad else ""
-        raise RunError(f"{problem}{detail}; training stopped. Last good state (before this generation's "
-                       f"updates) saved to {path}")
-
-    def _learner_snapshot(self, n: int) -> dict:
-        """A copy, on the device, of everything the updates change: the learner's parameters, targets and optimiser
-        states, its update count, the learner's and the buffer's generators, the loss sums and the update counters."""
-        p = self.progress
-        return {"learner": clone_tree(self.learner.full_state()), "gen": self.learner.generator.get_state(),
-                "buffer_gen": self.buffer.generator.get_state(), "loss_sums": dict(p.loss_sums),
-                "loss_counts": dict(p.loss_counts), "updates": p.updates, "pending_updates": n}
-
-    def _restore_learner(self, snap: dict) -> None:
-        p = self.progress
-        self.learner.load_full_state(snap["learner"])
-        self.learner.generator.set_state(snap["gen"])
-        self.buffer.generator.set_state(snap["buffer_gen"])
-        p.loss_sums, p.loss_counts = snap["loss_sums"], snap["loss_counts"]
-        p.updates = snap["updates"]
-        p.pending_updates = snap["pending_updates"]  # all of these updates are still to do
-        self.sync_actor()
-
-    @staticmethod
-    def _loss_values(sums: dict) -> dict[str, float]:
-        """Loss sums (float64 tensors on the device, or floats) as floats, read in one transfer."""
-        on_device = [v for v in sums.values() if isinstance(v, torch.Tensor)]
-        if not on_device:
-            return {k: float(v) for k, v in sums.items()}
-        device = on_device[0].device
-        values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in sums.values()]).tolist()
-        return dict(zip(sums, values))
-
     def select_champion(self, fitness: np.ndarray) -> None:
         """The generation's best team (by this generation's fitness) becomes the evaluated champion; with
         `race.champion_eval=scored` together with a copy of the encoders it played with (saved in checkpoints,
@@ -427,8 +244,8 @@ class Trainer:
         self.best_heads = self.population[best].clone()
         if self.pop_encoders is not None:
             self.best_encoders = {k: v[best : best + 1].clone() for k, v in self.pop_encoders.items()}
-        elif self.cfg.race.champion_eval == "scored" and not self.discrete:  # keeps the encoders it was scored with
-            self.best_encoders = self.actor.encoder_params()
+        elif self.cfg.race.champion_eval == "scored":  # keeps the encoders it was scored with (continuous tasks)
+            self.best_encoders = self.family.champion_encoders(self.actor)
 
     def evolve_population(self, fitness: np.ndarray) -> None:
         cfg, p = self.cfg, self.progress
@@ -456,80 +273,14 @@ class Trainer:
                     self.pop_encoders[k][slot] = v[0]
 
     # ------------------------------------------------------------------ evaluation and logging
-    def log_generation(self, fitness: np.ndarray, copy_slot: int | None = None) -> None:
-        """Per-generation TensorBoard scalars (metrics.csv holds one row per evaluation): the MARL team's training
-        return, the population's whole fitness vector, and the fitness of the slot holding last generation's
-        MARL copy (`copy_slot`)."""
-        p = self.progress
-        values = {"train_return": p.train_returns[-1]} if p.train_returns else {}
-        if p.train_wins:
-            values["train_win_rate"] = p.train_wins[-1]
-        if len(fitness):
-            values.update(fitness_max=float(fitness.max()), fitness_mean=float(fitness.mean()),
-                          fitness_min=float(fitness.min()))
-            values.update({f"fitness/team_{j}": float(f) for j, f in enumerate(fitness)})
-            if copy_slot is not None:  # the MARL team injected last generation played unchanged: a noise-free curve
-                values["fitness_marl_copy"] = float(fitness[copy_slot])
-        if p.last_injected is not None:
-            values["injected_slot"] = p.last_injected
-        self.logger.scalars(values, p.env_steps, prefix="generation/")
-
     def evaluate_team(self, heads: torch.Tensor, encoders: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Greedy returns (and, on discrete tasks, battle_won flags) of one team over `eval_episodes`
         episodes with fixed seeds per evaluation."""
-        if self.discrete:
-            n = self.eval_envs.batch_size
-            rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.env_steps, row]) for row in range(n)]
-            stats = run_discrete_episodes(self.eval_envs, self.actor, heads[None].expand(n, *heads.shape), rngs,
-                                          greedy=np.ones(n, bool))
-            return stats.returns, stats.won.astype(float)
-        stats = self._eval_episodes(heads, encoders)
-        return stats.returns, None
-
-    def _eval_episodes(self, heads: torch.Tensor, encoders: dict | None = None, record: bool = False):
-        rng = np.random.default_rng([self.cfg.seed, 2, self.progress.env_steps])  # same episodes at a step, however reached
-        n = len(self.eval_envs)
-        tiled_enc = None if encoders is None else {k: v.expand(n, *v.shape[1:]) for k, v in encoders.items()}
-        return run_episodes(self.eval_envs, self.team_policy(heads[None].expand(n, *heads.shape), tiled_enc), rng,
-                            record=record)
+        return self.family.evaluate_team(self, heads, encoders)
 
     def evaluate_marl(self, row: dict) -> tuple[np.ndarray, np.ndarray | None]:
-        """The MARL team's greedy episodes; on continuous tasks also its critic's bias on them (`q_bias_marl` =
-        mean Q_1(s_t, pi(s_t)) - discounted Monte Carlo return, see `rollout.critic_bias`)."""
-        heads = self.actor.marl_heads.detach()
-        if self.discrete:
-            return self._evaluate_marl_discrete(heads, row)
-        stats = self._eval_episodes(heads, record=True)
-        q_values = []
-        with torch.no_grad():
-            for ep in stats.episodes:
-                obs = torch.from_numpy(ep["obs"]).transpose(0, 1)  # [N, T, max_obs]
-                q_values.append(self.actor.actor_values(self.actor.critic, obs, torch.from_numpy(ep["state"]),
-                                                        torch.from_numpy(ep["action"])).numpy())
-        bias = critic_bias(stats.episodes, q_values, self.cfg.learner.gamma)
-        row.update(q_marl=bias["q"], mc_return_marl=bias["mc"], q_bias_marl=bias["bias"])
-        return stats.returns, None
-
-    def _evaluate_marl_discrete(self, heads: torch.Tensor, row: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Discrete tasks: the MARL team's greedy episodes (as `evaluate_team`) and its mixed critic's bias
-        Q_tot(s_t, u_t) - discounted return on them."""
-        n = self.eval_envs.batch_size
-        rngs = [np.random.default_rng([self.cfg.seed, 2, self.progress.env_steps, r]) for r in range(n)]  # as evaluate_team
-        learner = self.actor
-        episodes = EpisodeBuffer(n, self.spec.episode_limit, self.spec.n_agents, learner.obs_dim, self.spec.state_dim,
-                                 learner.n_actions)
-        stats = run_discrete_episodes(self.eval_envs, learner, heads[None].expand(n, *heads.shape), rngs,
-                                      greedy=np.ones(n, bool), buffer=episodes)
-        batch = episodes.batch(torch.arange(n))
-        t = batch.reward.shape[1]
-        with torch.no_grad():
-            q = learner.critic(batch.obs[:, :t], F.one_hot(batch.actions, learner.n_actions).float(), batch.state[:, :t])
-        lengths = batch.mask.sum(1).long().tolist()
-        eps = [{"reward": batch.reward[b, :n_b].numpy(), "terminated": batch.terminated[b, :n_b].numpy()}
-               for b, n_b in enumerate(lengths)]
-        bias = critic_bias(eps, [q[b, :n_b].numpy() for b, n_b in enumerate(lengths)], self.cfg.discrete.gamma)
-        row.update(q_marl=bias["q"], mc_return_marl=bias["mc"], q_bias_marl=bias["bias"])
-        return stats.returns, stats.won.astype(float)
+        """The MARL team's greedy episodes, and its critic's bias on them in `row` (`q_bias_marl`)."""
+        return self.family.evaluate_marl(self, row)
 
     def evaluate_champion(self) -> tuple[np.ndarray, np.ndarray | None] | None:
         """The champion's evaluation episodes, played now (with the encoders of this moment)."""
@@ -584,7 +335,7 @@ class Trainer:
         interval_start = (self.elapsed(), p.env_steps)
         bar = _progress_bar(cfg, p.env_steps)
         last_row = p.rows[-1] if p.rows else None
-        self._stop = _Interrupts()
+        self._stop = Interrupts()
         try:
             with self._stop:
                 while p.env_steps < cfg.total_steps or p.pending_fitness is not None:
@@ -627,64 +378,15 @@ class Trainer:
             self.close()
         return self.summary()
 
-    def _set_pending(self, fitness: np.ndarray, champion: tuple | None) -> None:
-        """Record in the progress what the rest of this generation needs after its updates (its fitness, the
-        champion's evaluation, the evolution report), so a checkpoint written between two updates resumes it."""
-        p = self.progress
-        p.pending_fitness = [float(f) for f in fitness]
-        p.pending_champion = None if champion is None else {
-            "returns": [float(r) for r in champion[0]],
-            "wins": None if champion[1] is None else [float(w) for w in champion[1]]}
-        p.pending_report = None
-        if self.cfg.race.evolve_before_learning and self._report is not None and len(fitness):
-            p.pending_report = _report_state(self._report)
-
-    def _restore_pending(self) -> tuple[np.ndarray, tuple | None, int]:
-        p = self.progress
-        champion = None
-        if p.pending_champion is not None:
-            wins = p.pending_champion["wins"]
-            champion = (np.array(p.pending_champion["returns"]), None if wins is None else np.array(wins))
-        if p.pending_report is not None:
-            self._report = _report_from_state(p.pending_report)
-        return np.array(p.pending_fitness), champion, 0
-
     def _batch_size(self) -> int:
-        return self.cfg.discrete.batch_episodes if self.discrete else self.cfg.learner.batch_size
-
-    def _checkpoint_due(self) -> bool:
-        """Whether `maybe_checkpoint` would write a checkpoint now (host-side clocks and flags only)."""
-        minutes = self.cfg.checkpoint_minutes
-        stop = self._stop.signal if self._stop is not None else None
-        due = stop is not None or (minutes > 0 and time.monotonic() - self._last_save >= 60.0 * minutes)
-        return due and self._saved_key != self._state_key()
-
-    def maybe_checkpoint(self) -> None:
-        """Write a checkpoint when the wall-clock interval has passed or a stop signal came; after a
-        signal, stop the run (`TrainingInterrupted`)."""
-        stop = self._stop.signal if self._stop is not None else None
-        if self._checkpoint_due():
-            self.save()
-        if stop is not None:
-            path = self.run_dir / "checkpoints" / LATEST
-            raise TrainingInterrupted(
-                f"stopped by {stop} at {self.progress.env_steps} env steps; checkpoint written to {path}; "
-                f"continue with `racemarl train --resume {self.run_dir}`", stop, self.run_dir)
+        return self.family.batch_size()
 
     def close(self) -> None:
-        """Stop the rollout workers, close the logger and the evaluation envs (idempotent)."""
+        """Stop the rollout workers, close the envs and the logger (idempotent)."""
         try:
-            if self.workers is not None:
-                self.workers.close()
+            self.family.close()
         finally:
             self.logger.close()
-            if self.discrete:
-                self.envs.close()
-                self.eval_envs.close()
-            else:
-                for env in self.eval_envs:
-                    env.close()
-                self.eval_envs = []
 
     def __enter__(self) -> Self:
         return self
@@ -692,196 +394,18 @@ class Trainer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def summary(self) -> dict:
-        p = self.progress
-        evals = [r["eval_return"] for r in p.rows]
-        wins = [r["eval_win_rate"] for r in p.rows if r.get("eval_win_rate") is not None]
-        wall = self.elapsed()
-        summary = {
-            "task": self.cfg.env.task, "algo": self.cfg.algo, "seed": self.cfg.seed,
-            "final_eval_return": evals[-1] if evals else None,
-            "best_eval_return": max(evals) if evals else None,
-            "total_env_steps": p.env_steps, "updates": p.updates, "generations": p.generation,
-            "wall_time": wall, "mean_sps": p.env_steps / wall if wall > 0 else None,
-        }
-        if wins:  # discrete tasks
-            summary.update(final_eval_win_rate=wins[-1], best_eval_win_rate=max(wins))
-        write_summary(self.run_dir, summary)
-        return summary
-
     # ------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict:
-        p = self.progress
-        learner_state = self.learner.full_state()
-        if self.learner.generator is not self.torch_gen:  # a generator on the training device
-            learner_state["generator"] = {"device": self.device.type, "state": self.learner.generator.get_state()}
-        return cpu_tree({  # CPU tensors only: a checkpoint resumes and evaluates on any device
-            "config": to_dict(self.cfg),
-            "progress": {**vars(p), "wall_time": self.elapsed(), "loss_sums": self._loss_values(p.loss_sums)},
-            "learner": learner_state,
-            "population": self.population,
-            "best_heads": self.best_heads,
-            "pop_encoders": self.pop_encoders,
-            "best_encoders": self.best_encoders,
-            "buffer": self.buffer.state_dict(),
-            "rng": {  # the rollouts' streams follow from (seed, generation, slot): nothing to save
-                "evolution": ckpt.numpy_rng_state(self.evo_rng),
-                "torch_gen": self.torch_gen.get_state(),
-                "global": ckpt.global_rng_state(),
-            },
-        })
-
-    def save(self) -> None:
-        self.logger.flush()  # the events up to the checkpoint are on disk before it (a resume keeps them)
-        ckpt.save_atomic(self._state(), self.run_dir / "checkpoints" / LATEST)
-        self._last_save, self._saved_key = time.monotonic(), self._state_key()
-
-    def _state_key(self) -> tuple:
-        p = self.progress
-        return p.env_steps, p.updates, p.evals, p.pending_fitness is None
-
-    def _check_paths(self, resume: bool) -> None:
-        """The run folder, before anything is built or written: a new run needs a new, empty or
-        never-checkpointed folder of this run; a resume needs a run with a checkpoint."""
-        from racemarl.runs import RunDirError, check_new_run_dir, check_output_dir
-
-        try:
-            if not resume:
-                check_new_run_dir(self.run_dir, self.cfg.validate())
-                return
-            check_output_dir(self.run_dir, "--resume")
-        except (RunDirError, ckpt.CheckpointError) as e:
-            raise RunError(str(e)) from None
-        if not (self.run_dir / "checkpoints" / LATEST).is_file():
-            raise RunError(f"no checkpoint to resume from at {self.run_dir / 'checkpoints' / LATEST}")
-        ckpt.clean_temp_files(self.run_dir / "checkpoints")
-
-    def _load(self, path: Path) -> None:
-        if not path.exists():
-            raise RunError(f"no checkpoint to resume from at {path}")
-        try:
-            sd = ckpt.load(path)
-        except ckpt.CheckpointError as e:
-            raise RunError(str(e)) from None
-        missing = [k for k in ("config", "progress", "learner", "buffer", "rng") if k not in sd]
-        if missing:
-            raise RunError(f"{path} is not a racemarl training checkpoint (no {', '.join(missing)})")
-        try:
-            saved = from_dict(sd["config"])
-        except (ConfigError, TypeError, AttributeError) as e:
-            raise RunError(f"{path} holds an invalid config ({e})") from None
-        if saved.env.task != self.cfg.env.task or saved.algo != self.cfg.algo:
-            raise RunError(f"checkpoint {path} is for {saved.algo} on {saved.env.task}, not {self.cfg.algo} on {self.cfg.env.task}")
-        self.progress = Progress(**sd["progress"])
-        self.learner.load_full_state(sd["learner"])
-        self._load_learner_generator(sd["learner"].get("generator"))
-        self.population = sd["population"]
-        self.best_heads = sd["best_heads"]
-        self.pop_encoders, self.best_encoders = sd["pop_encoders"], sd["best_encoders"]
-        self.buffer.load_state_dict(sd["buffer"])
-        ckpt.set_numpy_rng_state(self.evo_rng, sd["rng"]["evolution"])
-        self.torch_gen.set_state(sd["rng"]["torch_gen"])
-        ckpt.set_global_rng_state(sd["rng"]["global"])
-        self.sync_actor()
-
-    def _load_learner_generator(self, saved: dict | None) -> None:
-        """The learner's random draws (target smoothing, team draws, Gumbel noise). A CPU run draws them from
-        `torch_gen` (restored with the other generators); a GPU run from a generator on the device, saved as
-        `learner.generator`. Restored when the checkpoint was made the same way on the same kind of device; else
-        they continue from a fresh stream (seeded from seed and updates), with a warning: resume is exact on the
-        same kind of device, and continues correctly, with other random draws, across devices."""
-        gen = self.learner.generator
-        if gen is self.torch_gen:
-            if saved is not None:
-                log.warning("resuming on the CPU a run checkpointed on %s: the learner's random draws continue from "
-                            "a fresh stream", saved["device"])
-            return
-        if saved is not None and saved["device"] == self.device.type:
-            gen.set_state(saved["state"])
-            return
-        gen.manual_seed(int(np.random.default_rng([self.cfg.seed, 4, self.progress.updates]).integers(2**62)))
-        log.warning("resuming on %s a run checkpointed on %s: the learner's random draws continue from a fresh "
-                    "stream", self.device.type, "cpu" if saved is None else saved["device"])
 
 
-DISCRETE_FAMILIES = ("smax", "smac")
 
 
-def _check_algo(cfg: Config, discrete: bool) -> None:
-    if discrete and cfg.algo == "matd3":
-        raise RunError(f"{cfg.env.task} is a discrete task: MATD3 is for continuous tasks; use --algo facmac "
-                       "(or race, whose discrete learner is built on FACMAC)")
-    if discrete and cfg.rollout.backend != "inline":
-        raise RunError(f"rollout.backend={cfg.rollout.backend}: on discrete tasks all teams already step together in "
-                       "one batched environment in the driver process; use the inline backend")
-    if discrete and cfg.algo == "merl":
-        raise RunError(f"{cfg.env.task} is a discrete task: MERL is implemented for continuous tasks (its MATD3 "
-                       "version, as in the RACE paper's MA-MuJoCo figures)")
-    if discrete and cfg.uses_population and not cfg.race.shared_encoder:
-        raise RunError("race.shared_encoder=false (each team its own encoders) is implemented for continuous "
-                       "tasks only")
 
 
-class _Interrupts:
-    """While training: SIGINT/SIGTERM set a flag that the loop checks between updates and generations
-    (it then writes a checkpoint and stops); a second signal stops at once (KeyboardInterrupt). The
-    handlers are installed even where SIGINT was ignored (a run started with `nohup ... &`): a SIGINT
-    sent to it on purpose, e.g. forwarded by `racemarl sweep`, then stops it with a checkpoint."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._previous: dict = {}
-
-    def _handle(self, signum, _frame) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        print(f"\nracemarl: {self.signal}: finishing the current update, then writing a checkpoint "
-              f"(send it again to stop at once)", file=sys.stderr, flush=True)
-
-    def __enter__(self) -> Self:
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.getsignal(sig)
-                signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
 
 
-def _report_state(report) -> dict:
-    """An evolution report as checkpoint-safe values: arrays as tensors, tuples as lists, plain ints."""
-    import dataclasses
-
-    out = {}
-    for f in dataclasses.fields(report):
-        v = getattr(report, f.name)
-        if isinstance(v, np.ndarray):
-            out[f.name] = torch.from_numpy(v.copy())
-        elif isinstance(v, (list, tuple)):
-            out[f.name] = [[int(y) for y in x] if isinstance(x, (list, tuple)) else int(x) for x in v]
-        else:
-            out[f.name] = None if v is None else int(v)
-    return out
 
 
-def _report_from_state(state: dict):
-    from racemarl.evolution import GenerationReport
 
-    values = {}
-    for k, v in state.items():
-        if isinstance(v, torch.Tensor):
-            values[k] = v.numpy()
-        elif isinstance(v, list):
-            values[k] = [tuple(x) if isinstance(x, list) else x for x in v]
-        else:
-            values[k] = v
-    return GenerationReport(**values)
 
 
 def _eval_postfix(row: dict | None) -> dict:
@@ -892,14 +416,6 @@ def _eval_postfix(row: dict | None) -> dict:
     if row.get("eval_win_rate") is not None and not math.isnan(row["eval_win_rate"]):
         out["win"] = f"{row['eval_win_rate']:.2f}"
     return out
-
-
-def _learner_class(cfg: Config, discrete: bool) -> type:
-    if discrete:
-        return RaceDiscreteLearner if cfg.uses_representation_losses else FACMAC
-    if cfg.algo == "facmac":
-        return FacmacContinuous
-    return RaceLearner if cfg.uses_representation_losses else MATD3
 
 
 def _progress_bar(cfg: Config, initial: int):

@@ -19,17 +19,17 @@ import numpy as np
 import pytest
 import torch
 
-from racemarl import checkpoint as ckpt
-from racemarl.buffer import ReplayBuffer
+from racemarl.records import checkpoint as ckpt
+from racemarl.data.buffer import ReplayBuffer
 from racemarl.config import ConfigError, build_config
 from racemarl.device import DeviceError, cpu_tree, resolve_device
 from racemarl.envs.base import EnvSpec
-from racemarl.episode_buffer import EpisodeBuffer
-from racemarl.marl.facmac import FACMAC, FacmacContinuous
-from racemarl.marl.matd3 import MATD3
+from racemarl.data.episode_buffer import EpisodeBuffer
+from racemarl.algorithms.facmac import FACMAC, FacmacContinuous
+from racemarl.algorithms.matd3 import MATD3
 from racemarl.nets.policy import init_heads
-from racemarl.race import RaceLearner
-from racemarl.race_discrete import RaceDiscreteLearner
+from racemarl.algorithms.race import RaceLearner
+from racemarl.algorithms.race_discrete import RaceDiscreteLearner
 from racemarl.train import Trainer
 from tests.conftest import tiny_config
 
@@ -225,7 +225,7 @@ def test_acting_copy_run_trains_and_resumes_exactly(tmp_path, acting_copy, algo)
 
 
 def test_acting_copy_checkpoint_resumes_and_evaluates_as_a_plain_run(tmp_path, monkeypatch, caplog):
-    from racemarl.evaluate import evaluate_run
+    from racemarl.experiment.evaluate import evaluate_run
 
     with monkeypatch.context() as m:
         m.setattr(Trainer, "_uses_acting_copy", lambda self: True)
@@ -265,7 +265,7 @@ def test_checkpoints_hold_cpu_tensors_and_load_with_map_location(tmp_path, monke
     cfg = tiny_config("race", total_steps=40)
     with Trainer(cfg, tmp_path / "run") as trainer:
         calls = []
-        monkeypatch.setattr("racemarl.train.cpu_tree", lambda obj: calls.append(1) or cpu_tree(obj))
+        monkeypatch.setattr("racemarl.records.run_state.cpu_tree", lambda obj: calls.append(1) or cpu_tree(obj))
         state = trainer._state()
     assert calls, "checkpoint state not passed through cpu_tree"
 

@@ -14,8 +14,8 @@ from racemarl.config import build_config
 from racemarl.envs.base import EnvSpec
 from racemarl.envs.batch import ListBatch, make_env_batch
 from racemarl.envs.smac import SMAC_MAPS, SmacEnv
-from racemarl.episode_buffer import EpisodeBatch, EpisodeBuffer
-from racemarl.marl.facmac import (
+from racemarl.data.episode_buffer import EpisodeBatch, EpisodeBuffer
+from racemarl.algorithms.facmac import (
     FACMAC,
     gumbel_straight_through,
     masked_logits,
@@ -24,8 +24,8 @@ from racemarl.marl.facmac import (
 )
 from racemarl.nets.mixer import MixedCritic, QMixer
 from racemarl.nets.recurrent import RecurrentEncoders
-from racemarl.race_discrete import RaceDiscreteLearner
-from racemarl.rollout_discrete import run_discrete_episodes, sample_actions
+from racemarl.algorithms.race_discrete import RaceDiscreteLearner
+from racemarl.acting.rollout_discrete import run_discrete_episodes, sample_actions
 from racemarl.train import RunError, Trainer
 from tests.fakes import FakeStarCraft2Env
 
@@ -218,7 +218,7 @@ def test_race_discrete_gradients_reach_only_their_targets(fake_smac):
     assert all(p.grad is not None for p in learner.pevfa.critic.parameters())
     assert learner.marl_heads.grad is None and all(p.grad is None for p in learner.encoders.parameters())
     learner.zero_grad(set_to_none=True)
-    from racemarl.marl.matd3 import frozen
+    from racemarl.algorithms.matd3 import frozen
 
     with frozen(learner.critic_modules()):
         losses = learner.extra_encoder_losses(batch, learner.unroll(batch), population)
@@ -338,7 +338,7 @@ def test_smax_env_batch_matches_single_envs():
 
 
 def test_facmac_continuous_tiny_run(tmp_path):
-    from racemarl.marl.facmac import FacmacContinuous
+    from racemarl.algorithms.facmac import FacmacContinuous
     from tests.conftest import tiny_config
 
     cfg = tiny_config("facmac", extra=["env.task=mamujoco/HalfCheetah-2x3"])

@@ -107,7 +107,7 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.parametrize("flag", ["--out", "--video"])
 def test_eval_checks_its_outputs_before_playing(tiny_run, place, capsys, monkeypatch, flag):
-    import racemarl.evaluate as ev
+    import racemarl.experiment.evaluate as ev
 
     def no_work(*a, **k):
         raise AssertionError("episodes were played before the output was checked")

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from racemarl.cli import main
-from racemarl.evaluate import GL_BACKENDS, _probe_gl, evaluate_run
-from racemarl.metrics import read_metrics
+from racemarl.experiment.evaluate import GL_BACKENDS, _probe_gl, evaluate_run
+from racemarl.records.metrics import read_metrics
 from racemarl.train import train
 from tests.conftest import tiny_config
 

@@ -1,4 +1,4 @@
-"""Tests for racemarl.evolution: elitism, agent/row crossover, mutation, MARL injection, tournaments."""
+"""Tests for racemarl.algorithms.evolution: elitism, agent/row crossover, mutation, MARL injection, tournaments."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from racemarl.config import RaceConfig
-from racemarl.evolution import (
+from racemarl.algorithms.evolution import (
     agent_crossover,
     evolve,
     inject,
@@ -330,7 +330,7 @@ def test_tournament_returns_fittest_contender():
 
 
 def test_merl_encoder_mutation_touches_only_mutated_agents_real_weights():
-    from racemarl.evolution import mutate_encoders
+    from racemarl.algorithms.evolution import mutate_encoders
     from racemarl.nets.policy import AgentEncoders
 
     obs_dims = (3, 5)

@@ -77,7 +77,7 @@ def test_update_on_cuda_matches_the_cpu(name):
 
 
 def test_train_on_cuda_resume_and_evaluate_on_cpu(tmp_path):
-    from racemarl.evaluate import evaluate_run
+    from racemarl.experiment.evaluate import evaluate_run
     from racemarl.train import Trainer
 
     run = tmp_path / "r"

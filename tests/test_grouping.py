@@ -6,9 +6,9 @@ import pytest
 
 from racemarl.cli import main
 from racemarl.config import save_yaml
-from racemarl.runs import load_runs
-from racemarl.stats import bootstrap_ci, interval, probability_of_improvement
-from racemarl.sweep import Sweep, SweepSpec
+from racemarl.records.runs import load_runs
+from racemarl.experiment.stats import bootstrap_ci, interval, probability_of_improvement
+from racemarl.experiment.sweep import Sweep, SweepSpec
 from tests.conftest import tiny_config
 from tests.test_plot import write_fake_run
 
@@ -82,7 +82,7 @@ def test_sweep_with_the_same_sets_in_another_order_is_accepted(tmp_path):
     first.out.mkdir(parents=True, exist_ok=True)
     first._check_folder_config()
     Sweep(spec(["learner.lr_actor=0.001", "learner.batch_size=16"]), tmp_path)._check_folder_config()
-    from racemarl.runs import RunDirError
+    from racemarl.records.runs import RunDirError
 
     with pytest.raises(RunDirError, match="other settings"):
         Sweep(spec(["learner.batch_size=32", "learner.lr_actor=1e-3"]), tmp_path)._check_folder_config()

@@ -1,5 +1,5 @@
 """A tiny run must learn something measurable, not just finish."""
-from racemarl.metrics import read_metrics
+from racemarl.records.metrics import read_metrics
 from racemarl.train import train
 from tests.conftest import tiny_config
 

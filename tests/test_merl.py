@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from racemarl.cli import main
-from racemarl.metrics import read_metrics
+from racemarl.records.metrics import read_metrics
 from racemarl.train import Trainer
 from tests.conftest import TINY, tiny_config
 

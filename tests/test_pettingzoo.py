@@ -23,7 +23,7 @@ from racemarl.envs import (  # noqa: E402
 )
 from racemarl.envs.byo import MPE_TASKS  # noqa: E402
 from racemarl.envs.conformance import check_env_conformance  # noqa: E402
-from racemarl.metrics import read_metrics  # noqa: E402
+from racemarl.records.metrics import read_metrics  # noqa: E402
 from racemarl.train import train  # noqa: E402
 from tests import user_env  # noqa: E402
 from tests.conftest import TINY, tiny_config  # noqa: E402

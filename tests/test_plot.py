@@ -7,9 +7,9 @@ import pytest
 
 from racemarl.cli import main
 from racemarl.config import save_yaml
-from racemarl.metrics import COLUMNS
-from racemarl.plot import confidence_band, learning_curves, moving_average, t_quantile
-from racemarl.runs import RunDirError, find_run_dirs, load_runs
+from racemarl.records.metrics import COLUMNS
+from racemarl.experiment.plot import confidence_band, learning_curves, moving_average, t_quantile
+from racemarl.records.runs import RunDirError, find_run_dirs, load_runs
 from tests.conftest import tiny_config
 
 T975 = {1: 12.706, 2: 4.303, 4: 2.776, 9: 2.262, 29: 2.045}

@@ -9,8 +9,8 @@ from racemarl.cli import main
 from racemarl.config import ConfigError, build_config, load_yaml
 from racemarl.envs import UnknownTaskError, parse_task
 from racemarl.envs.smax import SMAX_UNBUILDABLE_PAPER_MAPS, parse_unit_mix
-from racemarl.presets import GRIDS, PAPER_DIR, paper_grid
-from racemarl.sweep import SweepSpec
+from racemarl.experiment.presets import GRIDS, PAPER_DIR, paper_grid
+from racemarl.experiment.sweep import SweepSpec
 from tests.conftest import TINY
 
 PAPER_TASKS = {  # shared/spec/paper-results.md: Figure 2 (MA-MuJoCo) and the Figure 3 maps SMAX can build

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from racemarl.evolution import evolve, follow_sources
-from racemarl.metrics import read_metrics
+from racemarl.algorithms.evolution import evolve, follow_sources
+from racemarl.records.metrics import read_metrics
 from racemarl.train import Trainer
 from tests.conftest import tiny_config
 

@@ -6,7 +6,7 @@ import torch
 
 from racemarl.config import LEGACY_DEFAULTS, Config, from_dict, to_dict
 from racemarl.nets.critics import PeVFA, TwinCritic
-from racemarl.rollout import critic_bias
+from racemarl.acting.rollout import critic_bias
 from racemarl.train import Trainer
 from tests.conftest import tiny_config
 from tests.test_discrete import fake_smac  # noqa: F401 - fixture
@@ -234,9 +234,9 @@ def test_saved_configs_without_the_new_keys_load_with_the_old_behaviour():
 
 def test_discrete_vmm_is_summed_over_each_episodes_steps(fake_smac):
     """At the same beta, the summed VMM term is the per-step mean times the batch's mean episode length."""
-    from racemarl.episode_buffer import EpisodeBuffer
-    from racemarl.race_discrete import RaceDiscreteLearner
-    from racemarl.rollout_discrete import run_discrete_episodes
+    from racemarl.data.episode_buffer import EpisodeBuffer
+    from racemarl.algorithms.race_discrete import RaceDiscreteLearner
+    from racemarl.acting.rollout_discrete import run_discrete_episodes
     from tests.test_discrete import discrete_config, fake_batch
 
     losses = {}

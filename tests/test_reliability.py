@@ -6,9 +6,9 @@ import signal
 import pytest
 import torch
 
-from racemarl import checkpoint as ckpt
+from racemarl.records import checkpoint as ckpt
 from racemarl.cli import main
-from racemarl.metrics import WALL_CLOCK_COLUMNS, read_metrics
+from racemarl.records.metrics import WALL_CLOCK_COLUMNS, read_metrics
 from racemarl.train import RunError, Trainer, TrainingInterrupted, _eval_postfix, train
 from tests.conftest import tiny_config
 
@@ -196,8 +196,9 @@ def test_an_evolution_report_survives_a_checkpoint(tmp_path):
     """Every field of the report (the slots, parents, sources, mutated heads) comes back from a saved checkpoint."""
     import numpy as np
 
-    from racemarl.evolution import GenerationReport
-    from racemarl.train import _report_from_state, _report_state
+    from racemarl.algorithms.evolution import GenerationReport
+    from racemarl.records.run_state import report_from_state as _report_from_state
+    from racemarl.records.run_state import report_state as _report_state
 
     report = GenerationReport(elites=[np.int64(2)], parents=[(0, 1), (3, 2)], children=[1, 4],
                               sources=np.arange(6).reshape(3, 2), protected=[2], selected=[0, 3],

@@ -8,10 +8,10 @@ import pytest
 
 from racemarl.cli import main
 from racemarl.envs import list_tasks, make_env
-from racemarl.metrics import read_metrics
-from racemarl.tracking import TrackingError, make_trackers
-from racemarl.report import mean_se
-from racemarl.runs import load_runs
+from racemarl.records.metrics import read_metrics
+from racemarl.records.tracking import TrackingError, make_trackers
+from racemarl.experiment.report import mean_se
+from racemarl.records.runs import load_runs
 from racemarl.train import train
 from tests.conftest import tiny_config
 from tests.test_plot import write_fake_run
@@ -164,8 +164,8 @@ def test_wandb_logging_offline(tmp_path, monkeypatch):
 
 
 def test_table_max_steps_uses_only_evaluations_within_the_budget(tmp_path):
-    from racemarl.report import results_table
-    from racemarl.runs import load_runs
+    from racemarl.experiment.report import results_table
+    from racemarl.records.runs import load_runs
     from racemarl.train import train
     from tests.conftest import tiny_config
 

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from racemarl import checkpoint as ckpt
-from racemarl.metrics import COLUMNS, WALL_CLOCK_COLUMNS, read_metrics
+from racemarl.records import checkpoint as ckpt
+from racemarl.records.metrics import COLUMNS, WALL_CLOCK_COLUMNS, read_metrics
 from racemarl.train import RunError, Trainer, train
 from tests.conftest import tiny_config
 
@@ -92,7 +92,7 @@ def test_checkpoint_survives_a_kill_during_save(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
-    from racemarl.buffer import ReplayBuffer
+    from racemarl.data.buffer import ReplayBuffer
 
     original = ReplayBuffer.sample
     calls = {"n": 0}

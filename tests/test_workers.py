@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from racemarl import checkpoint as ckpt
+from racemarl.records import checkpoint as ckpt
 from racemarl.config import ConfigError
-from racemarl.metrics import WALL_CLOCK_COLUMNS, read_metrics
-from racemarl.rollout import EnvRunner, GenerationPlan, RunnerSetup
+from racemarl.records.metrics import WALL_CLOCK_COLUMNS, read_metrics
+from racemarl.acting.rollout import EnvRunner, GenerationPlan, RunnerSetup
 from racemarl.train import RunError, Trainer
-from racemarl.workers import ProcessWorkers, RayWorkers, assign_slots
+from racemarl.acting.process_workers import ProcessWorkers
+from racemarl.acting.ray_workers import RayWorkers
+from racemarl.acting.workers import assign_slots
 from tests.conftest import tiny_config
 
 STEPS = 320  # 4 generations of 4 slots (MARL team + 3 population teams) x 20 steps
@@ -105,8 +107,8 @@ def test_an_episode_does_not_depend_on_the_slots_beside_it():
 def test_slot_actor_is_the_learners_policy(shared):
     """The rollout actor computes what MATD3.act computes (up to float rounding), for shared and unshared encoders."""
     from racemarl.envs import make_env
-    from racemarl.marl.matd3 import MATD3
-    from racemarl.rollout import SlotActor
+    from racemarl.algorithms.matd3 import MATD3
+    from racemarl.acting.rollout import SlotActor
 
     cfg = tiny_config("race")
     spec = make_env(cfg.env.task, max_episode_steps=20).spec
@@ -149,7 +151,7 @@ def test_killed_worker_is_restarted_and_replayed(tmp_path, inline_run, monkeypat
 
     monkeypatch.setattr(ProcessWorkers, "_play", counting_play)
     monkeypatch.setattr(ProcessWorkers, "_dispatch", killing_dispatch)
-    with caplog.at_level(logging.WARNING, logger="racemarl.workers"):
+    with caplog.at_level(logging.WARNING, logger="racemarl.acting.workers"):
         trainer = _train(_config("process", 2), tmp_path)
     assert len(killed) == 2 and trainer.workers.restarts == 2
     warnings = [r.getMessage() for r in caplog.records]
@@ -270,7 +272,7 @@ def test_killed_ray_actor_is_restarted_and_replayed(tmp_path, inline_run, ray_lo
 
     monkeypatch.setattr(RayWorkers, "_play", counting_play)
     monkeypatch.setattr(RayWorkers, "_dispatch", killing_dispatch)
-    with caplog.at_level(logging.WARNING, logger="racemarl.workers"):
+    with caplog.at_level(logging.WARNING, logger="racemarl.acting.workers"):
         trainer = _train(_config("ray", 2), tmp_path)
     assert killed == [0] and trainer.workers.restarts == 1
     warnings = [r.getMessage() for r in caplog.records]

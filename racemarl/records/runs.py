@@ -1,4 +1,5 @@
 """Finding, loading and validating run directories (for eval, plot, table, export, info and sweep).
+Grouping runs into experiments is `experiment/grouping.py`; `racemarl info` is `experiment/info.py`.
 
 A run directory is what `racemarl train --out DIR` creates; it is recognised by its `config.yaml`
 and `metrics.csv`. This module only reads files: it imports neither torch nor the simulators.
@@ -115,7 +116,7 @@ def experiment_settings(cfg: Config) -> dict:
     """The config as flat dotted keys, without the settings that never change what is learned."""
     from racemarl.config import SESSION_KEYS, to_dict
 
-    flat = _flatten(to_dict(cfg))
+    flat = flatten(to_dict(cfg))
     return {k: v for k, v in flat.items()
             if k not in SESSION_KEYS and not k.startswith("rollout.") and k not in ("checkpoint_minutes", "device")}
 
@@ -286,194 +287,11 @@ def check_metric(runs: list[Run], metric: str) -> None:
         raise RunDirError(f"metric {metric!r} {why}; valid metrics: {', '.join(valid) or '(none: no evaluations yet)'}")
 
 
-# Settings that never change what a run learns or how it is measured; runs differing only in these (and
-# the seed) are samples of one experiment. Everything else that differs splits the runs into groups.
-GROUPING_IGNORES = ("seed", "total_steps", "eval_interval", "torch_threads", "checkpoint_minutes", "progress",
-                    "rollout.*", "logging.*")
-
-
-def grouping_settings(run: Run) -> dict:
-    """The settings that define a run's experiment (everything but GROUPING_IGNORES)."""
-    flat = _flatten(to_dict_config(run.config))
-    out = {}
-    for k, v in flat.items():
-        if k in GROUPING_IGNORES or any(k.startswith(g[:-1]) for g in GROUPING_IGNORES if g.endswith("*")):
-            continue
-        out[k] = tuple(v) if isinstance(v, list) else v
-    out["diverged"] = run.diverged
-    return out
-
-
-def to_dict_config(cfg: Config) -> dict:
-    from racemarl.config import to_dict
-
-    return to_dict(cfg)
-
-
-def _value_text(v) -> str:
-    if isinstance(v, tuple):
-        return "[" + ",".join(map(str, v)) + "]"
-    return str(v)
-
-
-@dataclass
-class Grouping:
-    """How runs were grouped: groups keyed (task, label); the settings that tell the groups apart."""
-
-    groups: dict[tuple[str, str], list[Run]]
-    differing: list[str]  # setting keys (besides task and algo) whose values differ between groups
-
-    def note(self) -> str:
-        n_runs = sum(len(v) for v in self.groups.values())
-        what = (f"groups differ in {', '.join(self.differing)}" if self.differing
-                else "the groups differ only in task and algo")
-        return (f"{n_runs} run(s) in {len(self.groups)} group(s): runs are pooled as seeds only when every setting "
-                f"but {', '.join(GROUPING_IGNORES)} is equal; {what}")
-
-
-def grouping(runs: list[Run]) -> Grouping:
-    """Runs grouped by task, algo and every other setting except GROUPING_IGNORES (members sorted by seed,
-    then path). A group's label is its algo, followed by the settings that differ between groups, and
-    '(diverged)' for runs that stopped on a non-finite loss."""
-    settings = {id(r): grouping_settings(r) for r in runs}
-    keys = sorted({k for s in settings.values() for k in s} - {"env.task", "algo", "diverged"})
-    differing = [k for k in keys if len({_value_text(s.get(k)) for s in settings.values()}) > 1]
-    groups: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        st = settings[id(run)]
-        parts = [run.algo] + [f"{k}={_value_text(st.get(k))}" for k in differing]
-        if run.diverged:
-            parts.append("(diverged)")
-        groups.setdefault((run.task, " ".join(parts)), []).append(run)
-    ordered = {k: sorted(v, key=lambda r: (r.seed, str(r.path))) for k, v in sorted(groups.items())}
-    return Grouping(ordered, differing)
-
-
-def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
-    """Runs grouped by (task, label), see `grouping`; the label is the algo when nothing else differs."""
-    return grouping(runs).groups
-
-
-def groups_without(runs: list[Run], metric: str) -> list[str]:
-    """'task label' of the groups none of whose runs has a value of `metric` (e.g. win rates on MaMuJoCo)."""
-    return [f"{task} {label}" for (task, label), members in group_runs(runs).items()
-            if not any(run.series(metric)[0] for run in members)]
-
-
-def duplicate_seeds(runs: list[Run]) -> list[str]:
-    """Warnings for seeds that occur in more than one run directory of the same group."""
-    out = []
-    for (task, label), members in group_runs(runs).items():
-        seen: dict[int, list[Path]] = {}
-        for run in members:
-            seen.setdefault(run.seed, []).append(run.path)
-        out += [f"{label} on {task} seed {seed} appears {len(ps)} times ({', '.join(map(str, ps))}); "
-                f"each counts as a separate sample" for seed, ps in seen.items() if len(ps) > 1]
-    return out
-
-
-# ---------------------------------------------------------------- racemarl info
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
     return out
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def run_info(path: str | Path) -> dict:
-    """What `racemarl info` shows, as a dict (JSON-ready)."""
-    from racemarl.config import Config, to_dict
-
-    run = load_run(path)
-    cfg = run.config
-    last = next((r for r in reversed(run.rows) if r.get("env_steps") is not None), None)
-    defaults = _flatten(to_dict(Config()))
-    skip = {"algo", "seed", "total_steps", "env.task", "progress", "eval_interval", "eval_episodes"}
-    overrides = {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in skip and defaults.get(k) != v}
-    ckpt_dir = run.path / "checkpoints"
-    checkpoints = {}
-    if ckpt_dir.is_dir():
-        checkpoints = {c.name: c.stat().st_size for c in sorted(ckpt_dir.glob("*.pt"))}
-    s = run.summary or {}
-    env_steps = s.get("total_env_steps", None if last is None else int(last["env_steps"]))
-    return {
-        "run_dir": str(run.path),
-        "task": run.task, "algo": run.algo, "seed": run.seed,
-        "total_steps": cfg.total_steps, "eval_interval": cfg.eval_interval, "eval_episodes": cfg.eval_episodes,
-        "overrides": overrides,
-        "env_steps": env_steps or 0,
-        "generation": s.get("generations", None if last is None else _int(last.get("generation"))),
-        "updates": s.get("updates", None if last is None else _int(last.get("updates"))),
-        "wall_time": s.get("wall_time", None if last is None else last.get("wall_time")),
-        "evaluations": sum(1 for r in run.rows if r.get("env_steps") is not None),
-        "last_metrics": {k: v for k, v in (last or {}).items() if v is not None},
-        "checkpoints": checkpoints,
-        "finished": run.finished,
-        "summary": run.summary,
-    }
-
-
-def _int(v: float | None) -> int | None:
-    return None if v is None else int(v)
-
-
-def format_info(info: dict) -> str:
-    total = info["total_steps"]
-    steps = info["env_steps"]
-    pct = 100.0 * steps / total if total else 0.0
-    lines = [
-        ("run", info["run_dir"]),
-        ("task", info["task"]),
-        ("algo", info["algo"]),
-        ("seed", str(info["seed"])),
-        ("budget", f"{total} env steps; evaluation every {info['eval_interval']} env steps, "
-                   f"{info['eval_episodes']} episode(s)"),
-        ("config", ", ".join(f"{k}={v}" for k, v in info["overrides"].items()) or "defaults"),
-        ("progress", f"{steps} / {total} env steps ({pct:.1f}%), generation {info['generation'] if info['generation'] is not None else '-'}, "
-                     f"updates {info['updates'] if info['updates'] is not None else '-'}, "
-                     f"wall time {_duration(info['wall_time'])}, {info['evaluations']} evaluation(s)"),
-    ]
-    m = info["last_metrics"]
-    if m:
-        lines.append(("last eval", ", ".join(f"{k}={_short(v)}" for k, v in m.items())))
-    else:
-        lines.append(("last eval", "none yet"))
-    ck = info["checkpoints"]
-    lines.append(("checkpoints", ", ".join(f"{k} ({_size(v)})" for k, v in ck.items()) or "none"))
-    if info["finished"]:
-        s = info["summary"] or {}
-        lines.append(("finished", f"yes: final eval return {_short(s.get('final_eval_return'))}, "
-                                  f"best {_short(s.get('best_eval_return'))}, mean {_short(s.get('mean_sps'))} env steps/s"))
-    else:
-        cont = f"racemarl train --resume {info['run_dir']}" if "latest.pt" in ck else "start it again (no checkpoint)"
-        lines.append(("finished", f"no (continue with: {cont})"))
-    width = max(len(k) for k, _ in lines)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
-
-
-def _short(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.4g}"
-    return str(v)

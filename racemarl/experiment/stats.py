@@ -16,7 +16,7 @@ import contextlib
 
 import numpy as np
 
-from racemarl.runs import RunDirError
+from racemarl.records.runs import RunDirError
 
 CI_METHODS = ("t", "bootstrap")
 BOOTSTRAP_RESAMPLES = 2000

@@ -23,9 +23,9 @@ from torch import nn
 
 from racemarl.config import Config
 from racemarl.envs.base import EnvSpec
-from racemarl.episode_buffer import EpisodeBatch
-from racemarl.marl.base import Learner
-from racemarl.marl.matd3 import MATD3, frozen, soft_update
+from racemarl.data.episode_buffer import EpisodeBatch
+from racemarl.algorithms.base import Learner
+from racemarl.algorithms.matd3 import MATD3, frozen, soft_update
 from racemarl.nets.mixer import MixedCritic
 from racemarl.nets.policy import init_heads
 from racemarl.nets.recurrent import RecurrentEncoders
@@ -42,6 +42,10 @@ def team_logits(z: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
 
     z `[..., N, h]` with one team's heads `[N, A, h+1]` -> `[..., N, A]`;
     with K teams' heads `[K, N, A, h+1]` (all on the same z) -> `[K, ..., N, A]`.
+
+    The same math as `nets.policy.heads_forward`, in the recurrent layout (agents after batch and time, not
+    first); kept apart because one function would need transposes and other kernels (baddbmm vs einsum),
+    whose float rounding would change the seeded results of both families.
     """
     w, b = heads[..., :-1], heads[..., -1]
     if heads.dim() == 3:

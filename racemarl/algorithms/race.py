@@ -16,10 +16,10 @@ import copy
 
 import torch
 
-from racemarl.buffer import Batch
+from racemarl.data.buffer import Batch
 from racemarl.config import Config
 from racemarl.envs.base import EnvSpec
-from racemarl.marl.matd3 import MATD3, section
+from racemarl.algorithms.matd3 import MATD3, section
 from racemarl.nets.critics import PeVFA, StateValue
 from racemarl.nets.mi import SeparableCritic, jsd_mi_per_sample, value_weights
 

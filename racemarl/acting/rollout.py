@@ -2,7 +2,7 @@
 
 `run_episodes` plays greedy evaluation episodes (one random stream for all envs); training generations are
 played slot by slot with one stream per slot (`EnvRunner`, `play_slots`), so that they can be split
-over rollout workers (`racemarl.workers`) without changing a single number.
+over rollout workers (`racemarl.acting.workers`) without changing a single number.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from racemarl.buffer import ReplayBuffer
+from racemarl.data.buffer import ReplayBuffer
 from racemarl.envs.base import EnvSpec, MultiAgentEnv
 from racemarl.nets.policy import ActionLayout, AgentEncoders, pad_obs
 

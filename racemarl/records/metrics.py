@@ -1,6 +1,6 @@
 """Run outputs: metrics.csv (one row per evaluation), TensorBoard events, summary.json.
 
-Every row also goes to the optional trackers of `racemarl.tracking` (W&B, MLflow) when switched on.
+Every row also goes to the optional trackers of `racemarl.records.tracking` (W&B, MLflow) when switched on.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from racemarl.config import LoggingConfig
-from racemarl.tracking import make_trackers
+from racemarl.records.tracking import make_trackers
 
 COLUMNS = [
     "env_steps", "generation", "updates", "wall_time", "sps",

@@ -1,6 +1,6 @@
 """RACE on discrete tasks: FACMAC plus the PeVFA, V_zeta and the encoder's VFM + beta * VMM loss.
 
-The same parts as the continuous learner (`racemarl.race`), on episode batches and the recurrent
+The same parts as the continuous learner (`racemarl.algorithms.race`), on episode batches and the recurrent
 encoder, with every loss averaged over real (unpadded) steps:
 - PeVFA Q_theta(s, o, u, W_j): FACMAC's per-agent critic and mixer, both conditioned on the policy
   embedding of team j's heads (agents' embeddings summed, as in the official code; heads detached).
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from racemarl.config import Config
 from racemarl.envs.base import EnvSpec
-from racemarl.episode_buffer import EpisodeBatch
-from racemarl.marl.facmac import (
+from racemarl.data.episode_buffer import EpisodeBatch
+from racemarl.algorithms.facmac import (
     FACMAC,
     gumbel_straight_through,
     masked_logits,
@@ -33,7 +33,7 @@ from racemarl.marl.facmac import (
 from racemarl.nets.critics import PolicyEmbedding, StateValue
 from racemarl.nets.mi import SeparableCritic, jsd_mi_per_sample, value_weights
 from racemarl.nets.mixer import MixedCritic
-from racemarl.race import RaceParts
+from racemarl.algorithms.race import RaceParts
 
 MI_SAMPLES = 256  # real steps per update in the MI bound (its cost is quadratic in this number)
 

@@ -2,7 +2,7 @@
 linear heads and of the shared per-agent encoders.
 
 The actors are built from the parts RACE uses (shared encoders + linear team heads), so RACE
-(`racemarl.race.RaceLearner`) is this learner plus extra losses supplied through two hooks:
+(`racemarl.algorithms.race.RaceLearner`) is this learner plus extra losses supplied through two hooks:
 `extra_critic_losses` (more value functions trained each update) and `extra_encoder_losses`
 (more terms in the encoder loss at each delayed actor update).
 """
@@ -17,10 +17,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from racemarl.buffer import Batch
+from racemarl.data.buffer import Batch
 from racemarl.config import Config
 from racemarl.envs.base import EnvSpec
-from racemarl.marl.base import Learner, NonFiniteLossError, section  # noqa: F401 (re-exported)
+from racemarl.algorithms.base import Learner, NonFiniteLossError, section  # noqa: F401 (re-exported)
 from racemarl.nets.critics import TwinCritic
 from racemarl.nets.policy import ActionLayout, AgentEncoders, heads_forward, init_heads
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from racemarl import stats as stats_mod
+from racemarl.experiment import stats as stats_mod
 
-from racemarl.runs import Run, RunDirError, check_metric, group_runs, grouping
+from racemarl.experiment.grouping import group_runs, grouping
+from racemarl.records.runs import Run, RunDirError, check_metric
 
 TABLE_FORMATS = ("md", "csv")
 

@@ -1,4 +1,5 @@
-"""The `racemarl` command line."""
+"""The commands of `racemarl`: one function per subcommand (`_train`, `_eval`, `_sweep`, ...), called by `main`
+with the parsed arguments. The parser and the error handling are in `racemarl/cli/__init__.py`."""
 from __future__ import annotations
 
 import argparse
@@ -6,16 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from racemarl.config import (
-    ALGOS,
-    ROLLOUT_BACKENDS,
-    ConfigError,
-    build_config,
-    from_dict,
-    load_yaml,
-)
-from racemarl.envs import MissingDependencyError, UnknownTaskError
-from racemarl.runs import RunDirError
+from racemarl.config import ConfigError, build_config, from_dict, load_yaml
+from racemarl.envs import MissingDependencyError
+from racemarl.records.runs import RunDirError
 
 
 def _rollout_flags(args: argparse.Namespace) -> dict:
@@ -31,7 +25,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
     episodes are played, and the session's own settings. Flags that repeat the run's settings are accepted;
     flags that would change them are refused, naming them."""
     from racemarl.config import apply_dict, apply_override
-    from racemarl.runs import experiment_settings, require_run_dir
+    from racemarl.records.runs import experiment_settings, require_run_dir
     from racemarl.train import RunError
 
     require_run_dir(run_dir)
@@ -74,7 +68,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
 
 
 def _config_file(path: str) -> Path:
-    from racemarl.runs import check_input_file
+    from racemarl.records.runs import check_input_file
 
     return check_input_file(path, "--config")
 
@@ -203,7 +197,7 @@ def _warn(lines: list[str]) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from racemarl.evaluate import evaluate_run
+    from racemarl.experiment.evaluate import evaluate_run
 
     r = evaluate_run(args.run_dir, checkpoint=args.checkpoint, episodes=args.episodes, team=args.team,
                      seed=args.seed, video=args.video, out=args.out)
@@ -218,11 +212,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from racemarl.sweep import Sweep, SweepSpec, parse_names, parse_seeds
+    from racemarl.experiment.sweep import Sweep, SweepSpec, parse_names, parse_seeds
 
     task_configs = {}
     if args.preset:
-        from racemarl.presets import paper_grid
+        from racemarl.experiment.presets import paper_grid
 
         if args.config:
             raise ConfigError("--preset gives every task its own preset; drop --config (use --set to change values)")
@@ -246,10 +240,11 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from racemarl.plot import learning_curves, plot_curves
-    from racemarl.runs import duplicate_seeds, grouping, load_runs
+    from racemarl.experiment.plot import learning_curves, plot_curves
+    from racemarl.experiment.grouping import duplicate_seeds, grouping
+    from racemarl.records.runs import load_runs
 
-    from racemarl.runs import check_output_file
+    from racemarl.records.runs import check_output_file
 
     check_output_file(args.out, "--out", (".png", ".pdf", ".svg"))
     runs = load_runs(args.dirs)
@@ -267,8 +262,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from racemarl.report import results_table
-    from racemarl.runs import check_output_file, duplicate_seeds, load_runs
+    from racemarl.experiment.report import results_table
+    from racemarl.experiment.grouping import duplicate_seeds
+    from racemarl.records.runs import check_output_file, load_runs
 
     if args.digits < 0:
         raise RunDirError(f"--digits must be >= 0, got {args.digits}")
@@ -289,7 +285,7 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _warn_without(runs, metric: str) -> None:
-    from racemarl.runs import groups_without
+    from racemarl.experiment.grouping import groups_without
 
     left_out = groups_without(runs, metric)
     if left_out:
@@ -298,8 +294,9 @@ def _warn_without(runs, metric: str) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from racemarl.report import export_marl_eval
-    from racemarl.runs import check_output_file, duplicate_seeds, load_runs
+    from racemarl.experiment.report import export_marl_eval
+    from racemarl.experiment.grouping import duplicate_seeds
+    from racemarl.records.runs import check_output_file, load_runs
 
     check_output_file(args.out)
     runs = load_runs(args.dirs)
@@ -313,13 +310,13 @@ def _export(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    from racemarl.runs import run_info
+    from racemarl.experiment.info import run_info
 
     info = run_info(args.run_dir)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    from racemarl.runs import format_info
+    from racemarl.experiment.info import format_info
 
     print(format_info(info))
     return 0
@@ -335,145 +332,3 @@ def _config(args: argparse.Namespace) -> int:
     cfg = build_config(args.config, args.set)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from racemarl import __version__
-
-    p = argparse.ArgumentParser(prog="racemarl", description="RACE: evolutionary MARL with shared encoders.")
-    p.add_argument("--version", action="version", version=f"racemarl {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a RACE / MATD3 / EA run")
-    t.add_argument("--task", help="e.g. mamujoco/HalfCheetah-6x1 (see `racemarl tasks`)")
-    t.add_argument("--algo", choices=ALGOS)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--total-steps", type=int, help="env steps of all teams together")
-    t.add_argument("--out", help="run directory to create")
-    t.add_argument("--config", help="YAML preset (see configs/)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, dotted keys for nested ones, e.g. learner.batch_size=128")
-    t.add_argument("--eval-interval", type=int)
-    t.add_argument("--eval-episodes", type=int)
-    t.add_argument("--backend", choices=ROLLOUT_BACKENDS,
-                   help="where the training episodes are played: inline (in this process, default), process "
-                        "(local worker processes), ray (Ray actors); never changes what is learned")
-    t.add_argument("--workers", type=int, metavar="N",
-                   help="rollout workers for --backend process or ray (default: one per CPU core)")
-    t.add_argument("--ray-address", metavar="HOST:PORT",
-                   help="join this Ray cluster (implies --backend ray); default: a local Ray instance")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--device", help="where the learner and the replay buffer live: auto (default: CUDA when available), "
-                                    "cpu, cuda, cuda:N; may change on --resume")
-    t.set_defaults(func=_train)
-
-    c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- --set) as YAML")
-    c.add_argument("--config", help="YAML preset")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    c.set_defaults(func=_config)
-
-    k = sub.add_parser("tasks", help="list the tasks with their agents, observation, state and action sizes")
-    k.add_argument("--names-only", action="store_true", help="only the names, one a line")
-    k.add_argument("--agent-obsk", type=int, default=0, help="MaMuJoCo observation depth for the sizes (default 0)")
-    k.set_defaults(func=_tasks)
-
-    e = sub.add_parser("eval", help="greedy episodes of a saved run's team; JSON summary, optional MP4 video")
-    e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("--checkpoint", metavar="PATH", help="default RUN_DIR/checkpoints/latest.pt")
-    e.add_argument("--episodes", type=int, default=10, help="greedy episodes (default 10)")
-    e.add_argument("--team", help="marl (default for race/matd3/facmac), best (default for ea) or a population slot K")
-    e.add_argument("--video", metavar="FILE.mp4", help="record the first episode off-screen (MaMuJoCo)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the episodes' env seeds (default 0)")
-    e.add_argument("--out", metavar="FILE.json", help="default RUN_DIR/eval.json")
-    e.set_defaults(func=_eval)
-
-    w = sub.add_parser("sweep", help="train a grid of tasks x algos x seeds as subprocesses; restartable")
-    w.add_argument("--preset", metavar="GRID",
-                   help="a paper grid: paper-mamujoco (Figure 2's 8 tasks) or paper-smax (Figure 3's maps SMAX can "
-                        "build); each task runs with its preset under configs/paper/ and its budget; --tasks, --algos, "
-                        "--seeds and --total-steps narrow or change it")
-    w.add_argument("--tasks", help="comma-separated task names (required without --preset)")
-    w.add_argument("--algos", help="comma-separated, e.g. race,matd3 (default race; with --preset the paper's)")
-    w.add_argument("--seeds", help="1-5 or 1,3,7 (default 1; with --preset 1-5)")
-    w.add_argument("--total-steps", type=int, help="env steps of each run (required without --preset)")
-    w.add_argument("--out", required=True, help="sweep folder (one run directory per grid point)")
-    w.add_argument("--workers", type=int, help="runs at a time (default: number of CPU cores)")
-    w.add_argument("--backend", choices=("local", "ray"), default="local")
-    w.add_argument("--config", help="YAML preset for every run")
-    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
-    w.add_argument("--eval-interval", type=int)
-    w.add_argument("--eval-episodes", type=int)
-    w.set_defaults(func=_sweep)
-
-    def add_dirs(q: argparse.ArgumentParser) -> None:
-        q.add_argument("dirs", nargs="+", metavar="DIR", help="run directories or folders holding them (searched recursively)")
-        q.add_argument("--metric", default="eval_return", help="a numeric metrics.csv column (default eval_return)")
-
-    g = sub.add_parser("plot", help="learning curves: a panel per task, a line per algo, mean and CI over seeds")
-    add_dirs(g)
-    g.add_argument("--out", required=True, metavar="FIG.png|.pdf|.svg")
-    g.add_argument("--smooth", type=int, default=1, metavar="W", help="moving average over W evaluations (default 1 = none)")
-    g.add_argument("--ci", choices=("t", "bootstrap"), default="t", help="band: Student-t interval (default) or bootstrap")
-    g.add_argument("--level", type=float, default=0.95, help="confidence level of the band (default 0.95)")
-    g.add_argument("--title")
-    g.set_defaults(func=_plot)
-
-    b = sub.add_parser("table", help="final and best return per task and algo (mean ± s.e. over seeds)")
-    add_dirs(b)
-    b.add_argument("--format", choices=("md", "csv"), default="md")
-    b.add_argument("--digits", type=int, default=1, help="decimals in the Markdown table (default 1)")
-    b.add_argument("--max-steps", type=int, metavar="N",
-                   help="use only evaluations made up to N env steps (a budget; RACE generations may overshoot it)")
-    b.add_argument("--out", metavar="FILE", help="write to a file instead of printing")
-    b.set_defaults(func=_table)
-
-    x = sub.add_parser("export", help="write the runs' evaluations in marl-eval's JSON format")
-    add_dirs(x)
-    x.add_argument("--out", required=True, metavar="results.json")
-    x.add_argument("--name", default="episode_return", help="metric name in the JSON (default episode_return)")
-    x.set_defaults(func=_export)
-
-    i = sub.add_parser("info", help="a run's config, progress, last metrics, checkpoints and whether it finished")
-    i.add_argument("run_dir", metavar="RUN_DIR")
-    i.add_argument("--json", action="store_true", help="machine-readable output")
-    i.set_defaults(func=_info)
-    return p
-
-
-def _user_error(e: BaseException) -> bool:
-    """Errors that are the user's to fix: one line, exit 2. RunError lives in racemarl.train, which (with
-    torch) is only imported by the commands that train; an error of that class can only come from them."""
-    train_mod = sys.modules.get("racemarl.train")
-    known = (ConfigError, UnknownTaskError, MissingDependencyError, RunDirError)
-    return isinstance(e, known) or (train_mod is not None and isinstance(e, train_mod.RunError))
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        code = args.func(args)
-        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
-        return code
-    except BrokenPipeError:  # e.g. `racemarl info RUN | head`: the reader has gone; end quietly
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not complain
-        except (OSError, ValueError):
-            pass
-        return 141
-    except KeyboardInterrupt:
-        if args.command == "sweep":
-            print("racemarl: interrupted; run the same sweep command again to continue", file=sys.stderr)
-        else:
-            print("racemarl: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if not _user_error(e):
-            raise
-        message = " ".join(str(e).split())  # always one line
-        print(f"racemarl: error: {message}", file=sys.stderr)
-        return 2
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 The learner is rebuilt from the checkpoint's own config (RaceLearner for `race`, MATD3 otherwise),
 its model weights are loaded from `learner.model`, and the chosen team plays greedy episodes with
-the same batched policy as `Trainer.team_policy` (all episodes step in lockstep, one forward pass).
+the same batched policy as the continuous family's `team_policy` (all episodes step in lockstep, one forward pass).
 
 Teams: `marl` = the MARL learner's heads (race, matd3); `best` = the fittest population team of the
 last generation, the one behind `eval_return_best_team` (race, ea); `K` = population slot K
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from racemarl.envs.base import MultiAgentEnv, StepResult
-from racemarl.runs import LATEST_CHECKPOINT, RunDirError, check_output_file, load_run
+from racemarl.records.runs import LATEST_CHECKPOINT, RunDirError, check_output_file, load_run
 
 GL_BACKENDS = ("egl", "osmesa")
 GL_INSTALL_HINT = ("install an off-screen OpenGL library: EGL (Debian/Ubuntu: apt-get install -y libegl1 libgl1) "
@@ -49,7 +49,7 @@ def default_team(algo: str) -> str:
 
 def load_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[Path, dict]:
     """Read a run's checkpoint after checking it belongs to the run (same task and algo)."""
-    from racemarl import checkpoint as ckpt
+    from racemarl.records import checkpoint as ckpt
 
     run = load_run(run_dir)
     path = Path(checkpoint) if checkpoint is not None else run.path / LATEST_CHECKPOINT
@@ -76,8 +76,8 @@ def rebuild(sd: dict) -> LoadedRun:
 
     from racemarl.config import from_dict
     from racemarl.envs import make_env
-    from racemarl.train import _learner_class
-    from racemarl.workers import env_kwargs
+    from racemarl.acting.families import learner_class
+    from racemarl.acting.workers import env_kwargs
 
     cfg = from_dict(sd["config"])
     torch.set_num_threads(cfg.torch_threads)
@@ -85,7 +85,7 @@ def rebuild(sd: dict) -> LoadedRun:
     env = make_env(cfg.env.task, **env_kwargs(cfg))
     spec = env.spec
     env.close()
-    learner_cls = _learner_class(cfg, spec.discrete)
+    learner_cls = learner_class(cfg, spec.discrete)
     learner = learner_cls(spec, cfg, torch.Generator().manual_seed(cfg.seed))
     learner.load_state_dict(sd["learner"]["model"])
     learner.eval()
@@ -235,8 +235,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
     import torch
 
     from racemarl.envs import make_env
-    from racemarl.rollout import run_episodes
-    from racemarl.workers import env_kwargs
+    from racemarl.acting.rollout import run_episodes
+    from racemarl.acting.workers import env_kwargs
 
     if episodes < 1:
         raise RunDirError(f"--episodes must be >= 1, got {episodes}")
@@ -330,8 +330,8 @@ def _write_result(result: dict, run_path: Path, out: str | Path | None) -> dict:
 def _evaluate_discrete(loaded: LoadedRun, heads, episodes: int, seed: int | list[int]) -> dict:
     """Greedy episodes of one team on a discrete task, `MAX_LOCKSTEP_ENVS` rows at a time."""
     from racemarl.envs.batch import make_env_batch
-    from racemarl.rollout_discrete import run_discrete_episodes
-    from racemarl.workers import env_kwargs
+    from racemarl.acting.rollout_discrete import run_discrete_episodes
+    from racemarl.acting.workers import env_kwargs
 
     cfg = loaded.cfg
     rng = np.random.default_rng(seed)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from racemarl.runs import CheckpointError  # noqa: F401 - raised by `load`, re-exported
+from racemarl.records.runs import CheckpointError  # noqa: F401 - raised by `load`, re-exported
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:

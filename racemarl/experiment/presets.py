@@ -11,7 +11,7 @@ from pathlib import Path
 
 from racemarl.config import ConfigError
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "configs" / "paper"
+PAPER_DIR = Path(__file__).resolve().parents[2] / "configs" / "paper"
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ extrapolated: a group's curve ends where its shortest run ends. Runs evaluated a
 are used as they are.
 
 Groups. Runs are pooled as seeds only when every setting except the seed (and those that never change
-what is learned, `racemarl.runs.GROUPING_IGNORES`) is equal; a line's label is its algo followed by
-the settings that tell the groups apart (see `racemarl.runs.grouping`).
+what is learned, `racemarl.experiment.grouping.GROUPING_IGNORES`) is equal; a line's label is its algo followed by
+the settings that tell the groups apart (see `racemarl.experiment.grouping.grouping`).
 
 Bands. `ci="t"` (default): Student-t interval of the mean over seeds,
 mean +- t_{(1+level)/2, n-1} * sd / sqrt(n), sd with n-1 degrees of freedom (scipy). `ci="bootstrap"`:
@@ -28,15 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from racemarl.runs import Run, RunDirError, check_metric, group_runs
-from racemarl.stats import BOOTSTRAP_RESAMPLES, CI_METHODS, interval  # noqa: F401 - re-exported
+from racemarl.experiment.grouping import group_runs
+from racemarl.records.runs import Run, RunDirError, check_metric
+from racemarl.experiment.stats import BOOTSTRAP_RESAMPLES, CI_METHODS, interval  # noqa: F401 - re-exported
 
 # the same colour for an algorithm in every figure
 FIXED_COLOURS = {"race": "tab:red", "matd3": "tab:blue", "facmac": "tab:purple", "ea": "tab:green", "merl": "tab:orange"}
 OTHER_COLOURS = ["tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
 
 
-# ---------------------------------------------------------------- statistics (racemarl.stats: scipy, rliable)
+# ---------------------------------------------------------------- statistics (racemarl.experiment.stats: scipy, rliable)
 
 
 def t_quantile(p: float, df: float) -> float:
@@ -49,7 +50,7 @@ def t_quantile(p: float, df: float) -> float:
 
 
 def confidence_band(values: np.ndarray, ci: str = "t", level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """values `[n_seeds, n_points]` -> (mean, lo, hi), each `[n_points]` (see `racemarl.stats.interval`)."""
+    """values `[n_seeds, n_points]` -> (mean, lo, hi), each `[n_points]` (see `racemarl.experiment.stats.interval`)."""
     return interval(values, ci, level)
 
 

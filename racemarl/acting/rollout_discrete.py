@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from racemarl.envs.batch import EnvBatch
-from racemarl.episode_buffer import EpisodeBuffer
+from racemarl.data.episode_buffer import EpisodeBuffer
 
 
 @dataclass

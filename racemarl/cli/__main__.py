@@ -1,0 +1,6 @@
+"""`python -m racemarl.cli`, the same as `racemarl`."""
+import sys
+
+from racemarl.cli import main
+
+sys.exit(main())

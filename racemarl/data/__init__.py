@@ -1,0 +1,1 @@
+"""The data: replay buffers of transitions (continuous tasks) and of whole episodes (discrete tasks)."""

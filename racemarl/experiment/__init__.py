@@ -1,0 +1,1 @@
+"""The tools around runs: evaluation, sweeps, the paper presets, plots, tables and statistics."""
