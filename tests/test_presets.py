@@ -8,7 +8,7 @@ from racemarl import config as config_mod
 from racemarl.cli import main
 from racemarl.config import ConfigError, build_config, load_yaml
 from racemarl.envs import UnknownTaskError, parse_task
-from racemarl.envs.smax import SMAX_UNBUILDABLE_PAPER_MAPS, parse_unit_mix
+from racemarl.envs.smax_maps import SMAX_UNBUILDABLE_PAPER_MAPS, parse_unit_mix
 from racemarl.experiment.presets import GRIDS, PAPER_DIR, paper_grid
 from racemarl.experiment.sweep import SweepSpec
 from tests.conftest import TINY

@@ -8,7 +8,9 @@ import pytest
 
 from racemarl.envs import MissingDependencyError, UnknownTaskError, list_tasks, make_env, parse_task
 from racemarl.envs.conformance import check_env_conformance
-from racemarl.envs.smax import SMAX_MAPS, SmaxBatch, SmaxEnv, _import_smax, seed_to_key
+from racemarl.envs.smax import SmaxBatch, SmaxEnv
+from racemarl.envs.smax_core import _import_smax, seed_to_key
+from racemarl.envs.smax_maps import SMAX_MAPS
 
 STOP, EAST, ATTACK0 = 4, 1, 5  # SMAX actions: 0 N, 1 E, 2 S, 3 W, 4 stop, 5.. attack enemy 0..
 LIMIT_3M, LIMIT_2S3Z = 30, 20

@@ -31,7 +31,7 @@ from racemarl.envs.mamujoco import (
     mamujoco_task_name,
 )
 from racemarl.envs.smac import SMAC_MAPS, smac_config_error, smac_task_name
-from racemarl.envs.smax import smax_config_error, smax_map_names, smax_task_name
+from racemarl.envs.smax_maps import smax_config_error, smax_map_names, smax_task_name
 
 __all__ = [
     "EnvSpec",
@@ -129,7 +129,7 @@ def _make_smax(
     try:
         import jax  # noqa: F401
 
-        from racemarl.envs.smax import _import_smax
+        from racemarl.envs.smax_core import _import_smax
 
         _import_smax()
     except ImportError as e:
