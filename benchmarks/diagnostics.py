@@ -81,6 +81,12 @@ def _at(curve: list[dict], step: int, key: str) -> float:
     return float(rows[-1][key]) if rows else math.nan
 
 
+def _mean_upto(curve: list[dict], step: int, key: str) -> float:
+    """Mean of `key` over the evaluations at or before `step`: less noisy than one evaluation (NaN if none)."""
+    ys = [float(r[key]) for r in curve if r["env_steps"] <= step and r.get(key) is not None]
+    return sum(ys) / len(ys) if ys else math.nan
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="mamujoco/HalfCheetah-6x1")
@@ -117,16 +123,21 @@ def main() -> None:
             "marl": _at(data["curve"], args.at, "eval_return_marl"),
             "champion": _at(data["curve"], args.at, "eval_return_best_team"),
             "q_bias": _at(data["curve"], args.at, "q_bias_marl"),
+            "marl_mean": _mean_upto(data["curve"], args.at, "eval_return_marl"),
+            "champion_mean": _mean_upto(data["curve"], args.at, "eval_return_best_team"),
             "marl_copy_fitness": [v for s, v in copy if s <= args.at][-5:],
             "marl_copy_curve": copy,
         }
     md = [f"{args.task}, seed {args.seed}, evaluation every {args.eval_interval} steps; values at the last evaluation "
           f"at or before {args.at} env steps. MARL-copy fitness: mean of the last 5 generations' fitness of the "
-          "injected MARL copy up to that step.", "",
-          "| variant | what changes | MARL team | champion | q_bias_marl | MARL-copy fitness |", "|---|---|---|---|---|---|"]
+          "injected MARL copy up to that step. Mean: the mean of all evaluations up to that step (an area under the "
+          "curve, less noisy than one evaluation of 5 episodes).", "",
+          "| variant | what changes | MARL team | champion | MARL team, mean | champion, mean | q_bias_marl "
+          "| MARL-copy fitness |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         copy = f"{sum(r['marl_copy_fitness']) / len(r['marl_copy_fitness']):.0f}" if r["marl_copy_fitness"] else "-"
-        md.append(f"| {name} | {r['what']} | {r['marl']:.0f} | {r['champion']:.0f} | {r['q_bias']:.1f} | {copy} |")
+        md.append(f"| {name} | {r['what']} | {r['marl']:.0f} | {r['champion']:.0f} | {r['marl_mean']:.0f} "
+                  f"| {r['champion_mean']:.0f} | {r['q_bias']:.1f} | {copy} |")
     out = {"command": " ".join(["diagnostics.py"] + sys.argv[1:]), "task": args.task, "seed": args.seed,
            "at": args.at, "wall_time": time.time() - start, "variants": results}
     (ROOT / "results" / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")

@@ -62,7 +62,8 @@ def _curve(path: Path) -> list[dict]:
         return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def table(results: list[dict]) -> str:
+def table(results: list[dict], random: dict | None = None) -> str:
+    """One row per (task, algo); `random` maps a task to `racemarl.random_policy`'s result, shown as its own row."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         groups.setdefault((r["task"], r["algo"]), []).append(r)
@@ -73,7 +74,15 @@ def table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|" + ("---|---|" if wins else "") + "---|---|"]
     sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
     fmt = lambda xs, d: f"{statistics.mean(xs):.{d}f} ± {sd(xs):.{d}f}"  # noqa: E731
+    shown: set[str] = set()
     for (task, algo), rs in sorted(groups.items()):
+        if random and task in random and task not in shown:
+            shown.add(task)
+            b = random[task]
+            se = b["std"] / b["episodes"] ** 0.5
+            win = f" {b['win_rate']:.2f} | |" if wins and "win_rate" in b else (" | |" if wins else "")
+            lines.append(f"| {task} | random policy | | | | {b['mean']:.3g} (s.e. {se:.2g}, {b['episodes']} episodes) "
+                         f"| |{win} | |")
         fin = [r["final_within_budget"] for r in rs]
         best = [r["best_within_budget"] for r in rs]
         digits = 1 if max(abs(x) for x in fin + best) >= 10 else 3  # SMAX returns are at most 2
@@ -118,6 +127,8 @@ def main() -> None:
     ap.add_argument("--name", default="learning", help="results file stem and run folder")
     ap.add_argument("--runs-dir", default=str(ROOT / "_runs"))
     ap.add_argument("--set", action="append", default=[], help="config override passed to every run")
+    ap.add_argument("--random-episodes", type=int, default=0,
+                    help="also play a uniformly random policy for this many episodes per task (its row in the table)")
     args = ap.parse_args()
 
     runs_dir = Path(args.runs_dir) / args.name
@@ -134,12 +145,17 @@ def main() -> None:
                                runs_dir / f"{t.replace('/', '_').replace('|', '_')}__{a}__s{s}", extra, runs_dir)
                    for t, a, s in grid]
         results = [f.result() for f in futures]
-    md = table(results)
+    random = None
+    if args.random_episodes > 0:
+        import racemarl
+
+        random = {t: racemarl.random_policy(t, episodes=args.random_episodes, seed=1000) for t in args.tasks.split(",")}
+    md = table(results, random)
     out = {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "total_steps": args.total_steps, "seeds": args.seeds, "overrides": args.set,
         "benchmark_wall_time": time.time() - start, "machine_cpus": os.cpu_count(),
-        "runs": results, "table_markdown": md,
+        "runs": results, "random_policy": random, "table_markdown": md,
     }
     (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
     (RESULTS / f"{args.name}.md").write_text(md + "\n")

@@ -31,7 +31,8 @@ def make_config(preset: str | Path | None = None, *, task: str | None = None,
     """A validated `Config`: the defaults, then a YAML `preset`, then `settings`, then `overrides`.
 
     Args:
-        preset: a YAML file such as ``configs/demo.yaml`` (optional).
+        preset: a YAML file, or the name of a shipped preset such as ``demo`` or ``paper/mamujoco-hopper-3x1``
+            (optional).
         task: shorthand for ``env={"task": task}``.
         overrides: dotted keys, as a mapping ``{"learner.batch_size": 128}`` or as ``["learner.batch_size=128"]``
             strings (the values of strings are read as YAML, like ``--set``).
@@ -42,8 +43,10 @@ def make_config(preset: str | Path | None = None, *, task: str | None = None,
         ConfigError: an unknown key, a wrong type or a value out of range (the message names it).
     """
     if preset is not None:
+        from racemarl.config import resolve_preset
         from racemarl.records.runs import RunDirError, check_input_file
 
+        preset = resolve_preset(preset)
         try:
             check_input_file(preset, "preset")
         except RunDirError as e:

@@ -128,3 +128,31 @@ def test_unit_mixes_build_the_right_units():
         ["marauder", "marine", "marine"] + ["zergling"] * 4
     obs, state, avail = env2.reset(seed=0)
     assert len(obs) == 3 and avail[0].shape == (5 + 4,)
+
+
+def test_shipped_presets_resolve_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    import tomllib
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    from racemarl.config import PRESETS_DIR, resolve_preset, shipped_presets
+
+    names = shipped_presets()
+    assert "demo" in names and "paper/mamujoco-hopper-3x1" in names
+    # every preset file is package data, so an installed racemarl has them (not only a clone)
+    patterns = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["racemarl"]
+    for f in PRESETS_DIR.rglob("*.yaml"):
+        rel = f.relative_to(PRESETS_DIR.parent).as_posix()
+        assert any(fnmatch(rel, p) and rel.count("/") == p.count("/") for p in patterns), rel
+    monkeypatch.chdir(tmp_path)  # no configs/ here: names and the clone's paths still find the shipped files
+    hopper = PRESETS_DIR / "paper" / "mamujoco-hopper-3x1.yaml"
+    for given in ("paper/mamujoco-hopper-3x1", "paper/mamujoco-hopper-3x1.yaml", "configs/paper/mamujoco-hopper-3x1.yaml"):
+        assert resolve_preset(given) == hopper
+        assert build_config(given).env.task == "mamujoco/Hopper-3x1"
+    (tmp_path / "demo.yaml").write_text("seed: 7\n")  # a file that exists wins over a shipped name
+    assert build_config("demo.yaml").seed == 7
+    assert main(["config", "--config", "demo"]) == 0 and "task: smax/3m" in capsys.readouterr().out
+    assert main(["config", "--config", "paper/nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("racemarl: error: --config paper/nope does not exist; shipped presets: demo,") and "\n" not in err

@@ -49,7 +49,9 @@ def _send_quietly(conn: mp.connection.Connection, data: bytes) -> None:
 
 
 def _exit_reason(process: mp.process.BaseProcess) -> str:
-    process.join(timeout=1.0)
+    # Its pipe is closed, so it is exiting; on a loaded machine the exit can take seconds to be reaped, and
+    # without the exit code the reason would read "closed its pipe" instead of the signal that killed it.
+    process.join(timeout=10.0)
     code = process.exitcode
     if code is None:
         return "closed its pipe"

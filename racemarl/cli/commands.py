@@ -68,9 +68,13 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
 
 
 def _config_file(path: str) -> Path:
-    from racemarl.records.runs import check_input_file
+    from racemarl.config import resolve_preset, shipped_presets
+    from racemarl.records.runs import RunDirError, check_input_file
 
-    return check_input_file(path, "--config")
+    resolved = resolve_preset(path)
+    if not resolved.exists():
+        raise RunDirError(f"--config {path} does not exist; shipped presets: {', '.join(shipped_presets())}")
+    return check_input_file(resolved, "--config")
 
 
 def _train(args: argparse.Namespace) -> int:

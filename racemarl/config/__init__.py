@@ -8,6 +8,7 @@ The schema (the dataclasses and their validation) is in `schema.py`; dicts, YAML
 """
 from racemarl.config.io import (
     LEGACY_DEFAULTS,
+    PRESETS_DIR,
     SESSION_KEYS,
     _unknown_key,
     apply_dict,
@@ -15,7 +16,9 @@ from racemarl.config.io import (
     build_config,
     from_dict,
     load_yaml,
+    resolve_preset,
     save_yaml,
+    shipped_presets,
     to_dict,
 )
 from racemarl.config.schema import (
@@ -36,8 +39,9 @@ from racemarl.config.schema import (
 )
 
 __all__ = [
-    "ALGOS", "LEGACY_DEFAULTS", "MAX_SEED", "ROLLOUT_BACKENDS", "SESSION_KEYS", "Config", "ConfigError",
+    "ALGOS", "LEGACY_DEFAULTS", "MAX_SEED", "PRESETS_DIR", "ROLLOUT_BACKENDS", "SESSION_KEYS", "Config", "ConfigError",
     "DiscreteConfig", "EnvConfig", "LearnerConfig", "LoggingConfig", "NetConfig", "RaceConfig", "RolloutConfig",
-    "apply_dict", "apply_override", "build_config", "check_ranges", "from_dict", "load_yaml", "save_yaml", "to_dict",
+    "apply_dict", "apply_override", "build_config", "check_ranges", "from_dict", "load_yaml", "resolve_preset", "save_yaml",
+    "shipped_presets", "to_dict",
     "valid_keys", "_unknown_key",
 ]

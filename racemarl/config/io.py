@@ -13,6 +13,29 @@ import yaml
 from racemarl.config.schema import Config, ConfigError, _field_types, valid_keys
 
 
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
+"""The presets shipped inside the package (`configs/` in a clone is a link to it)."""
+
+
+def shipped_presets() -> list[str]:
+    """Names of the shipped presets, e.g. ``demo`` or ``paper/mamujoco-hopper-3x1``."""
+    return sorted(str(p.relative_to(PRESETS_DIR).with_suffix("")) for p in PRESETS_DIR.rglob("*.yaml"))
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """`path` itself if it exists, else the shipped preset it names: ``paper/mamujoco-hopper-3x1``, with or
+    without ``.yaml``, or a clone's path ``configs/...`` (so the README's commands work from any folder and from
+    an installed package). Unchanged if none exists: the caller reports it."""
+    given = Path(path)
+    if given.exists():
+        return given
+    name = given.as_posix().removeprefix("configs/")
+    for candidate in (PRESETS_DIR / name, PRESETS_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return given
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against annotation `tp`, allowing int -> float."""
     origin = typing.get_origin(tp)
@@ -182,10 +205,11 @@ def save_yaml(cfg: Config, path: str | Path) -> None:
 
 
 def build_config(preset: str | Path | None = None, overrides: list[str] = (), **top_level: Any) -> Config:
-    """Defaults <- preset YAML <- explicit top-level values (CLI flags) <- --set overrides."""
+    """Defaults <- preset YAML (a file or a shipped preset's name) <- explicit top-level values (CLI flags) <-
+    --set overrides."""
     cfg = Config()
     if preset is not None:
-        apply_dict(cfg, load_yaml(preset))
+        apply_dict(cfg, load_yaml(resolve_preset(preset)))
     apply_dict(cfg, {k: v for k, v in top_level.items() if v is not None})
     for assignment in overrides:
         apply_override(cfg, assignment)

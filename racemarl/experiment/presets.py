@@ -1,17 +1,17 @@
 """The paper's experiment grids (`racemarl sweep --preset paper-mamujoco|paper-smax`).
 
 Each grid is tasks x algorithms x seeds; every task has its preset under `configs/paper/` (budget,
-evaluation schedule, settings, each value with its source). The preset files live in the source tree
-(next to the `racemarl` package), as for every file under `configs/`.
+evaluation schedule, settings, each value with its source). The preset files ship inside the package
+(`racemarl/configs/paper/`; `configs/` in a clone links there).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from racemarl.config import ConfigError
+from racemarl.config import PRESETS_DIR, ConfigError
 
-PAPER_DIR = Path(__file__).resolve().parents[2] / "configs" / "paper"
+PAPER_DIR = PRESETS_DIR / "paper"
 
 
 @dataclass(frozen=True)
@@ -76,5 +76,5 @@ def paper_grid(name: str) -> Grid:
     missing = [f for f in grid.presets.values() if not (PAPER_DIR / f).is_file()]
     if missing:
         raise ConfigError(f"--preset {name}: preset files {', '.join(missing)} not found in {PAPER_DIR} "
-                          "(they ship with the source tree: run from a clone of racemarl)")
+                          "(an incomplete installation: reinstall racemarl)")
     return grid
