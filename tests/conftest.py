@@ -35,3 +35,19 @@ def _auto_device_is_the_cpu(monkeypatch):
     from racemarl.device import resolve_device
 
     monkeypatch.setattr(racemarl.train, "resolve_device", lambda name: resolve_device("cpu" if name == "auto" else name))
+
+
+def poison_replay_batch(monkeypatch, at: int = 30) -> None:
+    """The `at`-th batch the MATD3/RACE replay buffer samples gets a NaN reward (for the non-finite guard)."""
+    from racemarl.data.buffer import ReplayBuffer
+
+    original, calls = ReplayBuffer.sample, {"n": 0}
+
+    def poisoned(self, batch_size):
+        batch = original(self, batch_size)
+        calls["n"] += 1
+        if calls["n"] == at:
+            batch.reward[0] = float("nan")
+        return batch
+
+    monkeypatch.setattr(ReplayBuffer, "sample", poisoned)

@@ -31,7 +31,7 @@ from racemarl.nets.policy import init_heads
 from racemarl.algorithms.race import RaceLearner
 from racemarl.algorithms.race_discrete import RaceDiscreteLearner
 from racemarl.train import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import poison_replay_batch, tiny_config
 
 torch.set_num_threads(1)
 
@@ -288,16 +288,7 @@ def test_a_checkpoint_between_updates_reads_the_guard_first(tmp_path, monkeypatc
     generation's updates, with all of them still to do."""
     from racemarl.train import RunError
 
-    original, calls = ReplayBuffer.sample, {"n": 0}
-
-    def poisoned(self, batch_size):
-        batch = original(self, batch_size)
-        calls["n"] += 1
-        if calls["n"] == 30:
-            batch.reward[0] = float("nan")
-        return batch
-
-    monkeypatch.setattr(ReplayBuffer, "sample", poisoned)
+    poison_replay_batch(monkeypatch, at=30)
     with pytest.raises(RunError, match="at update 30 .*last_good.pt"):
         Trainer(tiny_config("matd3", checkpoint_minutes=1e-9), tmp_path).train()
     latest = ckpt.load(tmp_path / "checkpoints" / "latest.pt")

@@ -9,7 +9,7 @@ import torch
 from racemarl.records import checkpoint as ckpt
 from racemarl.records.metrics import COLUMNS, WALL_CLOCK_COLUMNS, read_metrics
 from racemarl.train import RunError, Trainer, train
-from tests.conftest import tiny_config
+from tests.conftest import poison_replay_batch, tiny_config
 
 
 def _deterministic_columns(rows):
@@ -92,19 +92,7 @@ def test_checkpoint_survives_a_kill_during_save(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
-    from racemarl.data.buffer import ReplayBuffer
-
-    original = ReplayBuffer.sample
-    calls = {"n": 0}
-
-    def poisoned(self, batch_size):
-        batch = original(self, batch_size)
-        calls["n"] += 1
-        if calls["n"] == 30:
-            batch.reward[0] = float("nan")
-        return batch
-
-    monkeypatch.setattr(ReplayBuffer, "sample", poisoned)
+    poison_replay_batch(monkeypatch, at=30)
     trainer = Trainer(tiny_config("matd3"), tmp_path)
     with pytest.raises(RunError, match="non-finite .*last_good.pt"):
         trainer.train()
