@@ -108,6 +108,24 @@ def test_plot_cli_writes_a_figure(tmp_path, capsys):
     assert "written:" in capsys.readouterr().out
 
 
+def test_plot_baselines_are_horizontal_lines_in_every_panel(tmp_path, monkeypatch, capsys):
+    import matplotlib.axes
+
+    for task in ("mpe/simple_spread", "mpe/simple_line"):
+        write_fake_run(tmp_path / "runs" / task[4:], "race", 1, [0, 100], [-25.0, -20.0], task=task)
+    drawn, axhline = [], matplotlib.axes.Axes.axhline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline",
+                        lambda self, y, **kw: drawn.append((y, kw["label"])) or axhline(self, y, **kw))
+    assert main(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "f.png"),
+                 "--baseline", "random=-25.6", "--baseline", " still = -21.7 "]) == 0
+    assert drawn == [(-25.6, "random"), (-21.7, "still")] * 2
+    for bad in ("random", "=3", "random=x", "random=nan"):
+        assert main(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "g.png"), "--baseline", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"racemarl: error: --baseline must be LABEL=NUMBER (e.g. random=-25.6), got {bad!r}"
+    assert not (tmp_path / "g.png").exists()
+
+
 def test_plot_errors(tmp_path, capsys):
     write_fake_run(tmp_path / "a", "race", 1, [0, 100], [0.0, 1.0])
     assert main(["plot", str(tmp_path / "a"), "--metric", "nope", "--out", str(tmp_path / "f.png")]) == 2

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ci", choices=("t", "bootstrap"), default="t", help="band: Student-t interval (default) or bootstrap")
     g.add_argument("--level", type=float, default=0.95, help="confidence level of the band (default 0.95)")
     g.add_argument("--title")
+    g.add_argument("--baseline", action="append", default=[], metavar="LABEL=VALUE",
+                   help="a dashed horizontal line in every panel, e.g. random=-25.6 (repeatable)")
     g.set_defaults(func=_plot)
 
     b = sub.add_parser("table", help="final and best return per task and algo (mean ± s.e. over seeds)")

@@ -244,18 +244,17 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from racemarl.experiment.plot import learning_curves, plot_curves
     from racemarl.experiment.grouping import duplicate_seeds, grouping
-    from racemarl.records.runs import load_runs
-
-    from racemarl.records.runs import check_output_file
+    from racemarl.experiment.plot import learning_curves, parse_baseline, plot_curves
+    from racemarl.records.runs import check_output_file, load_runs
 
     check_output_file(args.out, "--out", (".png", ".pdf", ".svg"))
+    baselines = [parse_baseline(b) for b in args.baseline]
     runs = load_runs(args.dirs)
     _warn(duplicate_seeds(runs))
     curves = learning_curves(runs, args.metric, smooth=args.smooth, ci=args.ci, level=args.level)
     out = plot_curves(curves, args.out, metric=args.metric, ci=args.ci, level=args.level, smooth=args.smooth,
-                      title=args.title)
+                      title=args.title, baselines=baselines)
     for (task, algo), c in curves.items():
         last = f"{c.mean[-1]:.1f} at {int(c.x[-1])} env steps" if len(c.x) else "no common range"
         print(f"{task} {algo}: {c.n_seeds} seed(s), last mean {last}")

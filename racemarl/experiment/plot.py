@@ -130,9 +130,23 @@ def _steps_label(x: float, _pos: int = 0) -> str:
     return f"{x:g}"
 
 
+def parse_baseline(text: str) -> tuple[str, float]:
+    """``LABEL=VALUE`` (e.g. ``random=-25.6``) -> (label, value); RunDirError with the expected form otherwise."""
+    label, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not sep or not label.strip() or not math.isfinite(number):
+        raise RunDirError(f"--baseline must be LABEL=NUMBER (e.g. random=-25.6), got {text!r}")
+    return label.strip(), number
+
+
 def plot_curves(curves: dict[tuple[str, str], Curve], out: str | Path, metric: str = "eval_return",
-                ci: str = "t", level: float = 0.95, smooth: int = 1, title: str | None = None) -> Path:
-    """One panel per task, one line per algorithm (same colour in every panel), shaded band."""
+                ci: str = "t", level: float = 0.95, smooth: int = 1, title: str | None = None,
+                baselines: list[tuple[str, float]] = ()) -> Path:
+    """One panel per task, one line per algorithm (same colour in every panel), shaded band; each baseline
+    (label, value), e.g. a random policy's return, is a dashed horizontal line in every panel."""
     try:
         import matplotlib
     except ImportError as e:
@@ -161,6 +175,8 @@ def plot_curves(curves: dict[tuple[str, str], Curve], out: str | Path, metric: s
                     marker="o" if len(c.x) == 1 else None)
             if c.n_seeds > 1:
                 ax.fill_between(c.x, c.lo, c.hi, color=colours[algo], alpha=0.2, lw=0)
+        for i, (label, value) in enumerate(baselines):
+            ax.axhline(value, color="0.35", lw=1.2, ls=("--", ":", "-.")[i % 3], label=label)
         ax.set_title(task.removeprefix("mamujoco/"), fontsize=11)
         ax.set_xlabel("env steps")
         ax.set_ylabel(metric)
