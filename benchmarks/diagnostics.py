@@ -94,12 +94,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--total-steps", type=int, default=40_000)
     ap.add_argument("--eval-interval", type=int, default=5_000)
-    ap.add_argument("--at", type=int, default=35_000, help="the step the table reports")
+    ap.add_argument("--at", type=int, default=None, help="the step the table reports (default: --total-steps)")
     ap.add_argument("--runs-dir", default=str(ROOT / "_runs"))
     ap.add_argument("--reuse", action="append", default=[], help="NAME=RUN_DIR: read this variant from a run")
     ap.add_argument("--name", default="diagnostics_6x1")
     ap.add_argument("--report-only", action="store_true", help="only tabulate the variants already run")
     args = ap.parse_args()
+    args.at = args.total_steps if args.at is None else args.at
     reuse = {k: Path(v).expanduser() for k, v in (r.split("=", 1) for r in args.reuse)}
     runs_dir = Path(args.runs_dir).expanduser() / args.name
     runs_dir.mkdir(parents=True, exist_ok=True)
