@@ -156,3 +156,20 @@ def test_shipped_presets_resolve_by_name_from_any_folder(tmp_path, monkeypatch, 
     assert main(["config", "--config", "paper/nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("racemarl: error: --config paper/nope does not exist; shipped presets: demo,") and "\n" not in err
+
+
+def test_sweep_takes_a_shipped_preset_by_name(tmp_path, monkeypatch, capsys):
+    from racemarl.config import PRESETS_DIR
+
+    monkeypatch.chdir(tmp_path)
+    base = ["sweep", "--tasks", "mamujoco/HalfCheetah-6x1", "--algos", "ea", "--total-steps", "60",
+            "--eval-episodes", "1", "--workers", "1"]
+    assert main(base + ["--config", "nope", "--out", "bad"]) == 2
+    assert "--config nope does not exist; shipped presets:" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert main(base + ["--config", "halfcheetah-6x1", "--set", "race.pop_size=2", "--out", "ok"]) == 0
+    assert json.loads((tmp_path / "ok" / "sweep.json").read_text())["folder_config"]["config"] == str(
+        PRESETS_DIR / "halfcheetah-6x1.yaml")
+    index = json.loads((tmp_path / "ok" / "index.json").read_text())
+    assert [r["status"] for r in index["runs"]] == ["finished"]
+    assert load_yaml(tmp_path / "ok" / index["runs"][0]["run_dir"] / "config.yaml")["eval_interval"] == 10_000

@@ -219,6 +219,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from racemarl.experiment.sweep import Sweep, SweepSpec, parse_names, parse_seeds
 
     task_configs = {}
+    if args.config and not args.preset:  # a shipped preset's name becomes its file, for every run
+        args.config = str(_config_file(args.config))
     if args.preset:
         from racemarl.experiment.presets import paper_grid
 
