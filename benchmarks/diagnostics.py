@@ -143,11 +143,12 @@ def main() -> None:
            "at": args.at, "wall_time": time.time() - start, "variants": results}
     (ROOT / "results" / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
     (ROOT / "results" / f"{args.name}.md").write_text("\n".join(md) + "\n")
-    _figure(results, ROOT.parent / "docs" / "figures" / f"{args.name}.png")
+    # Reused runs go on past the budget: the figure stops one RACE generation (6000 steps) after it.
+    _figure(results, ROOT.parent / "docs" / "figures" / f"{args.name}.png", max_step=args.total_steps + 6000)
     print("\n".join(md))
 
 
-def _figure(results: dict, path: Path) -> None:
+def _figure(results: dict, path: Path, max_step: float = math.inf) -> None:
     try:
         import matplotlib
 
@@ -157,9 +158,10 @@ def _figure(results: dict, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for name, r in results.items():
-        steps = [c["env_steps"] for c in r["curve"]]
+        curve = [c for c in r["curve"] if c["env_steps"] <= max_step]
+        steps = [c["env_steps"] for c in curve]
         for ax, key in zip(axes, ("eval_return_marl", "eval_return_best_team", "q_bias_marl")):
-            ys = [c.get(key) for c in r["curve"]]
+            ys = [c.get(key) for c in curve]
             pts = [(s, y) for s, y in zip(steps, ys) if y is not None]
             if pts:
                 ax.plot(*zip(*pts), marker=".", label=name)
