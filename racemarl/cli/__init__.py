@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--total-steps", type=int, help="env steps of all teams together")
     t.add_argument("--out", help="run directory to create")
-    t.add_argument("--config", help="YAML preset (see configs/)")
+    t.add_argument("--config", help="a YAML file or a shipped preset's name: demo, halfcheetah-6x1, paper/mamujoco-hopper-3x1, ... (configs/)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, dotted keys for nested ones, e.g. learner.batch_size=128")
     t.add_argument("--eval-interval", type=int)
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- --set) as YAML")
-    c.add_argument("--config", help="YAML preset")
+    c.add_argument("--config", help="a YAML file or a shipped preset's name (as for train)")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     c.set_defaults(func=_config)
 
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True, help="sweep folder (one run directory per grid point)")
     w.add_argument("--workers", type=int, help="runs at a time (default: number of CPU cores)")
     w.add_argument("--backend", choices=("local", "ray"), default="local")
-    w.add_argument("--config", help="YAML preset for every run")
+    w.add_argument("--config", help="a YAML file or a shipped preset's name, for every run")
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     w.add_argument("--eval-interval", type=int)
     w.add_argument("--eval-episodes", type=int)
