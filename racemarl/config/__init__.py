@@ -39,9 +39,8 @@ from racemarl.config.schema import (
 )
 
 __all__ = [
-    "ALGOS", "LEGACY_DEFAULTS", "MAX_SEED", "PRESETS_DIR", "ROLLOUT_BACKENDS", "SESSION_KEYS", "Config", "ConfigError",
-    "DiscreteConfig", "EnvConfig", "LearnerConfig", "LoggingConfig", "NetConfig", "RaceConfig", "RolloutConfig",
-    "apply_dict", "apply_override", "build_config", "check_ranges", "from_dict", "load_yaml", "resolve_preset", "save_yaml",
-    "shipped_presets", "to_dict",
-    "valid_keys", "_unknown_key",
+    "ALGOS", "LEGACY_DEFAULTS", "MAX_SEED", "PRESETS_DIR", "ROLLOUT_BACKENDS", "SESSION_KEYS", "Config",
+    "ConfigError", "DiscreteConfig", "EnvConfig", "LearnerConfig", "LoggingConfig", "NetConfig", "RaceConfig",
+    "RolloutConfig", "apply_dict", "apply_override", "build_config", "check_ranges", "from_dict", "load_yaml",
+    "resolve_preset", "save_yaml", "shipped_presets", "to_dict", "valid_keys", "_unknown_key",
 ]

@@ -19,7 +19,7 @@ PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 def shipped_presets() -> list[str]:
     """Names of the shipped presets, e.g. ``demo`` or ``paper/mamujoco-hopper-3x1``."""
-    return sorted(str(p.relative_to(PRESETS_DIR).with_suffix("")) for p in PRESETS_DIR.rglob("*.yaml"))
+    return sorted(p.relative_to(PRESETS_DIR).with_suffix("").as_posix() for p in PRESETS_DIR.rglob("*.yaml"))
 
 
 def resolve_preset(path: str | Path) -> Path:
