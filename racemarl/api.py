@@ -43,12 +43,10 @@ def make_config(preset: str | Path | None = None, *, task: str | None = None,
         ConfigError: an unknown key, a wrong type or a value out of range (the message names it).
     """
     if preset is not None:
-        from racemarl.config import resolve_preset
-        from racemarl.records.runs import RunDirError, check_input_file
+        from racemarl.records.runs import RunDirError, check_preset_file
 
-        preset = resolve_preset(preset)
         try:
-            check_input_file(preset, "preset")
+            preset = check_preset_file(preset, "preset")
         except RunDirError as e:
             raise ConfigError(str(e)) from None
     if task is not None:

@@ -67,14 +67,11 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
     return cfg.validate()
 
 
-def _config_file(path: str) -> Path:
-    from racemarl.config import resolve_preset, shipped_presets
-    from racemarl.records.runs import RunDirError, check_input_file
+def _config_file(path: str | None) -> Path | None:
+    """--config as a file (a shipped preset's name resolved), or None without it."""
+    from racemarl.records.runs import check_preset_file
 
-    resolved = resolve_preset(path)
-    if not resolved.exists():
-        raise RunDirError(f"--config {path} does not exist; shipped presets: {', '.join(shipped_presets())}")
-    return check_input_file(resolved, "--config")
+    return None if path is None else check_preset_file(path, "--config")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -87,8 +84,7 @@ def _train(args: argparse.Namespace) -> int:
         if not args.out:
             raise RunError("--out RUN_DIR is required")
         run_dir = Path(args.out)
-        if args.config:
-            _config_file(args.config)
+        preset = _config_file(args.config)
         top = {
             "algo": args.algo, "seed": args.seed, "total_steps": args.total_steps,
             "eval_interval": args.eval_interval, "eval_episodes": args.eval_episodes,
@@ -100,7 +96,7 @@ def _train(args: argparse.Namespace) -> int:
             top["rollout"] = _rollout_flags(args)
         if args.device is not None:
             top["device"] = args.device
-        cfg = build_config(args.config, args.set, **top)
+        cfg = build_config(preset, args.set, **top)
     try:
         summary = train(cfg, run_dir, resume=bool(args.resume))
     except TrainingInterrupted as e:
@@ -218,9 +214,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from racemarl.experiment.sweep import Sweep, SweepSpec, parse_names, parse_seeds
 
-    task_configs = {}
-    if args.config and not args.preset:  # a shipped preset's name becomes its file, for every run
-        args.config = str(_config_file(args.config))
+    task_configs, config = {}, None
     if args.preset:
         from racemarl.experiment.presets import paper_grid
 
@@ -235,12 +229,13 @@ def _sweep(args: argparse.Namespace) -> int:
         algos = parse_names(args.algos, "algos") if args.algos else grid.available_algos()
         seeds = parse_seeds(args.seeds or grid.seeds)
     else:
+        config = args.config and str(_config_file(args.config))  # a shipped preset's name: its file, for every run
         missing = [flag for flag, v in (("--tasks", args.tasks), ("--total-steps", args.total_steps)) if v is None]
         if missing:
             raise ConfigError(f"racemarl sweep needs {' and '.join(missing)} (or --preset with one of the paper grids)")
         tasks, algos, seeds = parse_names(args.tasks, "tasks"), parse_names(args.algos or "race", "algos"), parse_seeds(args.seeds or "1")
     spec = SweepSpec(tasks=tasks, algos=algos, seeds=seeds, total_steps=args.total_steps, sets=list(args.set),
-                     config=args.config, eval_interval=args.eval_interval, eval_episodes=args.eval_episodes,
+                     config=config, eval_interval=args.eval_interval, eval_episodes=args.eval_episodes,
                      task_configs=task_configs, preset=args.preset)
     return Sweep(spec, args.out, workers=args.workers, backend=args.backend).run()
 
@@ -332,8 +327,6 @@ def _config(args: argparse.Namespace) -> int:
 
     from racemarl.config import to_dict
 
-    if args.config:
-        _config_file(args.config)
-    cfg = build_config(args.config, args.set)
+    cfg = build_config(_config_file(args.config), args.set)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0

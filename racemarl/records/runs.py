@@ -112,6 +112,17 @@ def check_input_file(path: str | Path, what: str) -> Path:
     return path
 
 
+def check_preset_file(path: str | Path, what: str) -> Path:
+    """A preset: a YAML file, or a shipped preset's name (`racemarl.config.resolve_preset`) -> its file. RunDirError
+    if it is neither (listing the shipped presets) or cannot be read."""
+    from racemarl.config import resolve_preset, shipped_presets
+
+    resolved = resolve_preset(path)
+    if not resolved.exists():
+        raise RunDirError(f"{what} {path} does not exist; shipped presets: {', '.join(shipped_presets())}")
+    return check_input_file(resolved, what)
+
+
 def experiment_settings(cfg: Config) -> dict:
     """The config as flat dotted keys, without the settings that never change what is learned."""
     from racemarl.config import SESSION_KEYS, to_dict
