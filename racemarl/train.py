@@ -141,11 +141,15 @@ class Trainer(RunState):
     def short_fitness(self) -> bool:
         """Whether this generation scores the population by short rollouts + the PeVFA (`race.fitness_mc_prob`,
         one draw per generation from its own stream; RACE only, never during warm-up)."""
+        return not self.in_warmup() and self.draws_short_fitness(self.progress.generation)
+
+    def draws_short_fitness(self, generation: int) -> bool:
+        """The draw behind `short_fitness` for one generation (outside warm-up), also read when logging a played
+        generation's fitness: short-rollout fitness has another scale than full episodes."""
         cfg = self.cfg
-        if (not cfg.uses_representation_losses or not self.family.short_rollouts or cfg.race.fitness_mc_prob >= 1
-                or self.in_warmup()):
+        if not cfg.uses_representation_losses or not self.family.short_rollouts or cfg.race.fitness_mc_prob >= 1:
             return False
-        return bool(np.random.default_rng([cfg.seed, 3, self.progress.generation]).random() >= cfg.race.fitness_mc_prob)
+        return bool(np.random.default_rng([cfg.seed, 3, generation]).random() >= cfg.race.fitness_mc_prob)
 
     def bootstrapped_fitness(self, results: list[SlotResult]) -> np.ndarray:
         """Fitness of short rollouts (see the continuous family's `bootstrapped_fitness`)."""
@@ -312,7 +316,8 @@ class Trainer(RunState):
         row["train_return"] = float(np.mean(p.train_returns)) if p.train_returns else math.nan
         if p.last_fitness:
             f = np.array(p.last_fitness)
-            row.update(fitness_max=float(f.max()), fitness_mean=float(f.mean()), fitness_min=float(f.min()))
+            row.update(fitness_max=float(f.max()), fitness_mean=float(f.mean()), fitness_min=float(f.min()),
+                       fitness_short=float(self.draws_short_fitness(p.generation - 1)))
             row["injected_slot"] = p.last_injected
         names = {"critic": "loss_critic", "actor": "loss_actor", "pevfa": "loss_pevfa", "value": "loss_value",
                  "vfm": "loss_vfm", "vmm": "loss_vmm", "mi": "mi_estimate"}

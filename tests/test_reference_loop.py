@@ -149,18 +149,35 @@ def test_q_bias_is_logged_for_matd3_and_race(tmp_path):
 def test_generation_scalars_hold_the_fitness_vector_and_the_marl_copy(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = tiny_config("race", total_steps=200, extra=["learner.start_steps=20"])
+    # theta 0.5: some generations are scored by full episodes, others by short rollouts + the PeVFA
+    cfg = tiny_config("race", total_steps=400, extra=["learner.start_steps=20", "race.fitness_steps=5"])
     with Trainer(cfg, tmp_path) as trainer:
         trainer.train()
+        short = {j: trainer.draws_short_fitness(j) for j in range(trainer.progress.generation)}
+        rows = trainer.progress.rows
+    assert set(short.values()) == {False, True}, "the test needs both kinds of generation"
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
-    tags = acc.Tags()["scalars"]
-    assert {f"generation/fitness/team_{j}" for j in range(cfg.race.pop_size)} <= set(tags)
-    copy = acc.Scalars("generation/fitness_marl_copy")
-    team = {j: {e.step: e.value for e in acc.Scalars(f"generation/fitness/team_{j}")} for j in range(cfg.race.pop_size)}
-    assert len(copy) >= 2
-    for e in copy:  # the copy's fitness is one of that generation's team fitnesses
-        assert any(abs(team[j][e.step] - e.value) < 1e-4 for j in team if e.step in team[j])
+    tags = set(acc.Tags()["scalars"])
+    steps = {kind: {} for kind in ("fitness", "fitness_short")}
+    for kind, by_team in steps.items():
+        assert {f"generation/{kind}/team_{j}" for j in range(cfg.race.pop_size)} <= tags
+        for j in range(cfg.race.pop_size):
+            by_team[j] = {e.step: e.value for e in acc.Scalars(f"generation/{kind}/team_{j}")}
+    # each played generation is logged under exactly one kind, the one its draw chose
+    full_steps, short_steps = set(steps["fitness"][0]), set(steps["fitness_short"][0])
+    assert full_steps and short_steps and not full_steps & short_steps
+    gen_at = {e.step: i + 1 for i, e in enumerate(acc.Scalars("generation/train_return"))}
+    assert all(short[gen_at[s] - 1] for s in short_steps) and not any(short[gen_at[s] - 1] for s in full_steps)
+    for kind, by_team in steps.items():
+        copy = acc.Scalars(f"generation/{kind}_marl_copy")
+        for e in copy:  # the copy's fitness is one of that generation's team fitnesses
+            assert any(abs(by_team[j][e.step] - e.value) < 1e-4 for j in by_team)
+    assert len(acc.Scalars("generation/fitness_marl_copy")) + len(acc.Scalars("generation/fitness_short_marl_copy")) >= 2
+    # metrics.csv says which kind each row's fitness columns are
+    for row in rows:
+        if row.get("fitness_max") is not None:
+            assert row["fitness_short"] == float(short[row["generation"] - 1])
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])

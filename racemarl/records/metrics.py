@@ -17,7 +17,7 @@ COLUMNS = [
     "env_steps", "generation", "updates", "wall_time", "sps",
     "eval_return", "eval_return_std", "eval_return_marl", "eval_return_best_team", "train_return",
     "eval_win_rate", "eval_win_rate_marl", "eval_win_rate_best_team", "train_win_rate",
-    "fitness_max", "fitness_mean", "fitness_min", "injected_slot",
+    "fitness_max", "fitness_mean", "fitness_min", "fitness_short", "injected_slot",
     "loss_critic", "loss_actor", "loss_pevfa", "loss_value", "loss_vfm", "loss_vmm", "mi_estimate",
     "q_marl", "mc_return_marl", "q_bias_marl",
 ]

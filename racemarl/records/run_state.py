@@ -313,17 +313,19 @@ class RunState:
     def log_generation(self, fitness: np.ndarray, copy_slot: int | None = None) -> None:
         """Per-generation TensorBoard scalars (metrics.csv holds one row per evaluation): the MARL team's training
         return, the population's whole fitness vector, and the fitness of the slot holding last generation's
-        MARL copy (`copy_slot`)."""
+        MARL copy (`copy_slot`). A generation scored by short rollouts + the PeVFA logs its fitness under
+        `fitness_short*` instead of `fitness*` (another scale: H steps plus a discounted bootstrap)."""
         p = self.progress
         values = {"train_return": p.train_returns[-1]} if p.train_returns else {}
         if p.train_wins:
             values["train_win_rate"] = p.train_wins[-1]
         if len(fitness):
-            values.update(fitness_max=float(fitness.max()), fitness_mean=float(fitness.mean()),
-                          fitness_min=float(fitness.min()))
-            values.update({f"fitness/team_{j}": float(f) for j, f in enumerate(fitness)})
+            kind = "fitness_short" if self.draws_short_fitness(p.generation - 1) else "fitness"
+            values.update({f"{kind}_max": float(fitness.max()), f"{kind}_mean": float(fitness.mean()),
+                           f"{kind}_min": float(fitness.min())})
+            values.update({f"{kind}/team_{j}": float(f) for j, f in enumerate(fitness)})
             if copy_slot is not None:  # the MARL team injected last generation played unchanged: a noise-free curve
-                values["fitness_marl_copy"] = float(fitness[copy_slot])
+                values[f"{kind}_marl_copy"] = float(fitness[copy_slot])
         if p.last_injected is not None:
             values["injected_slot"] = p.last_injected
         self.logger.scalars(values, p.env_steps, prefix="generation/")
