@@ -87,6 +87,11 @@ def _mean_upto(curve: list[dict], step: int, key: str) -> float:
     return sum(ys) / len(ys) if ys else math.nan
 
 
+def _cell(x: float, digits: int) -> str:
+    """A table cell: empty where the variant has no such value (MATD3 has no champion)."""
+    return "" if math.isnan(x) else f"{x:.{digits}f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="mamujoco/HalfCheetah-6x1")
@@ -131,14 +136,17 @@ def main() -> None:
         }
     md = [f"{args.task}, seed {args.seed}, evaluation every {args.eval_interval} steps; values at the last evaluation "
           f"at or before {args.at} env steps. MARL-copy fitness: mean of the last 5 generations' fitness of the "
-          "injected MARL copy up to that step. Mean: the mean of all evaluations up to that step (an area under the "
-          "curve, less noisy than one evaluation of 5 episodes).", "",
+          "injected MARL copy up to that step, full-episode generations only (runs logged before TensorBoard split "
+          "`fitness_short` off, with `race.fitness_mc_prob` < 1, mix in short-rollout fitness there). Mean: the "
+          "mean of all evaluations up to that step (an area under the curve, less noisy than one evaluation of 5 "
+          "episodes).", "",
           "| variant | what changes | MARL team | champion | MARL team, mean | champion, mean | q_bias_marl "
           "| MARL-copy fitness |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         copy = f"{sum(r['marl_copy_fitness']) / len(r['marl_copy_fitness']):.0f}" if r["marl_copy_fitness"] else "-"
-        md.append(f"| {name} | {r['what']} | {r['marl']:.0f} | {r['champion']:.0f} | {r['marl_mean']:.0f} "
-                  f"| {r['champion_mean']:.0f} | {r['q_bias']:.1f} | {copy} |")
+        cells = [_cell(r[k], digits) for k, digits in
+                 (("marl", 0), ("champion", 0), ("marl_mean", 0), ("champion_mean", 0), ("q_bias", 1))]
+        md.append(f"| {name} | {r['what']} | {' | '.join(cells)} | {copy} |")
     out = {"command": " ".join(["diagnostics.py"] + sys.argv[1:]), "task": args.task, "seed": args.seed,
            "at": args.at, "wall_time": time.time() - start, "variants": results}
     (ROOT / "results" / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
