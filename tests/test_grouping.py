@@ -46,6 +46,17 @@ def test_runs_with_other_settings_are_not_pooled(ablation, capsys):
     assert "| race race.vmm_beta=0.0 | race race.vmm_beta=0.001 | 1 | 0.00 | [0.00, 0.00] |" in out
 
 
+def test_runs_differing_only_in_arithmetic_settings_are_pooled(tmp_path, capsys):
+    root = tmp_path / "runs"
+    fake(root, "a1", "race", 1, [0.0, 10.0, 20.0], sets=["net.fast_tanh=false"])
+    fake(root, "a2", "race", 2, [0.0, 10.0, 30.0], sets=["net.fast_tanh=true", "device=cuda", "torch_threads=4"])
+    fake(root, "b1", "race", 1, [0.0, 1.0, 2.0], sets=["net.embed_dim=4"])  # a real difference still splits
+    assert main(["table", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "| mamujoco/HalfCheetah-6x1 | race net.embed_dim=8 | 2 | 200 | 25.0 ± 5.0 |" in out
+    assert "3 run(s) in 2 group(s)" in out and "groups differ in net.embed_dim" in out
+
+
 def test_plot_labels_lines_by_what_differs_and_says_what_it_left_out(ablation, tmp_path, capsys):
     fake(ablation, "w1", "race", 1, [0.0, 0.5, 1.0], task="smax/3m", extra={2: {"eval_win_rate": 0.5}})
     assert main(["plot", str(ablation), "--out", str(tmp_path / "f.png"), "--metric", "eval_win_rate"]) == 0

@@ -10,8 +10,11 @@ from racemarl.records.runs import Run, flatten
 
 # Settings that never change what a run learns or how it is measured; runs differing only in these (and
 # the seed) are samples of one experiment. Everything else that differs splits the runs into groups.
-GROUPING_IGNORES = ("seed", "total_steps", "eval_interval", "torch_threads", "checkpoint_minutes", "progress",
-                    "rollout.*", "logging.*")
+# `torch_threads`, `device` and `net.fast_tanh` (tanh as 2 sigmoid(2x) - 1) compute the same functions with
+# other rounding: a run's numbers change, the algorithm does not (`net.fast_tanh` also reads false from
+# configs saved before it existed, so without it an old seed and a new one of the same experiment would split).
+GROUPING_IGNORES = ("seed", "total_steps", "eval_interval", "torch_threads", "device", "net.fast_tanh",
+                    "checkpoint_minutes", "progress", "rollout.*", "logging.*")
 
 
 def grouping_settings(run: Run) -> dict:
