@@ -327,6 +327,7 @@ class Trainer(RunState):
         for k, col in names.items():
             if p.loss_counts.get(k):
                 row[col] = loss_sums[k] / p.loss_counts[k]
+        row.update(self.encoder_gradients())
         row["wall_time"] = self.elapsed()
         row["sps"] = (p.env_steps - interval_start[1]) / max(row["wall_time"] - interval_start[0], 1e-9)
         if p.env_steps >= p.next_eval:  # an extra evaluation at the end of a budget leaves the interval's means running
@@ -334,6 +335,24 @@ class Trainer(RunState):
         p.evals += 1
         self.logger.log_row(row)
         return row
+
+    def encoder_gradients(self) -> dict[str, float]:
+        """`grad_enc_<term>`: the gradient norm each term of the encoder loss puts on the shared encoders (the MARL
+        actor term; RACE's VFM and beta * VMM), each alone, on one batch of the replay buffer, measured at every
+        evaluation once learning has begun (`Learner.encoder_grad_norms`). The batch is drawn with the buffer's
+        generator, which is then put back: a run measured this way learns exactly what it would without."""
+        cfg, p = self.cfg, self.progress
+        if not cfg.uses_marl or p.updates == 0:
+            return {}
+        state = self.buffer.generator.get_state()
+        try:
+            batch = self.buffer.sample(self.family.batch_size())
+        finally:
+            self.buffer.generator.set_state(state)
+        population = None if self.population is None else self.population.to(self.device)
+        pop_encoders = None if self.pop_encoders is None else {k: v.to(self.device) for k, v in self.pop_encoders.items()}
+        norms = self.learner.encoder_grad_norms(batch, population, pop_encoders)
+        return {f"grad_enc_{k}": v for k, v in norms.items()}
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:

@@ -176,3 +176,32 @@ def test_table_max_steps_uses_only_evaluations_within_the_budget(tmp_path):
     table = results_table(runs, max_steps=80)
     assert f"| {at_80:.1f} ± " in table or f"| {at_80:.1f} |" in table
     assert "| 80 |" in table and "up to 80 env steps" in table
+
+
+def test_table_reports_the_marl_team_beside_the_headline(tmp_path, capsys):
+    """RACE's headline is the better of two teams: the table adds the MARL team alone, with its own P(X > Y)."""
+    root = tmp_path / "runs"
+    for seed, (head, marl) in enumerate([(50.0, 10.0), (60.0, 12.0)], start=1):
+        write_fake_run(root / f"r{seed}", "race", seed, [0, 100], [0.0, head],
+                       extra={1: {"eval_return_marl": marl}, 0: {"eval_return_marl": 0.0}})
+    for seed, value in enumerate([30.0, 40.0], start=1):
+        write_fake_run(root / f"m{seed}", "matd3", seed, [0, 100], [0.0, value],
+                       extra={1: {"eval_return_marl": value}, 0: {"eval_return_marl": 0.0}})
+    assert main(["table", str(root)]) == 0
+    out = capsys.readouterr().out
+    head, marl = out.split("The MARL team alone (`eval_return_marl`)")
+    assert "| mamujoco/HalfCheetah-6x1 | race | 2 | 100 | 55.0 ± 5.0 |" in head
+    assert "| matd3 | race | 1 | 0.00 |" in head  # the headline: RACE above MATD3 in every pair
+    assert "| mamujoco/HalfCheetah-6x1 | race | 2 | 100 | 11.0 ± 1.0 |" in marl
+    assert "| mamujoco/HalfCheetah-6x1 | matd3 | 2 | 100 | 35.0 ± 5.0 |" in marl  # one team: the same numbers
+    assert "| matd3 | race | 1 | 1.00 |" in marl  # the MARL team alone: below MATD3 in every pair
+    assert main(["table", str(root), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {(r["algo"], r["metric"]) for r in rows} == {("race", "eval_return"), ("matd3", "eval_return"),
+                                                        ("race", "eval_return_marl"), ("matd3", "eval_return_marl")}
+
+
+def test_table_without_a_population_method_has_no_marl_block(fake_runs, tmp_path, capsys):
+    write_fake_run(tmp_path / "m" / "a", "matd3", 1, [0, 100], [0.0, 1.0], extra={1: {"eval_return_marl": 1.0}})
+    assert main(["table", str(tmp_path / "m")]) == 0
+    assert "MARL team alone" not in capsys.readouterr().out

@@ -103,6 +103,38 @@ class Learner(nn.Module):
             torch.clear_autocast_cache()  # the stepped weights' bfloat16 copies are stale: cast them anew where read
         return ok
 
+    # ---------------------------------------------------------------- what each encoder-loss term does
+    def encoder_losses(self, batch, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The named terms of the encoder loss on `batch` (the learner's own: MATD3, FACMAC)."""
+        raise NotImplementedError
+
+    def encoder_grad_norms(self, batch, population: torch.Tensor | None = None,
+                           pop_encoders: dict | None = None) -> dict[str, float]:
+        """The norm of the gradient each term of the encoder loss (`encoder_losses`: the MARL actor term, RACE's VFM
+        and beta * VMM) puts on the shared encoders' parameters, each term alone, on `batch`, at the learner's
+        precision. Changes nothing: no parameter, optimiser state or `.grad` is touched, and the learner's random
+        generator is put back as it was (the team draw and any noise of these terms come from it), so a run
+        measured this way learns exactly what it would have learned without."""
+        params = list(self.encoders.parameters())
+        state = self.generator.get_state()
+        teams = getattr(self, "_teams", None)
+        self._teams = None  # RACE: draw the VFM team here (from the generator), not the last update's
+        if pop_encoders is not None:  # the unshared-encoder ablation's teams (set by every update too)
+            self.pop_encoders = pop_encoders
+        try:
+            with self.amp():
+                losses = self.encoder_losses(batch, population)
+            out = {}
+            with full_precision(params[0].device.type):
+                for name, loss in losses.items():
+                    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                    norms = [torch.linalg.vector_norm(g.float()) for g in grads if g is not None]
+                    out[name] = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+            return {k: float(v) for k, v in zip(out, torch.stack(list(out.values())).tolist())}
+        finally:
+            self.generator.set_state(state)
+            self._teams = teams
+
     # ---------------------------------------------------------------- the non-finite guard (device side)
     def _guard(self) -> dict[str, torch.Tensor]:
         """The device record: the first non-finite update's number (`_NO_BAD` if none) and whether a batch held it."""

@@ -170,19 +170,27 @@ class FACMAC(Learner):
         losses.update(self.extra_critic_losses(batch, z_targ, q_next, population))
         ok = self._step(sum(losses.values()), self.critic_optimizers(), losses, ok)
 
-        z = self.unroll(batch)
-        logits = team_logits(z[:, :t_max], self.marl_heads)
-        pi = gumbel_straight_through(masked_logits(logits, avail), self.generator)
         with frozen(self.critic_modules()):
-            q_pi = self.critic(obs, pi, state)
-            reg = masked_mean((logits * avail).pow(2).mean(-1), mask[..., None])
-            enc_losses = {"actor": -masked_mean(q_pi, mask) + dc.logit_reg * reg,
-                          **self.extra_encoder_losses(batch, z, population)}
+            enc_losses = self.encoder_losses(batch, population)
             ok = self._step(sum(enc_losses.values()), self.encoder_optimizers(), enc_losses, ok)
         losses.update(enc_losses)
         self.n_updates += 1
         self.update_targets(ok)
         return {k: v.detach() for k, v in losses.items()}
+
+    def encoder_losses(self, batch: EpisodeBatch, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The terms of the MARL heads' and the encoder's loss: the actor term (-Q_tot of Gumbel-softmax
+        straight-through actions, plus the logit penalty) and the hook's extra terms (RACE: VFM, beta * VMM).
+        The critics are read, not trained (the caller freezes them)."""
+        t_max = batch.reward.shape[1]
+        obs, state, avail, mask = batch.obs[:, :t_max], batch.state[:, :t_max], batch.avail[:, :t_max], batch.mask
+        z = self.unroll(batch)
+        logits = team_logits(z[:, :t_max], self.marl_heads)
+        pi = gumbel_straight_through(masked_logits(logits, avail), self.generator)
+        q_pi = self.critic(obs, pi, state)
+        reg = masked_mean((logits * avail).pow(2).mean(-1), mask[..., None])
+        return {"actor": -masked_mean(q_pi, mask) + self.dcfg.logit_reg * reg,
+                **self.extra_encoder_losses(batch, z, population)}
 
     def _step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor],
               ok: torch.Tensor | None = None) -> torch.Tensor:

@@ -187,13 +187,8 @@ class MATD3(Learner):
         ok = self._step(sum(losses.values()), self.critic_optimizers(), losses, "critic", ok)
 
         if (self.n_updates + 1) % lc.policy_delay == 0:
-            with section("encoder_forward"):
-                z = self.encoders(batch.obs)
             with frozen_params(self._critic_params()):
-                with section("actor_loss"):
-                    a = self.policy(z, self.marl_heads)
-                    actor_loss = -self.actor_values(self.critic, batch.obs, batch.state, a).mean()
-                enc_losses = {"actor": actor_loss, **self.extra_encoder_losses(batch, z, population)}
+                enc_losses = self.encoder_losses(batch, population)
                 total = sum(enc_losses.values())
                 ok = self._step(total, self.encoder_optimizers(), enc_losses, "actor", ok)
             losses.update(enc_losses)
@@ -201,6 +196,16 @@ class MATD3(Learner):
                 self.update_targets(ok)
         self.n_updates += 1
         return {k: v.detach() for k, v in losses.items()}
+
+    def encoder_losses(self, batch: Batch, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The terms of the MARL heads' and the encoders' loss: the actor term -Q_psi(s, pi_marl(z)) and the hook's
+        extra terms (RACE: VFM, beta * VMM). The critics are read, not trained (the caller freezes them)."""
+        with section("encoder_forward"):
+            z = self.encoders(batch.obs)
+        with section("actor_loss"):
+            a = self.policy(z, self.marl_heads)
+            actor_loss = -self.actor_values(self.critic, batch.obs, batch.state, a).mean()
+        return {"actor": actor_loss, **self.extra_encoder_losses(batch, z, population)}
 
     def _step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor],
               label: str = "step", ok: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 from racemarl.experiment import stats as stats_mod
 
 from racemarl.experiment.grouping import group_runs, grouping
-from racemarl.records.runs import Run, RunDirError, check_metric
+from racemarl.records.runs import Run, RunDirError, check_metric, numeric_columns
 
 TABLE_FORMATS = ("md", "csv")
 
@@ -75,43 +75,71 @@ def _steps_text(steps: list[int]) -> str:
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
+# The headline metric of a run and its MARL team's own column: population methods with a MARL learner (RACE, MERL)
+# report as `eval_return` the better of the MARL team and the champion on the same episodes; the base learners
+# (MATD3, FACMAC) have one team, so their two columns are equal.
+MARL_TEAM_METRIC = {"eval_return": "eval_return_marl", "eval_win_rate": "eval_win_rate_marl"}
+
+
 def results_table(runs: list[Run], metric: str = "eval_return", fmt: str = "md", digits: int = 1,
                   max_steps: int | None = None) -> str:
-    """Per task and algorithm: final and best `metric` (mean ± s.e. over seeds), seeds, env steps."""
+    """Per task and algorithm: final and best `metric` (mean ± s.e. over seeds), seeds, env steps. For the headline
+    metrics (`MARL_TEAM_METRIC`) of runs that include a population method with a MARL team, the same table and the
+    probabilities of improvement follow for the MARL team alone (the CSV: its rows with that metric's name)."""
     if fmt not in TABLE_FORMATS:
         raise RunDirError(f"unknown table format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")
-    stats = group_stats(runs, metric, max_steps)
-    cis = [stats_mod.bootstrap_ci(g.final) for g in stats]
+    blocks = [(metric, group_stats(runs, metric, max_steps))]
+    twin = MARL_TEAM_METRIC.get(metric)
+    if twin and any(r.config.uses_population and r.config.uses_marl for r in runs) and twin in numeric_columns(runs):
+        blocks.append((twin, group_stats(runs, twin, max_steps)))
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["task", "algo", "metric", "n_seeds", "seeds", "finished", "env_steps_min", "env_steps_max",
                     "final_mean", "final_se", "final_ci95_lo", "final_ci95_hi", "best_mean", "best_se"])
-        for g, (_, lo, hi) in zip(stats, cis):
-            fm, fs = mean_se(g.final)
-            bm, bs = mean_se(g.best)
-            w.writerow([g.task, g.algo, metric, len(g.seeds), " ".join(map(str, g.seeds)), g.finished,
-                        min(g.steps), max(g.steps), f"{fm:.6g}", "" if fs is None else f"{fs:.6g}",
-                        *(("", "") if len(g.final) < 2 else (f"{lo:.6g}", f"{hi:.6g}")),
-                        f"{bm:.6g}", "" if bs is None else f"{bs:.6g}"])
+        for name, stats in blocks:
+            for g in stats:
+                _, lo, hi = stats_mod.bootstrap_ci(g.final)
+                fm, fs = mean_se(g.final)
+                bm, bs = mean_se(g.best)
+                w.writerow([g.task, g.algo, name, len(g.seeds), " ".join(map(str, g.seeds)), g.finished,
+                            min(g.steps), max(g.steps), f"{fm:.6g}", "" if fs is None else f"{fs:.6g}",
+                            *(("", "") if len(g.final) < 2 else (f"{lo:.6g}", f"{hi:.6g}")),
+                            f"{bm:.6g}", "" if bs is None else f"{bs:.6g}"])
         return buf.getvalue()
-    lines = [f"| task | algo | seeds | env steps | final {metric} | final 95% CI | best {metric} |",
-             "|---|---|---|---|---|---|---|"]
-    for g, (_, lo, hi) in zip(stats, cis):
-        seeds = f"{len(g.seeds)}" + ("" if g.finished == len(g.seeds) else f" ({g.finished} finished)")
-        ci = "-" if len(g.final) < 2 else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
-        lines.append(f"| {g.task} | {g.algo} | {seeds} | {_steps_text(g.steps)} | "
-                     f"{format_mean_se(g.final, digits)} | {ci} | {format_mean_se(g.best, digits)} |")
+    lines = _stats_rows(blocks[0][1], metric, digits)
     lines.append("")
     cap = "" if max_steps is None else f" (evaluations up to {max_steps} env steps)"
     lines.append(f"mean ± standard error over seeds; final = last evaluation, best = best evaluation of each run{cap}; "
                  f"95% CI: rliable's stratified bootstrap of the mean of the final values")
     lines.append("")
     lines.append(grouping(runs).note())
-    improvement = improvement_table(stats, metric, digits=2)
+    improvement = improvement_table(blocks[0][1], metric, digits=2)
     if improvement:
         lines += ["", *improvement]
+    if len(blocks) > 1:
+        lines += ["", f"The MARL team alone (`{twin}`): `{metric}` of RACE and MERL is the better of their MARL team and "
+                  "their population's champion, played on the same evaluation episodes, so a population method is "
+                  "scored by the best of two teams and its base learner (MATD3, FACMAC) by its one team. The MARL "
+                  "team alone compares one team with one team:", "",
+                  *_stats_rows(blocks[1][1], twin, digits)]
+        improvement = improvement_table(blocks[1][1], twin, digits=2)
+        if improvement:
+            lines += ["", *improvement]
     return "\n".join(lines) + "\n"
+
+
+def _stats_rows(stats: list[GroupStats], metric: str, digits: int) -> list[str]:
+    """The Markdown table of `group_stats` results."""
+    lines = [f"| task | algo | seeds | env steps | final {metric} | final 95% CI | best {metric} |",
+             "|---|---|---|---|---|---|---|"]
+    for g in stats:
+        _, lo, hi = stats_mod.bootstrap_ci(g.final)
+        seeds = f"{len(g.seeds)}" + ("" if g.finished == len(g.seeds) else f" ({g.finished} finished)")
+        ci = "-" if len(g.final) < 2 else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+        lines.append(f"| {g.task} | {g.algo} | {seeds} | {_steps_text(g.steps)} | "
+                     f"{format_mean_se(g.final, digits)} | {ci} | {format_mean_se(g.best, digits)} |")
+    return lines
 
 
 def improvement_table(stats: list[GroupStats], metric: str, digits: int = 2) -> list[str]:

@@ -20,6 +20,7 @@ COLUMNS = [
     "fitness_max", "fitness_mean", "fitness_min", "fitness_short", "injected_slot",
     "loss_critic", "loss_actor", "loss_pevfa", "loss_value", "loss_vfm", "loss_vmm", "mi_estimate",
     "q_marl", "mc_return_marl", "q_bias_marl",
+    "grad_enc_actor", "grad_enc_vfm", "grad_enc_vmm",
 ]
 WALL_CLOCK_COLUMNS = ("wall_time", "sps")
 
