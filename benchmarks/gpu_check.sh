@@ -5,10 +5,12 @@
 #   tests.txt            pytest of tests/test_gpu.py (sync-free update under set_sync_debug_mode("error"), CPU/GPU
 #                        agreement, train on CUDA -> resume and eval on CPU) and tests/test_device.py
 #   throughput-gpu.json  + .md: benchmarks/throughput.py --device cuda (update steps/s and GPU ms per update of
-#                        MATD3 and RACE, per-section CPU and GPU time, end-to-end env steps/s with rollout workers)
+#                        MATD3 and RACE in each of $PRECISIONS (default fp32,bf16), shares of the float32 and the
+#                        bfloat16 GPU peak, per-section CPU and GPU time, end-to-end env steps/s with rollout workers)
 #   rc.txt               exit status of each step
 # Usage: PYTHON=/path/to/python bash benchmarks/gpu_check.sh [--quick]
-# Budget: about 6 minutes with --quick on HalfCheetah-6x1 only (the default here); set TASKS for more.
+# Budget: about 6 minutes with --quick on HalfCheetah-6x1 only (the default here) with one precision; both
+# precisions double the update and end-to-end sections (PRECISIONS=fp32 for the float32 half only); TASKS for more.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -17,6 +19,7 @@ PY="${PYTHON:-python3}"
 if [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ]; then PY=.venv/bin/python; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 TASKS="${TASKS:-mamujoco/HalfCheetah-6x1}"
+PRECISIONS="${PRECISIONS:-fp32,bf16}"
 WORKERS="${E2E_WORKERS:-$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))}"
 
 {
@@ -33,8 +36,8 @@ tail -5 "$OUT/tests.txt"
 
 QUICK=()
 if [ "${1:-}" != "--full" ]; then QUICK=(--quick); fi
-timeout 420 $PY benchmarks/throughput.py --device cuda --tasks "$TASKS" --e2e-workers "$WORKERS" "${QUICK[@]}" \
-  --out "$OUT/throughput-gpu.json" > "$OUT/throughput-gpu.log" 2>&1
+timeout 420 $PY benchmarks/throughput.py --device cuda --tasks "$TASKS" --precisions "$PRECISIONS" \
+  --e2e-workers "$WORKERS" "${QUICK[@]}" --out "$OUT/throughput-gpu.json" > "$OUT/throughput-gpu.log" 2>&1
 echo "throughput $?" >> "$OUT/rc.txt"
 tail -40 "$OUT/throughput-gpu.log"
 cat "$OUT/rc.txt"
