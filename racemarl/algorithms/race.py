@@ -57,7 +57,8 @@ class RaceLearner(RaceParts, MATD3):
         rc, net = cfg.race, cfg.net
         self.rcfg = rc
         self.pevfa = PeVFA(spec.state_dim, self.layout.joint_dim, net.critic_hidden, spec.n_agents,
-                           net.embed_dim + 1, self.layout.row_mask, net.policy_embed_dim, net.critic_layer_norm)
+                           net.embed_dim + 1, self.layout.row_mask, net.policy_embed_dim, net.critic_layer_norm,
+                           twin_embeddings=rc.pevfa_twin_embeddings)
         self.pevfa_targ = copy.deepcopy(self.pevfa).requires_grad_(False)
         self.value = StateValue(spec.state_dim)
         self.mi_critic = SeparableCritic(spec.state_dim, net.embed_dim, spec.n_agents, rc.mi_hidden)

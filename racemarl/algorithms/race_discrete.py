@@ -4,9 +4,10 @@ The same parts as the continuous learner (`racemarl.algorithms.race`), on episod
 encoder, with every loss averaged over real (unpadded) steps:
 - PeVFA Q_theta(s, o, u, W_j): FACMAC's per-agent critic and mixer, both conditioned on the policy
   embedding of team j's heads (agents' embeddings summed, as in the official code; heads detached).
-  It regresses TD(lambda) targets built with team j's greedy target actions, for K teams drawn
-  from the population plus the MARL team.
-- V_zeta(s) regresses F(s_t) = r_t + c (1 - term_t) max(Q_psi'(s_{t+1}, pi_marl), max_j Q_theta'(s_{t+1}, pi_j, W_j)).
+  It regresses TD(lambda) targets built with team j's greedy next actions (read with the online encoder, as the
+  official code; `discrete.pevfa_target_encoder`), for K teams drawn from the population plus the MARL team.
+- V_zeta(s) regresses F(s_t) = the larger of the MARL critic's and the PeVFA's TD(lambda) targets (official code;
+  `discrete.value_target=one_step`: r_t + c (1 - term_t) max(Q_psi'(s_{t+1}, pi_marl), max_j Q_theta'(s_{t+1}, pi_j, W_j))).
 - Encoder: L_VFM = -Q_psi(s, pi_marl) - Q_theta(s, pi_j, W_j) with Gumbel-softmax straight-through
   actions (the first term is the MARL heads' loss; W_j detached), plus
   beta * L_VMM = -beta E[w(s) I_JSD(z_i; s)] on up to `MI_SAMPLES` real steps drawn from the batch
@@ -86,12 +87,17 @@ class RaceDiscreteLearner(RaceParts, FACMAC):
         t_max = batch.reward.shape[1]
         mask = batch.mask
         with torch.no_grad():
-            greedy = masked_logits(team_logits(z_targ, teams), batch.avail).argmax(-1)  # [K, B, T+1, N]
+            z_next = self.unroll(batch) if dc.pevfa_target_encoder == "online" else z_targ
+            greedy = masked_logits(team_logits(z_next, teams), batch.avail).argmax(-1)  # [K, B, T+1, N]
             qt_next = self.pevfa_targ(batch.obs, F.one_hot(greedy, self.n_actions).float(), batch.state, teams)
             y = td_lambda_targets(batch.reward, batch.terminated, mask, qt_next, dc.gamma, dc.td_lambda)  # [K, B, T]
-            factor = dc.gamma if self.rcfg.value_target_factor is None else self.rcfg.value_target_factor
-            best_next = torch.maximum(q_next, qt_next.max(0).values)[:, 1:]
-            f_target = batch.reward + factor * (1 - batch.terminated) * best_next
+            if dc.value_target == "td_lambda":  # the larger of the MARL critic's and the PeVFA's TD(lambda) targets
+                y_marl = td_lambda_targets(batch.reward, batch.terminated, mask, q_next, dc.gamma, dc.td_lambda)
+                f_target = torch.maximum(y_marl, y.max(0).values)
+            else:
+                factor = dc.gamma if self.rcfg.value_target_factor is None else self.rcfg.value_target_factor
+                best_next = torch.maximum(q_next, qt_next.max(0).values)[:, 1:]
+                f_target = batch.reward + factor * (1 - batch.terminated) * best_next
         actions = F.one_hot(batch.actions, self.n_actions).float()
         qt = self.pevfa(batch.obs[:, :t_max], actions.expand(len(teams), *actions.shape), batch.state[:, :t_max], teams)
         return {"pevfa": masked_mean((qt - y).pow(2), mask),

@@ -157,6 +157,9 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "discrete.vmm_time_reduction": "mean",
     "net.fast_tanh": False,
     "precision": "fp32",
+    "race.pevfa_twin_embeddings": False,
+    "discrete.pevfa_target_encoder": "target",
+    "discrete.value_target": "one_step",
 }
 
 

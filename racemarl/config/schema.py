@@ -118,8 +118,16 @@ class DiscreteConfig:
     mixer_embed: int = 32
     """QMIX mixer embedding width."""
     hypernet_hidden: int = 64
-    logit_reg: float = 1e-3
-    """Weight of the mean squared logits in the MARL heads' loss (FACMAC's regulariser)."""
+    logit_reg: float = 0.0
+    """Weight of the mean squared logits in the MARL heads' loss (the regulariser of FACMAC's continuous code; the
+    discrete references, official RACE and FACMAC's SMAC learner, have none: 0; runs before 0.2 used 1e-3)."""
+    pevfa_target_encoder: Literal["online", "target"] = "online"
+    """RACE-discrete: the encoder whose hidden states give the teams' greedy next actions in the PeVFA's TD(lambda)
+    target (official RACE: the online one; runs before this setting existed: the target encoder)."""
+    value_target: Literal["td_lambda", "one_step"] = "td_lambda"
+    """RACE-discrete: V_zeta's target F(s_t). td_lambda = the larger of the MARL critic's and the PeVFA's TD(lambda)
+    targets (official RACE); one_step = r_t + c max(Q_psi'(s_{t+1}), max_j Q_theta'(s_{t+1}, W_j)) with
+    c = race.value_target_factor (the continuous learner's form; runs before this setting existed)."""
     vmm_time_reduction: Literal["sum", "mean"] = "sum"
     """RACE-discrete: L_VMM summed over an episode's time steps (official code: at beta 0.001 the loss is about
     T times what its mean would be) or averaged over them."""
@@ -170,6 +178,9 @@ class RaceConfig:
     codes); off: after them. The MARL team is injected after the updates either way."""
     pevfa_target_encoder: Literal["online", "target"] = "online"
     """Encoder the PeVFA's TD target reads the next observation with (ERL-Re2: the online one)."""
+    pevfa_twin_embeddings: bool = True
+    """Continuous PeVFA: each of its twin critics embeds the team's heads with its own policy-embedding network
+    (ERL-Re2's Policy_Value_Network); off: the twins share one embedding (runs before this setting existed)."""
     pevfa_target_smoothing: bool = False
     """TD3 target policy smoothing on the PeVFA's next actions (ERL-Re2: none)."""
     fitness_mc_prob: float = 0.5

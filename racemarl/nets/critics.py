@@ -30,11 +30,12 @@ class TwinCritic(nn.Module):
     def forward_conditioned(self, state: torch.Tensor, action: torch.Tensor, extra: torch.Tensor,
                             first_only: bool = False) -> torch.Tensor:
         """K groups of samples, each conditioned on one extra vector: state `[K, B, S]`, action `[K, B, U]`,
-        extra `[K, E]` -> `[2, K, B]`. The extra input's share of the first layer is computed once per
-        group instead of once per sample (same result as concatenating it to every sample).
-        `first_only`: Q_1 alone, `[K, B]` (equals `[0]` of the full output)."""
+        extra `[K, E]` (both twins read the same vector) or `[2, K, E]` (one per twin) -> `[2, K, B]`. The extra
+        input's share of the first layer is computed once per group instead of once per sample (same result as
+        concatenating it to every sample). `first_only`: Q_1 alone, `[K, B]` (equals `[0]` of the full output)."""
         k, b = state.shape[:2]
         g = 1 if first_only else 2
+        extra = extra[:g] if extra.dim() == 3 else extra.expand(g, *extra.shape)
         first = self.net.net[0]
         weight, bias = (first.weight[:1], first.bias[:1]) if first_only else (first.weight, first.bias)
         # one split (its backward is one concatenation) instead of two slices (two zero-filled full-size grads)
@@ -42,7 +43,7 @@ class TwinCritic(nn.Module):
         x = torch.cat([state, action], dim=-1).reshape(k * b, -1)
         h = torch.baddbmm(bias, x.expand(g, *x.shape), w_x)
         # per-group extra term [g, K, H]: a batched product reading the weight in place (einsum copied it)
-        h = h.view(g, k, b, -1) + torch.matmul(extra.expand(g, *extra.shape), w_extra)[:, :, None]
+        h = h.view(g, k, b, -1) + torch.matmul(extra, w_extra)[:, :, None]
         h = h.view(g, k * b, -1)
         if first_only:
             return self.net.forward_first(h, start=1).view(k, b)
@@ -80,19 +81,26 @@ class PolicyEmbedding(nn.Module):
 
 
 class PeVFA(nn.Module):
-    """Policy-extended twin critic Q_theta(s, u, W_j)."""
+    """Policy-extended twin critic Q_theta(s, u, W_j). `twin_embeddings`: each twin embeds the heads with its own
+    `PolicyEmbedding` (ERL-Re2); else both twins read one embedding."""
 
     def __init__(self, state_dim: int, joint_act_dim: int, hidden: Sequence[int], n_agents: int,
-                 row_dim: int, row_mask: torch.Tensor, embed_width: int = 64, layer_norm: bool = False):
+                 row_dim: int, row_mask: torch.Tensor, embed_width: int = 64, layer_norm: bool = False,
+                 twin_embeddings: bool = False):
         super().__init__()
         self.embedding = PolicyEmbedding(n_agents, row_dim, row_mask, embed_width)
+        self.embedding_2 = PolicyEmbedding(n_agents, row_dim, row_mask, embed_width) if twin_embeddings else None
         self.critic = TwinCritic(state_dim, joint_act_dim, hidden, self.embedding.out_dim, layer_norm)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor, heads: torch.Tensor,
                 first_only: bool = False) -> torch.Tensor:
         """state `[K, B, S]`, action `[K, B, U]`, heads `[K, N, A, d+1]` -> `[2, K, B]` (`[K, B]`, Q_1 alone,
         with `first_only`)."""
-        return self.critic.forward_conditioned(state, action, self.embedding(heads.detach()), first_only)
+        heads = heads.detach()
+        extra = self.embedding(heads)
+        if self.embedding_2 is not None and not first_only:
+            extra = torch.stack([extra, self.embedding_2(heads)])  # [2, K, E]: one embedding per twin
+        return self.critic.forward_conditioned(state, action, extra, first_only)
 
 
 class StateValue(nn.Module):
