@@ -45,7 +45,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
         apply_override(wanted, assignment)
     if args.precision is not None:
         wanted.precision = args.precision
-    if wanted.precision == "auto":  # not asked for: the run keeps the precision it recorded
+    if wanted.precision == "auto":  # auto on a resume: the run keeps the precision it resolved when it started
         wanted.precision = cfg.precision
     saved_flat, wanted_flat = experiment_settings(cfg), experiment_settings(wanted)
     changed = [f"{k}={wanted_flat[k]} (the run has {saved_flat[k]})" for k in saved_flat

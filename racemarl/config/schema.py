@@ -249,11 +249,12 @@ class Config:
     device: str = "auto"
     """Where the learner, its optimisers and the replay buffer live: auto (CUDA when available, else the CPU),
     cpu, cuda or cuda:N. Environments, rollout workers and evaluation always act on the CPU."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     """The learner's arithmetic: fp32, or bf16 (the forward passes under bfloat16 autocast, float32 master weights,
     optimiser, targets and losses; see `racemarl.precision`); auto = bf16 where the training device multiplies
     bfloat16 natively (a CPU with AVX512-BF16/AMX, a CUDA GPU of compute capability >= 8.0), else fp32. A run
-    records the resolved value; runs saved before this setting existed load as fp32. Acting is always float32."""
+    records the resolved value; runs saved before this setting existed load as fp32. Acting is always float32.
+    The default stays fp32 until the bf16 learning comparison (docs: Precision) has all its seeds."""
     checkpoint_minutes: float = 5.0
     """Also write checkpoints/latest.pt every this many wall-clock minutes (at the end of a generation or
     between updates), besides every evaluation, so a killed run loses at most this much work (0 = only at
