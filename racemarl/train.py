@@ -201,7 +201,7 @@ class Trainer(RunState):
         update: if any update met a NaN or inf (it was skipped on the device, see `Learner`), the learner,
         its optimisers and targets and the learner's and the buffer's random generators are put back as they were
         before this generation's updates, that state is saved to `checkpoints/last_good.pt` and the run stops."""
-        cfg, p = self.cfg, self.progress
+        cfg = self.cfg
         if not cfg.uses_marl:
             return
         n, batch_size = self.n_updates_due(new_steps)
@@ -216,7 +216,7 @@ class Trainer(RunState):
         updates: if an update met a NaN or inf (it was skipped on the device), the learner, its optimisers and
         targets, the learner's and the buffer's random generators and the update counters are put back as they
         were before these updates, that state is saved to `checkpoints/last_good.pt` and the run stops."""
-        cfg, p = self.cfg, self.progress
+        p = self.progress
         if n == 0:
             p.pending_updates = 0
             return

@@ -101,7 +101,7 @@ def _td_lambda_reference(r, term, length, q, gamma, lam):
     """Forward view: G_t = (1 - lam) sum_n lam^(n-1) G_t^(n) + lam^(L-t-1) G_t^(L-t)."""
     out = np.zeros(len(r))
     for t in range(length):
-        def n_step(n):
+        def n_step(n, t=t):
             g, disc = 0.0, 1.0
             for k in range(n):
                 g += disc * r[t + k]

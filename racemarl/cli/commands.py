@@ -104,7 +104,7 @@ def _train(args: argparse.Namespace) -> int:
         return 130 if e.signal_name == "SIGINT" else 143
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
         has_ckpt = (run_dir / "checkpoints" / "latest.pt").is_file()
-        print(f"racemarl: interrupted; " + (f"resume from the last checkpoint with `racemarl train --resume {run_dir}`"
+        print("racemarl: interrupted; " + (f"resume from the last checkpoint with `racemarl train --resume {run_dir}`"
               if has_ckpt else f"no checkpoint was written yet; start again (the folder {run_dir} can be reused)"),
               file=sys.stderr)
         return 130

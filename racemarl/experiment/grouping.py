@@ -3,6 +3,7 @@ settings that do not change what is learned (`GROUPING_IGNORES`) are samples of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from racemarl.config import Config
 from racemarl.records.runs import Run, flatten
