@@ -13,7 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from racemarl.acting.rollout import GenerationPlan, SlotResult, critic_bias, run_episodes, slot_stream, transitions_in_order
+from racemarl.acting.rollout import (
+    GenerationPlan,
+    SlotResult,
+    critic_bias,
+    run_episodes,
+    slot_stream,
+    transitions_in_order,
+)
 from racemarl.acting.rollout_discrete import run_discrete_episodes
 from racemarl.acting.workers import env_kwargs, make_workers
 from racemarl.algorithms.facmac import FACMAC, FacmacContinuous

@@ -12,7 +12,15 @@ import time
 import traceback
 
 from racemarl.acting.rollout import EnvRunner, GenerationPlan, RunnerSetup, SlotResult
-from racemarl.acting.workers import RolloutError, RolloutWorkers, _block_label, assign_slots, local_cores, worker_torch_setup
+from racemarl.acting.workers import (
+    RolloutError,
+    RolloutWorkers,
+    _block_label,
+    assign_slots,
+    local_cores,
+    worker_torch_setup,
+)
+
 
 def _process_main(conn: mp.connection.Connection, setup: RunnerSetup) -> None:
     """A worker process: build the envs, then play one generation per message until None or EOF."""

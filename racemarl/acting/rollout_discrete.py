@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from racemarl.envs.batch import EnvBatch
 from racemarl.data.episode_buffer import EpisodeBuffer
+from racemarl.envs.batch import EnvBatch
 
 
 @dataclass

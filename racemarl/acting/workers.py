@@ -34,8 +34,8 @@ from typing import Self
 import numpy as np
 import torch
 
-from racemarl.config import Config
 from racemarl.acting.rollout import EnvRunner, GenerationPlan, RunnerSetup, SlotResult
+from racemarl.config import Config
 
 log = logging.getLogger(__name__)
 

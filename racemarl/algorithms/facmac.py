@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from racemarl.config import Config
-from racemarl.envs.base import EnvSpec
-from racemarl.data.episode_buffer import EpisodeBatch
 from racemarl.algorithms.base import Learner
 from racemarl.algorithms.matd3 import MATD3, frozen, soft_update
+from racemarl.config import Config
+from racemarl.data.episode_buffer import EpisodeBatch
+from racemarl.envs.base import EnvSpec
 from racemarl.nets.mixer import MixedCritic
 from racemarl.nets.policy import init_heads
 from racemarl.nets.recurrent import RecurrentEncoders

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from racemarl.data.buffer import Batch
-from racemarl.config import Config
-from racemarl.envs.base import EnvSpec
 from racemarl.algorithms.base import Learner, NonFiniteLossError, section  # noqa: F401 (re-exported)
+from racemarl.config import Config
+from racemarl.data.buffer import Batch
+from racemarl.envs.base import EnvSpec
 from racemarl.nets.critics import TwinCritic
 from racemarl.nets.policy import ActionLayout, AgentEncoders, heads_forward, init_heads
 

@@ -16,10 +16,10 @@ import copy
 
 import torch
 
-from racemarl.data.buffer import Batch
-from racemarl.config import Config
-from racemarl.envs.base import EnvSpec
 from racemarl.algorithms.matd3 import MATD3, section
+from racemarl.config import Config
+from racemarl.data.buffer import Batch
+from racemarl.envs.base import EnvSpec
 from racemarl.nets.critics import PeVFA, StateValue
 from racemarl.nets.mi import SeparableCritic, jsd_mi_per_sample, value_weights
 

@@ -262,8 +262,8 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from racemarl.experiment.report import results_table
     from racemarl.experiment.grouping import duplicate_seeds
+    from racemarl.experiment.report import results_table
     from racemarl.records.runs import check_output_file, load_runs
 
     if args.digits < 0:
@@ -294,8 +294,8 @@ def _warn_without(runs, metric: str) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from racemarl.experiment.report import export_marl_eval
     from racemarl.experiment.grouping import duplicate_seeds
+    from racemarl.experiment.report import export_marl_eval
     from racemarl.records.runs import check_output_file, load_runs
 
     check_output_file(args.out)

@@ -12,7 +12,6 @@ import yaml
 
 from racemarl.config.schema import Config, ConfigError, _field_types, valid_keys
 
-
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 """The presets shipped inside the package (`configs/` in a clone is a link to it)."""
 

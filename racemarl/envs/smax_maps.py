@@ -108,8 +108,8 @@ def _scenario(smax, map_name: str):
     """SMAX's scenario for a map it lists, else the one of a unit mix."""
     if map_name in SMAX_MAPS:
         return smax.map_name_to_scenario(map_name)
-    from jaxmarl.environments.smax.smax_env import Scenario
     import jax.numpy as jnp
+    from jaxmarl.environments.smax.smax_env import Scenario
 
     allies, enemies = parse_unit_mix(map_name)
     return Scenario(unit_types=jnp.array(allies + enemies, dtype=jnp.uint8), num_allies=len(allies),

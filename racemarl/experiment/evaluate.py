@@ -74,10 +74,10 @@ def rebuild(sd: dict) -> LoadedRun:
     """Networks of a checkpoint state (the `_state` layout of racemarl.train.Trainer)."""
     import torch
 
-    from racemarl.config import from_dict
-    from racemarl.envs import make_env
     from racemarl.acting.families import learner_class
     from racemarl.acting.workers import env_kwargs
+    from racemarl.config import from_dict
+    from racemarl.envs import make_env
 
     cfg = from_dict(sd["config"])
     torch.set_num_threads(cfg.torch_threads)
@@ -234,9 +234,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
     """
     import torch
 
-    from racemarl.envs import make_env
     from racemarl.acting.rollout import run_episodes
     from racemarl.acting.workers import env_kwargs
+    from racemarl.envs import make_env
 
     if episodes < 1:
         raise RunDirError(f"--episodes must be >= 1, got {episodes}")
@@ -329,9 +329,9 @@ def _write_result(result: dict, run_path: Path, out: str | Path | None) -> dict:
 
 def _evaluate_discrete(loaded: LoadedRun, heads, episodes: int, seed: int | list[int]) -> dict:
     """Greedy episodes of one team on a discrete task, `MAX_LOCKSTEP_ENVS` rows at a time."""
-    from racemarl.envs.batch import make_env_batch
     from racemarl.acting.rollout_discrete import run_discrete_episodes
     from racemarl.acting.workers import env_kwargs
+    from racemarl.envs.batch import make_env_batch
 
     cfg = loaded.cfg
     rng = np.random.default_rng(seed)

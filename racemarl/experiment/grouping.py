@@ -8,7 +8,6 @@ from pathlib import Path
 from racemarl.config import Config
 from racemarl.records.runs import Run, flatten
 
-
 # Settings that never change what a run learns or how it is measured; runs differing only in these (and
 # the seed) are samples of one experiment. Everything else that differs splits the runs into groups.
 # `torch_threads`, `device` and `net.fast_tanh` (tanh as 2 sigmoid(2x) - 1) compute the same functions with

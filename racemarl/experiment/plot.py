@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from racemarl.experiment.grouping import group_runs
-from racemarl.records.runs import Run, RunDirError, check_metric
 from racemarl.experiment.stats import BOOTSTRAP_RESAMPLES, CI_METHODS, interval  # noqa: F401 - re-exported
+from racemarl.records.runs import Run, RunDirError, check_metric
 
 # the same colour for an algorithm in every figure
 FIXED_COLOURS = {"race": "tab:red", "matd3": "tab:blue", "facmac": "tab:purple", "ea": "tab:green", "merl": "tab:orange"}

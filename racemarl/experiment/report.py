@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from racemarl.experiment import stats as stats_mod
-
 from racemarl.experiment.grouping import group_runs, grouping
 from racemarl.records.runs import Run, RunDirError, check_metric
 
