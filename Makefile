@@ -5,6 +5,9 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
+# Quiet the banners that mkdocs-material and a plugin print about mkdocs 2 (they say nothing about this site).
+export NO_MKDOCS_2_WARNING := 1
+export DISABLE_MKDOCS_2_WARNING := true
 
 .PHONY: setup demo test lint format docs docs-serve bench-learning clean
 
