@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -135,6 +135,7 @@ class Trainer(RunState):
         if self.in_warmup():
             fitness = np.array([])  # the population sat out: nothing to evolve
         elif self.short_fitness():
+            assert played.results is not None  # the continuous family's, the only one with short rollouts
             fitness = self.bootstrapped_fitness(played.results[int(self.cfg.uses_marl):])
         return fitness, played.steps
 
@@ -245,6 +246,7 @@ class Trainer(RunState):
         if not self.cfg.uses_population or not len(fitness):
             return
         best = int(np.argmax(fitness))
+        assert self.population is not None  # a population run always has one
         self.best_heads = self.population[best].clone()
         if self.pop_encoders is not None:
             self.best_encoders = {k: v[best : best + 1].clone() for k, v in self.pop_encoders.items()}
@@ -256,6 +258,7 @@ class Trainer(RunState):
         if not cfg.uses_population or not len(fitness):
             return
         p.last_fitness = [float(f) for f in fitness]
+        assert self.population is not None  # a population run always has one
         self.population, self._report = evolve(self.population, fitness, self.row_mask, cfg.race, self.evo_rng)
         if self.pop_encoders is not None:  # each agent's own encoder travels with its head
             self.pop_encoders = {k: follow_sources(v, self._report.sources) for k, v in self.pop_encoders.items()}
@@ -271,6 +274,7 @@ class Trainer(RunState):
         p.last_injected = None
         interval = cfg.race.injection_interval
         if cfg.uses_marl and interval > 0 and p.generation % interval == 0:
+            assert self.population is not None  # a population run always has one
             slot = p.last_injected = inject(self.population, self.actor.marl_heads, fitness, self._report)
             if self.pop_encoders is not None:
                 for k, v in self.actor.encoder_params().items():
@@ -297,7 +301,7 @@ class Trainer(RunState):
         played before the generation's updates, see `race.champion_eval`; else played now)."""
         cfg, p = self.cfg, self.progress
         row: dict = {"env_steps": p.env_steps, "generation": p.generation, "updates": p.updates}
-        results = {}
+        results: dict[str, Any] = {}  # team -> (returns, wins)
         if cfg.uses_marl:
             results["marl"] = self.evaluate_marl(row)
         if cfg.uses_population:

@@ -25,7 +25,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
     episodes are played, and the session's own settings. Flags that repeat the run's settings are accepted;
     flags that would change them are refused, naming them."""
     from racemarl.config import apply_dict, apply_override
-    from racemarl.records.runs import experiment_settings, require_run_dir
+    from racemarl.records.runs import check_preset_file, experiment_settings, require_run_dir
     from racemarl.train import RunError
 
     require_run_dir(run_dir)
@@ -37,7 +37,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
         raise RunError(f"{run_dir / 'config.yaml'}: {e}") from None
     wanted = from_dict(load_yaml(run_dir / "config.yaml"))
     if args.config:
-        apply_dict(wanted, load_yaml(_config_file(args.config)))
+        apply_dict(wanted, load_yaml(check_preset_file(args.config, "--config")))
     top = {"algo": args.algo, "seed": args.seed, "eval_interval": args.eval_interval,
            "eval_episodes": args.eval_episodes, "env": {"task": args.task} if args.task else {}}
     apply_dict(wanted, {k: v for k, v in top.items() if v is not None})
@@ -126,7 +126,7 @@ def _tasks_cache_file(agent_obsk: int) -> tuple[Path, dict]:
 
     from racemarl import __version__
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("gymnasium-robotics", "mujoco", "jaxmarl", "smac", "pettingzoo", "mpe2"):
         try:
             versions[package] = metadata.version(package)
@@ -148,7 +148,8 @@ def _task_rows(agent_obsk: int) -> tuple[list[tuple[str, ...]], dict[str, str]]:
             return [tuple(r) for r in saved["rows"]], saved["missing"]
     except (OSError, ValueError, TypeError, AttributeError):
         pass
-    rows, missing = [], {}
+    rows: list[tuple[str, ...]] = []
+    missing: dict[str, str] = {}
     for t in list_tasks():
         family = t.split("/", 1)[0]
         if family in missing:

@@ -32,12 +32,13 @@ def _cell(text: str) -> str:
 
 def _argument(action: argparse.Action) -> tuple[str, str, str]:
     """(the argument as typed, its default, its help) for one table row."""
+    metavar = action.metavar if isinstance(action.metavar, str) else None
     if action.option_strings:
         name = ", ".join(action.option_strings)
         if action.nargs != 0:
-            name += f" {action.metavar or action.dest.upper()}"
+            name += f" {metavar or action.dest.upper()}"
     else:
-        name = action.metavar or action.dest
+        name = metavar or action.dest
         if action.nargs == "+":
             name += " ..."
     helptext = action.help or ""

@@ -111,8 +111,8 @@ def sections(cls: type = Config) -> list[tuple[str, type]]:
     """('', Config) and then (name, class) for every nested section, in the schema's order."""
     out: list[tuple[str, type]] = [("", cls)]
     for name, tp in _field_types(cls).items():
-        if dataclasses.is_dataclass(tp):
-            out += [(f"{name}.{sub}" if sub else name, sub_cls) for sub, sub_cls in sections(tp)]  # type: ignore[arg-type]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out += [(f"{name}.{sub}" if sub else name, sub_cls) for sub, sub_cls in sections(tp)]
     return out
 
 
@@ -127,8 +127,8 @@ def _key_docs(cls: type, prefix: str, messages: dict[str, list[str]]) -> list[Ke
     out = []
     for f in dataclasses.fields(cls):
         tp = types[f.name]
-        if dataclasses.is_dataclass(tp):
-            out += _key_docs(tp, f"{prefix}{f.name}.", messages)  # type: ignore[arg-type]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out += _key_docs(tp, f"{prefix}{f.name}.", messages)
             continue
         key = prefix + f.name
         out.append(KeyDoc(key, type_name(tp), _default(f), _constraint(key, tp, messages), docs.get(f.name, "")))

@@ -387,7 +387,7 @@ def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """All dotted keys of a config class, e.g. `learner.batch_size`."""
     keys = []
     for name, tp in _field_types(cls).items():
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             keys += valid_keys(tp, f"{prefix}{name}.")
         else:
             keys.append(prefix + name)

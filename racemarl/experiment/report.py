@@ -80,7 +80,7 @@ def results_table(runs: list[Run], metric: str = "eval_return", fmt: str = "md",
     if fmt not in TABLE_FORMATS:
         raise RunDirError(f"unknown table format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")
     stats = group_stats(runs, metric, max_steps)
-    cis = [stats_mod.bootstrap_ci(g.final) for g in stats]
+    cis = [stats_mod.bootstrap_ci(np.asarray(g.final)) for g in stats]
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")

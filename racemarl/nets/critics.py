@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
-from racemarl.nets.layers import GroupedMLP
+from racemarl.nets.layers import GroupedLinear, GroupedMLP
 
 
 class TwinCritic(nn.Module):
@@ -34,7 +35,7 @@ class TwinCritic(nn.Module):
         `first_only`: Q_1 alone, `[K, B]` (equals `[0]` of the full output)."""
         k, b = state.shape[:2]
         g = 1 if first_only else 2
-        first = self.net.net[0]
+        first = cast(GroupedLinear, self.net.net[0])
         weight, bias = (first.weight[:1], first.bias[:1]) if first_only else (first.weight, first.bias)
         # one split (its backward is one concatenation) instead of two slices (two zero-filled full-size grads)
         w_x, w_extra = weight.split([self.in_dim, weight.shape[1] - self.in_dim], dim=1)
@@ -56,6 +57,9 @@ class PolicyEmbedding(nn.Module):
     Input `[K, N, A, d+1]`, output `[K, N * width]` (concat) or `[K, width]` (sum). Callers pass
     detached heads: the PeVFA must not push gradient into the policies it evaluates.
     """
+
+    # buffers (register_buffer), typed for the type checker
+    row_weight: torch.Tensor
 
     def __init__(self, n_agents: int, row_dim: int, row_mask: torch.Tensor, width: int = 64,
                  combine: str = "concat"):
