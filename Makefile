@@ -1,15 +1,20 @@
 # Quick start: `make demo` (set up + a few minutes of RACE on SMAX 3m, compared with a random policy), `make test`.
+# Maintenance: `make lint` (ruff + mypy), `make format` (ruff format + import sorting), `make docs` (the site,
+# strict), `make docs-serve` (the site at http://127.0.0.1:8000 while you edit).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
+# Quiet the banners that mkdocs-material and a plugin print about mkdocs 2 (they say nothing about this site).
+export NO_MKDOCS_2_WARNING := 1
+export DISABLE_MKDOCS_2_WARNING := true
 
-.PHONY: setup demo test bench-learning clean
+.PHONY: setup demo test lint format docs docs-serve bench-learning clean
 
 $(BIN)/racemarl: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[all]"
+	$(BIN)/pip install -q -e ".[all,docs,lint]"
 	@touch $@
 
 setup: $(BIN)/racemarl
@@ -22,8 +27,23 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest tests
 
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix --select I .
+	$(BIN)/ruff format .
+
+docs: setup
+	$(BIN)/mkdocs build --strict
+
+docs-serve: setup
+	$(BIN)/mkdocs serve
+
 bench-learning: setup
 	$(BIN)/python benchmarks/learning.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache .ruff_cache .mypy_cache

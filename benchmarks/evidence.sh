@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The MA-MuJoCo evidence of the README's "RACE vs MATD3" section, in two lanes (one per core), each
+# The MA-MuJoCo evidence of the "RACE vs MATD3" section of docs/results.md, in two lanes (one per core), each
 # restartable: run it again after an interruption and every benchmark resumes its unfinished runs from
 # their checkpoints and skips the finished ones (benchmarks/learning.py, benchmarks/diagnostics.py).
 #

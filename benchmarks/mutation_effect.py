@@ -24,10 +24,10 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from racemarl.config import build_config, from_dict  # noqa: E402
-from racemarl.envs import make_env  # noqa: E402
 from racemarl.algorithms.evolution import mutate_agent_head  # noqa: E402
 from racemarl.algorithms.matd3 import MATD3  # noqa: E402
+from racemarl.config import build_config, from_dict  # noqa: E402
+from racemarl.envs import make_env  # noqa: E402
 from racemarl.nets.policy import init_heads, pad_obs  # noqa: E402
 
 KINDS = {"normal": dict(super_mutation_prob=0.0, reset_prob=0.0),

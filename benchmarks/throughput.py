@@ -61,12 +61,12 @@ RESULTS = ROOT / "results"
 sys.path.insert(0, str(ROOT.parent))
 
 from racemarl.acting import rollout
-from racemarl.data.buffer import ReplayBuffer
-from racemarl.config import build_config
-from racemarl.envs import make_env
 from racemarl.algorithms.matd3 import MATD3
-from racemarl.nets.policy import init_heads
 from racemarl.algorithms.race import RaceLearner
+from racemarl.config import build_config
+from racemarl.data.buffer import ReplayBuffer
+from racemarl.envs import make_env
+from racemarl.nets.policy import init_heads
 from racemarl.precision import resolve_precision
 from racemarl.train import Trainer
 

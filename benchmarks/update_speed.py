@@ -29,12 +29,12 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from racemarl.data.buffer import ReplayBuffer  # noqa: E402
-from racemarl.config import build_config  # noqa: E402
-from racemarl.envs import make_env  # noqa: E402
 from racemarl.algorithms.matd3 import MATD3  # noqa: E402
-from racemarl.nets.policy import init_heads  # noqa: E402
 from racemarl.algorithms.race import RaceLearner  # noqa: E402
+from racemarl.config import build_config  # noqa: E402
+from racemarl.data.buffer import ReplayBuffer  # noqa: E402
+from racemarl.envs import make_env  # noqa: E402
+from racemarl.nets.policy import init_heads  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from throughput import flops_per_update  # noqa: E402

@@ -1,6 +1,6 @@
 """racemarl: RACE (ICML 2023), evolutionary algorithms + multi-agent RL with shared encoders.
 
-The Python API (see `racemarl.api` and the README): `make_config`, `train_run`, `resume_run`, `evaluate_run`,
+The Python API (see `racemarl.api` and docs/reference/api.md): `make_config`, `train_run`, `resume_run`, `evaluate_run`,
 `load_metrics`, `load_run`, `random_policy`, and the errors they raise. They are imported on first use,
 so `import racemarl` (and the command line) stays fast.
 """

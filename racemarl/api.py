@@ -142,8 +142,8 @@ def random_policy(task: str, *, episodes: int = 10, seed: int = 0, max_episode_s
     baseline a trained team should beat. Episode seeds are drawn from ``numpy.random.default_rng(seed)``."""
     import numpy as np
 
-    from racemarl.envs import is_discrete_task
     from racemarl.acting.workers import env_kwargs
+    from racemarl.envs import is_discrete_task
 
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ConfigError(f"episodes must be a positive int, got {episodes!r}")

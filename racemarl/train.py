@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -137,6 +137,7 @@ class Trainer(RunState):
         if self.in_warmup():
             fitness = np.array([])  # the population sat out: nothing to evolve
         elif self.short_fitness():
+            assert played.results is not None  # the continuous family's, the only one with short rollouts
             fitness = self.bootstrapped_fitness(played.results[int(self.cfg.uses_marl):])
         return fitness, played.steps
 
@@ -203,7 +204,7 @@ class Trainer(RunState):
         update: if any update met a NaN or inf (it was skipped on the device, see `Learner`), the learner,
         its optimisers and targets and the learner's and the buffer's random generators are put back as they were
         before this generation's updates, that state is saved to `checkpoints/last_good.pt` and the run stops."""
-        cfg, p = self.cfg, self.progress
+        cfg = self.cfg
         if not cfg.uses_marl:
             return
         n, batch_size = self.n_updates_due(new_steps)
@@ -218,7 +219,7 @@ class Trainer(RunState):
         updates: if an update met a NaN or inf (it was skipped on the device), the learner, its optimisers and
         targets, the learner's and the buffer's random generators and the update counters are put back as they
         were before these updates, that state is saved to `checkpoints/last_good.pt` and the run stops."""
-        cfg, p = self.cfg, self.progress
+        p = self.progress
         if n == 0:
             p.pending_updates = 0
             return
@@ -247,6 +248,7 @@ class Trainer(RunState):
         if not self.cfg.uses_population or not len(fitness):
             return
         best = int(np.argmax(fitness))
+        assert self.population is not None  # a population run always has one
         self.best_heads = self.population[best].clone()
         if self.pop_encoders is not None:
             self.best_encoders = {k: v[best : best + 1].clone() for k, v in self.pop_encoders.items()}
@@ -258,6 +260,7 @@ class Trainer(RunState):
         if not cfg.uses_population or not len(fitness):
             return
         p.last_fitness = [float(f) for f in fitness]
+        assert self.population is not None  # a population run always has one
         self.population, self._report = evolve(self.population, fitness, self.row_mask, cfg.race, self.evo_rng)
         if self.pop_encoders is not None:  # each agent's own encoder travels with its head
             self.pop_encoders = {k: follow_sources(v, self._report.sources) for k, v in self.pop_encoders.items()}
@@ -273,6 +276,7 @@ class Trainer(RunState):
         p.last_injected = None
         interval = cfg.race.injection_interval
         if cfg.uses_marl and interval > 0 and p.generation % interval == 0:
+            assert self.population is not None  # a population run always has one
             slot = p.last_injected = inject(self.population, self.actor.marl_heads, fitness, self._report)
             if self.pop_encoders is not None:
                 for k, v in self.actor.encoder_params().items():
@@ -299,7 +303,7 @@ class Trainer(RunState):
         played before the generation's updates, see `race.champion_eval`; else played now)."""
         cfg, p = self.cfg, self.progress
         row: dict = {"env_steps": p.env_steps, "generation": p.generation, "updates": p.updates}
-        results = {}
+        results: dict[str, Any] = {}  # team -> (returns, wins)
         if cfg.uses_marl:
             results["marl"] = self.evaluate_marl(row)
         if cfg.uses_population:

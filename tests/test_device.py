@@ -20,17 +20,17 @@ import pytest
 import torch
 
 import racemarl
-from racemarl.records import checkpoint as ckpt
-from racemarl.data.buffer import ReplayBuffer
-from racemarl.config import ConfigError, build_config
-from racemarl.device import DeviceError, cpu_tree, resolve_device
-from racemarl.envs.base import EnvSpec
-from racemarl.data.episode_buffer import EpisodeBuffer
 from racemarl.algorithms.facmac import FACMAC, FacmacContinuous
 from racemarl.algorithms.matd3 import MATD3
-from racemarl.nets.policy import init_heads
 from racemarl.algorithms.race import RaceLearner
 from racemarl.algorithms.race_discrete import RaceDiscreteLearner
+from racemarl.config import ConfigError, build_config
+from racemarl.data.buffer import ReplayBuffer
+from racemarl.data.episode_buffer import EpisodeBuffer
+from racemarl.device import DeviceError, cpu_tree, resolve_device
+from racemarl.envs.base import EnvSpec
+from racemarl.nets.policy import init_heads
+from racemarl.records import checkpoint as ckpt
 from racemarl.train import Trainer
 from tests.conftest import poison_replay_batch, tiny_config
 

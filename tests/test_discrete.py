@@ -10,11 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from racemarl.config import build_config
-from racemarl.envs.base import EnvSpec
-from racemarl.envs.batch import ListBatch, make_env_batch
-from racemarl.envs.smac import SMAC_MAPS, SmacEnv
-from racemarl.data.episode_buffer import EpisodeBatch, EpisodeBuffer
+from racemarl.acting.rollout_discrete import run_discrete_episodes, sample_actions
 from racemarl.algorithms.facmac import (
     FACMAC,
     gumbel_straight_through,
@@ -22,10 +18,14 @@ from racemarl.algorithms.facmac import (
     td_lambda_targets,
     team_logits,
 )
+from racemarl.algorithms.race_discrete import RaceDiscreteLearner
+from racemarl.config import build_config
+from racemarl.data.episode_buffer import EpisodeBatch, EpisodeBuffer
+from racemarl.envs.base import EnvSpec
+from racemarl.envs.batch import ListBatch, make_env_batch
+from racemarl.envs.smac import SMAC_MAPS, SmacEnv
 from racemarl.nets.mixer import MixedCritic, QMixer
 from racemarl.nets.recurrent import RecurrentEncoders
-from racemarl.algorithms.race_discrete import RaceDiscreteLearner
-from racemarl.acting.rollout_discrete import run_discrete_episodes, sample_actions
 from racemarl.train import RunError, Trainer
 from tests.fakes import FakeStarCraft2Env
 
@@ -101,7 +101,7 @@ def _td_lambda_reference(r, term, length, q, gamma, lam):
     """Forward view: G_t = (1 - lam) sum_n lam^(n-1) G_t^(n) + lam^(L-t-1) G_t^(L-t)."""
     out = np.zeros(len(r))
     for t in range(length):
-        def n_step(n):
+        def n_step(n, t=t):
             g, disc = 0.0, 1.0
             for k in range(n):
                 g += disc * r[t + k]

@@ -116,7 +116,7 @@ def test_truncation_multi_agent_final_obs():
 def test_hopper_falls_and_terminates():
     env = make_env("mamujoco/Hopper-3x1", max_episode_steps=200)
     env.reset(seed=0)
-    for t in range(1, 201):
+    for t in range(1, 201):  # noqa: B007 - t is read after the loop
         r = env.step(_const_actions(env, -1.0))  # extreme actions: the hopper falls over
         if r.terminated or r.truncated:
             break

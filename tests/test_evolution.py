@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from racemarl.config import RaceConfig
 from racemarl.algorithms.evolution import (
     agent_crossover,
     evolve,
@@ -17,6 +16,7 @@ from racemarl.algorithms.evolution import (
     row_crossover,
     tournament,
 )
+from racemarl.config import RaceConfig
 
 torch.set_num_threads(1)
 

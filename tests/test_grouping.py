@@ -1,12 +1,10 @@
 """Runs pooled as seeds only when they are the same experiment; rliable statistics; sweep settings."""
-import json
 
 import numpy as np
 import pytest
 
 from racemarl.cli import main
 from racemarl.config import save_yaml
-from racemarl.records.runs import load_runs
 from racemarl.experiment.stats import bootstrap_ci, interval, probability_of_improvement
 from racemarl.experiment.sweep import Sweep, SweepSpec
 from tests.conftest import tiny_config

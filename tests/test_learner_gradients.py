@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from racemarl.data.buffer import Batch
-from racemarl.config import Config, NetConfig
-from racemarl.envs.base import EnvSpec
 from racemarl.algorithms.matd3 import MATD3, NonFiniteLossError, frozen
+from racemarl.algorithms.race import RaceLearner
+from racemarl.config import Config, NetConfig
+from racemarl.data.buffer import Batch
+from racemarl.envs.base import EnvSpec
 from racemarl.nets.mi import jsd_mi_per_sample, value_weights
 from racemarl.nets.policy import ActionLayout, init_heads
-from racemarl.algorithms.race import RaceLearner
 
 torch.set_num_threads(1)
 

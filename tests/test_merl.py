@@ -1,6 +1,5 @@
 """MERL (`--algo merl`): a population of whole team networks evolved on the team return, with the MATD3
 learner's team injected every generation."""
-import pytest
 import torch
 
 from racemarl.cli import main

@@ -51,7 +51,7 @@ def reference_jsd(scores: torch.Tensor, valid: torch.Tensor | None = None) -> to
     for t in range(b):
         if not valid[t]:
             continue
-        neg = [F.softplus(scores[l, t]) for l in range(b) if l != t and valid[l]]
+        neg = [F.softplus(scores[k, t]) for k in range(b) if k != t and valid[k]]
         out[t] = -F.softplus(-scores[t, t]) - torch.stack(neg).mean() + LOG4
     return out
 

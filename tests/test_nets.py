@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from racemarl.algorithms.matd3 import MATD3
 from racemarl.config import Config, NetConfig
 from racemarl.envs.base import EnvSpec
-from racemarl.algorithms.matd3 import MATD3
 from racemarl.nets.critics import PeVFA, PolicyEmbedding, TwinCritic
 from racemarl.nets.layers import GroupedLinear
 from racemarl.nets.policy import (

@@ -7,8 +7,8 @@ import pytest
 
 from racemarl.cli import main
 from racemarl.config import save_yaml
-from racemarl.records.metrics import COLUMNS
 from racemarl.experiment.plot import confidence_band, learning_curves, moving_average, t_quantile
+from racemarl.records.metrics import COLUMNS
 from racemarl.records.runs import RunDirError, find_run_dirs, load_runs
 from tests.conftest import tiny_config
 

@@ -25,7 +25,7 @@ BUDGETS = {"smax/2s3z": 1_000_000, "smax/3s5z": 2_000_000, "smax/3s_vs_3z": 1_00
 def test_every_preset_loads_validates_and_names_its_task(grid):
     g = paper_grid(grid)
     assert set(g.presets) == PAPER_TASKS[grid]
-    for task, name in g.presets.items():
+    for task in g.presets:
         cfg = build_config(g.preset_path(task))
         assert cfg.env.task == task and parse_task(task)[0] == task.split("/")[0]
         assert cfg.total_steps == BUDGETS.get(task, 1_000_000)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from racemarl.acting.rollout import critic_bias
 from racemarl.config import LEGACY_DEFAULTS, Config, from_dict, to_dict
 from racemarl.nets.critics import PeVFA, TwinCritic
-from racemarl.acting.rollout import critic_bias
 from racemarl.train import Trainer
 from tests.conftest import tiny_config
 from tests.test_discrete import fake_smac  # noqa: F401 - fixture
@@ -251,9 +251,9 @@ def test_saved_configs_without_the_new_keys_load_with_the_old_behaviour():
 
 def test_discrete_vmm_is_summed_over_each_episodes_steps(fake_smac):
     """At the same beta, the summed VMM term is the per-step mean times the batch's mean episode length."""
-    from racemarl.data.episode_buffer import EpisodeBuffer
-    from racemarl.algorithms.race_discrete import RaceDiscreteLearner
     from racemarl.acting.rollout_discrete import run_discrete_episodes
+    from racemarl.algorithms.race_discrete import RaceDiscreteLearner
+    from racemarl.data.episode_buffer import EpisodeBuffer
     from tests.test_discrete import discrete_config, fake_batch
 
     losses = {}

@@ -6,8 +6,8 @@ import signal
 import pytest
 import torch
 
-from racemarl.records import checkpoint as ckpt
 from racemarl.cli import main
+from racemarl.records import checkpoint as ckpt
 from racemarl.records.metrics import WALL_CLOCK_COLUMNS, read_metrics
 from racemarl.train import RunError, Trainer, TrainingInterrupted, _eval_postfix, train
 from tests.conftest import tiny_config

@@ -8,10 +8,10 @@ import pytest
 
 from racemarl.cli import main
 from racemarl.envs import list_tasks, make_env
-from racemarl.records.metrics import read_metrics
-from racemarl.records.tracking import TrackingError, make_trackers
 from racemarl.experiment.report import mean_se
+from racemarl.records.metrics import read_metrics
 from racemarl.records.runs import load_runs
+from racemarl.records.tracking import TrackingError, make_trackers
 from racemarl.train import train
 from tests.conftest import tiny_config
 from tests.test_plot import write_fake_run

@@ -202,7 +202,7 @@ def test_battle_won_matches_final_health(env3m):
 def test_time_limit_truncates(env2s3z):
     rng = np.random.default_rng(0)
     _obs, _state, avail = env2s3z.reset(seed=0)
-    for t in range(1, LIMIT_2S3Z + 1):
+    for t in range(1, LIMIT_2S3Z + 1):  # noqa: B007 - t is read after the loop
         r = env2s3z.step(env2s3z.sample_actions(rng, avail))
         avail = r.avail_actions
         if r.terminated or r.truncated:

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from racemarl.data.buffer import ReplayBuffer
 from racemarl.algorithms.matd3 import soft_update, tune_allocator
+from racemarl.data.buffer import ReplayBuffer
 from racemarl.nets.critics import PeVFA, TwinCritic
 from racemarl.nets.layers import GroupedLayerNorm, GroupedMLP
 from racemarl.nets.mi import LOG4, jsd_mi_per_sample

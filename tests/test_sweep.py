@@ -11,8 +11,8 @@ import pytest
 
 from racemarl.cli import main
 from racemarl.config import ConfigError
-from racemarl.records.metrics import read_metrics
 from racemarl.experiment.sweep import parse_seeds, run_name
+from racemarl.records.metrics import read_metrics
 from tests.conftest import TINY
 
 TASK = "mamujoco/HalfCheetah-6x1"

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from racemarl.records import checkpoint as ckpt
-from racemarl.config import ConfigError
-from racemarl.records.metrics import WALL_CLOCK_COLUMNS, read_metrics
-from racemarl.acting.rollout import EnvRunner, GenerationPlan, RunnerSetup
-from racemarl.train import RunError, Trainer
 from racemarl.acting.process_workers import ProcessWorkers
 from racemarl.acting.ray_workers import RayWorkers
+from racemarl.acting.rollout import EnvRunner, GenerationPlan, RunnerSetup
 from racemarl.acting.workers import assign_slots
+from racemarl.config import ConfigError
+from racemarl.records import checkpoint as ckpt
+from racemarl.records.metrics import WALL_CLOCK_COLUMNS, read_metrics
+from racemarl.train import RunError, Trainer
 from tests.conftest import tiny_config
 
 STEPS = 320  # 4 generations of 4 slots (MARL team + 3 population teams) x 20 steps
@@ -106,9 +106,9 @@ def test_an_episode_does_not_depend_on_the_slots_beside_it():
 @pytest.mark.parametrize("shared", [True, False])
 def test_slot_actor_is_the_learners_policy(shared):
     """The rollout actor computes what MATD3.act computes (up to float rounding), for shared and unshared encoders."""
-    from racemarl.envs import make_env
-    from racemarl.algorithms.matd3 import MATD3
     from racemarl.acting.rollout import SlotActor
+    from racemarl.algorithms.matd3 import MATD3
+    from racemarl.envs import make_env
 
     cfg = tiny_config("race")
     spec = make_env(cfg.env.task, max_episode_steps=20).spec

@@ -13,7 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from racemarl.acting.rollout import GenerationPlan, SlotResult, critic_bias, run_episodes, slot_stream, transitions_in_order
+from racemarl.acting.rollout import (
+    GenerationPlan,
+    SlotResult,
+    critic_bias,
+    run_episodes,
+    slot_stream,
+    transitions_in_order,
+)
 from racemarl.acting.rollout_discrete import run_discrete_episodes
 from racemarl.acting.workers import env_kwargs, make_workers
 from racemarl.algorithms.facmac import FACMAC, FacmacContinuous
@@ -53,6 +60,7 @@ def slot_teams(cfg: Config, actor, population: torch.Tensor | None, pop_encoders
     repeat = cfg.race.episodes_per_team
     heads = [actor.marl_heads.detach()[None]] if cfg.uses_marl else []
     if cfg.uses_population:
+        assert population is not None  # a population run always has one
         heads.append(population.repeat_interleave(repeat, 0))
     encoders = None
     if pop_encoders is not None:
@@ -107,6 +115,7 @@ class ContinuousFamily:
     # ---------------------------------------------------------------- playing and learning
     def play(self, run) -> Played:
         plan = self.generation_plan(run)
+        assert self.workers is not None  # built with the family (closed only at the end of the run)
         results = self.workers.play(plan)
         self.store(run.buffer, results)
         return Played(np.array([r.episode_return for r in results]), None, sum(r.length for r in results), results)
@@ -230,6 +239,14 @@ class DiscreteFamily:
         self.envs = make_env_batch(cfg.env.task, n_slots, **env_kwargs(cfg))
         self.eval_envs = make_env_batch(cfg.env.task, cfg.eval_episodes, **env_kwargs(cfg))
         self.spec = self.envs.spec
+
+    def generation_plan(self, run) -> GenerationPlan:
+        """Not on discrete tasks: all slots play as rows of one batch of envs, with no per-slot plan."""
+        raise NotImplementedError("discrete tasks play every slot in one batch of envs")
+
+    def bootstrapped_fitness(self, run, results: list[SlotResult]) -> np.ndarray:
+        """Not on discrete tasks (`short_rollouts` is false): teams are scored by full episodes."""
+        raise NotImplementedError("discrete tasks score teams by full episodes")
 
     @staticmethod
     def config_problem(cfg: Config) -> str | None:

@@ -10,9 +10,18 @@ import signal
 import threading
 import time
 import traceback
+from typing import Any
 
 from racemarl.acting.rollout import EnvRunner, GenerationPlan, RunnerSetup, SlotResult
-from racemarl.acting.workers import RolloutError, RolloutWorkers, _block_label, assign_slots, local_cores, worker_torch_setup
+from racemarl.acting.workers import (
+    RolloutError,
+    RolloutWorkers,
+    _block_label,
+    assign_slots,
+    local_cores,
+    worker_torch_setup,
+)
+
 
 def _process_main(conn: mp.connection.Connection, setup: RunnerSetup) -> None:
     """A worker process: build the envs, then play one generation per message until None or EOF."""
@@ -79,9 +88,7 @@ class ProcessWorkers(RolloutWorkers):
         self._ctx = mp.get_context("spawn")  # no fork of a process with threads (PyTorch, tqdm, TensorBoard)
         self.failures = [0] * self.n_workers
         self.in_flight = False  # a generation was sent and not all answers came back
-        self.procs: list[_Proc | None] = [None] * self.n_workers
-        for i in range(self.n_workers):
-            self.procs[i] = self._spawn(i)
+        self.procs: list[_Proc] = [self._spawn(i) for i in range(self.n_workers)]
 
     def _spawn(self, i: int) -> _Proc:
         parent, child = self._ctx.Pipe()
@@ -93,7 +100,7 @@ class ProcessWorkers(RolloutWorkers):
 
     def pids(self) -> list[int]:
         """Process ids of the workers (in worker order)."""
-        return [p.process.pid for p in self.procs]
+        return [p.process.pid for p in self.procs if p.process.pid is not None]  # all of them: they are started
 
     def _dispatch(self, i: int, data: bytes) -> None:
         # Sent from a thread: a big message blocks until the worker reads it, and a worker may be
@@ -126,7 +133,7 @@ class ProcessWorkers(RolloutWorkers):
         pending = set(jobs)
         self.in_flight = True
         while pending:
-            owner = {}
+            owner: dict[Any, int] = {}  # a worker's pipe or its process sentinel -> the worker
             for i in pending:
                 owner[self.procs[i].conn] = i
                 owner[self.procs[i].process.sentinel] = i

@@ -7,8 +7,17 @@ import os
 import time
 
 from racemarl.acting.rollout import EnvRunner, GenerationPlan, RunnerSetup, SlotResult
-from racemarl.acting.workers import RAY_EXTRA, RolloutError, RolloutWorkers, _block_label, assign_slots, local_cores, worker_torch_setup
+from racemarl.acting.workers import (
+    RAY_EXTRA,
+    RolloutError,
+    RolloutWorkers,
+    _block_label,
+    assign_slots,
+    local_cores,
+    worker_torch_setup,
+)
 from racemarl.config import Config
+
 
 def require_ray():
     try:

@@ -6,7 +6,7 @@ over rollout workers (`racemarl.acting.workers`) without changing a single numbe
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,7 @@ class EpisodeStats:
 Policy = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 
 
-def run_episodes(envs: list[MultiAgentEnv], policy: Policy, rng: np.random.Generator,
+def run_episodes(envs: Sequence[MultiAgentEnv], policy: Policy, rng: np.random.Generator,
                  record: bool = False) -> EpisodeStats:
     """Evaluation: play one greedy episode in every env, all envs stepping in lockstep; `rng` draws the
     env seeds.
@@ -56,7 +56,7 @@ def run_episodes(envs: list[MultiAgentEnv], policy: Policy, rng: np.random.Gener
     while active.any():
         idx = np.flatnonzero(active)
         actions = policy(torch.from_numpy(obs[idx]), idx).numpy()
-        for j, t in enumerate(idx):
+        for j, t in enumerate(idx.tolist()):
             act = [np.clip(actions[j, i, :a], low[i], high[i]) for i, a in enumerate(spec.act_dims)]
             res = envs[t].step(act)
             if record:
@@ -299,14 +299,14 @@ def play_slots(envs: list[MultiAgentEnv], actor: SlotActor, plan: GenerationPlan
         o, s, _ = env.reset(seed=int(rngs[r].integers(2**31)))
         pad_obs(o, max_obs, obs[plan.slots[r]])
         state.append(np.array(s, np.float32))
-    records = [{f: [] for f in ReplayBuffer.FIELDS} for _ in range(k)]
+    records: list[dict[str, list]] = [{f: [] for f in ReplayBuffer.FIELDS} for _ in range(k)]
     returns = np.zeros(k)
     lengths = np.zeros(k, np.int64)
     cut = np.zeros(k, bool)
 
     while active.any():
         joint = actor(obs_t).numpy().reshape(actor.n_slots, -1)[:, flat_index]  # [T, U] joint actions
-        for r in np.flatnonzero(active):
+        for r in np.flatnonzero(active).tolist():
             t, rng = plan.slots[r], rngs[r]
             if plan.random_actions[r]:
                 a = rng.uniform(low, high).astype(np.float32)

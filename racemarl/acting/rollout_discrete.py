@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from racemarl.envs.batch import EnvBatch
 from racemarl.data.episode_buffer import EpisodeBuffer
+from racemarl.envs.batch import EnvBatch
 
 
 @dataclass
@@ -51,7 +51,7 @@ def run_discrete_episodes(envs: EnvBatch, learner, heads: torch.Tensor, rngs: li
     obs, state, avail = envs.reset([int(r.integers(2**31)) for r in rngs])
     hidden = learner.encoders.initial_state(b_size)
     last = torch.zeros(b_size, n, n_act)
-    record = {k: [[] for _ in range(b_size)] for k in ("obs", "state", "avail", "actions", "reward", "terminated")}
+    record: dict[str, list[list]] = {k: [[] for _ in range(b_size)] for k in ("obs", "state", "avail", "actions", "reward", "terminated")}
     for b in range(b_size):
         record["obs"][b].append(obs[b])
         record["state"][b].append(state[b])
@@ -64,12 +64,12 @@ def run_discrete_episodes(envs: EnvBatch, learner, heads: torch.Tensor, rngs: li
         logits, hidden = learner.act_step(torch.from_numpy(obs), last, hidden, heads, torch.from_numpy(avail))
         probs = torch.softmax(logits, -1).numpy().astype(np.float64)
         actions = logits.argmax(-1).numpy()
-        for b in np.flatnonzero(active & ~greedy):
+        for b in np.flatnonzero(active & ~greedy).tolist():
             a = avail[b].astype(np.float64)
             mixed = (1 - epsilon[b]) * probs[b] * a + epsilon[b] * a / a.sum(-1, keepdims=True)
             actions[b] = sample_actions(mixed, rngs[b])
         res = envs.step(actions)
-        for b in np.flatnonzero(res.stepped):
+        for b in np.flatnonzero(res.stepped).tolist():
             record["actions"][b].append(actions[b].copy())
             record["reward"][b].append(res.reward[b])
             record["terminated"][b].append(float(res.terminated[b]))

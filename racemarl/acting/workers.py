@@ -34,8 +34,8 @@ from typing import Self
 import numpy as np
 import torch
 
-from racemarl.config import Config
 from racemarl.acting.rollout import EnvRunner, GenerationPlan, RunnerSetup, SlotResult
+from racemarl.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +175,15 @@ def make_workers(cfg: Config, n_slots: int) -> RolloutWorkers:
     """The rollout workers of `cfg.rollout` for generations of `n_slots` episodes (started by the first play). The
     `process` and `ray` backends live in `process_workers.py` and `ray_workers.py`, imported when chosen."""
     backend = cfg.rollout.backend
+    cls: type[RolloutWorkers]
     if backend == "process":
-        from racemarl.acting.process_workers import ProcessWorkers as cls
+        from racemarl.acting.process_workers import ProcessWorkers
+
+        cls = ProcessWorkers
     elif backend == "ray":
-        from racemarl.acting.ray_workers import RayWorkers as cls
+        from racemarl.acting.ray_workers import RayWorkers
+
+        cls = RayWorkers
     else:
         cls = {"inline": InlineWorkers}[backend]
     return cls(cfg, n_slots)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -12,6 +13,13 @@ from racemarl.precision import autocast, full_precision, resolve_precision
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or inf; the parameters were not stepped with it."""
+
+
+def loss_sum(parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The total of the loss terms: Python's `sum` over them in their order (the total the updates always used)."""
+    total = sum(parts.values())
+    assert isinstance(total, torch.Tensor), "no loss terms"
+    return total
 
 
 def section(name: str) -> contextlib.AbstractContextManager:
@@ -41,6 +49,33 @@ class Learner(nn.Module):
 
     n_updates: int = 0
     _NO_BAD = 2**62  # "no non-finite update yet" in the device record
+
+    # What every learner sets in its __init__ (declared for the type checker: nn.Module types unknown attributes
+    # as `Tensor | Module`).
+    generator: torch.Generator
+    marl_heads: torch.Tensor
+    critic: nn.Module
+    opt_critic: torch.optim.Optimizer
+    opt_actor: torch.optim.Optimizer
+    opt_encoder: torch.optim.Optimizer
+    _guard_record: dict[str, torch.Tensor] | None
+
+    def update(self, batch, population: torch.Tensor | None = None,
+               pop_encoders: dict | None = None) -> dict[str, torch.Tensor]:
+        """One gradient update on `batch`; the losses as 0-dim tensors on the device (each learner's own)."""
+        raise NotImplementedError
+
+    def target_pairs(self) -> list:
+        """(target, online) pairs the target update moves (each learner's own)."""
+        raise NotImplementedError
+
+    def encoder_params(self) -> dict[str, torch.Tensor]:
+        """The encoders' weights as tensors (the continuous learners'; teams with their own encoders)."""
+        raise NotImplementedError
+
+    def fresh_encoder_params(self, n_teams: int) -> dict[str, torch.Tensor]:
+        """Newly initialised encoder weights for `n_teams` teams (the continuous learners')."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- arithmetic (racemarl.precision)
     @property
@@ -97,7 +132,7 @@ class Learner(nn.Module):
                 for opt in optimizers:
                     nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
             for opt in optimizers:
-                opt.found_inf = skip  # fused Adam skips the whole step (and undoes its step count) where it is 1
+                opt.found_inf = skip  # type: ignore[attr-defined]  # fused Adam skips the whole step (and undoes its step count) where it is 1
                 opt.step()
         if torch.is_autocast_enabled(loss.device.type):
             torch.clear_autocast_cache()  # the stepped weights' bfloat16 copies are stale: cast them anew where read

@@ -16,16 +16,17 @@ Two learners share the mixed critic (`racemarl.nets.mixer.MixedCritic`):
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from racemarl.config import Config
-from racemarl.envs.base import EnvSpec
-from racemarl.data.episode_buffer import EpisodeBatch
-from racemarl.algorithms.base import Learner
+from racemarl.algorithms.base import Learner, loss_sum
 from racemarl.algorithms.matd3 import MATD3, frozen, soft_update
+from racemarl.config import Config
+from racemarl.data.episode_buffer import EpisodeBatch
+from racemarl.envs.base import EnvSpec
 from racemarl.nets.mixer import MixedCritic
 from racemarl.nets.policy import init_heads
 from racemarl.nets.recurrent import RecurrentEncoders
@@ -90,13 +91,22 @@ def hard_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tens
                 ok: torch.Tensor | None = None) -> None:
     """Copy `source` into `target`; where `ok` (a 0-dim bool tensor) is false, keep `target` (decided on the device)."""
     with torch.no_grad():
-        pairs = [(target, source)] if isinstance(target, torch.Tensor) else zip(target.parameters(), source.parameters())
+        if isinstance(target, torch.Tensor):
+            assert isinstance(source, torch.Tensor)
+            pairs: Iterable[tuple[torch.Tensor, torch.Tensor]] = [(target, source)]
+        else:
+            assert isinstance(source, nn.Module)
+            pairs = zip(target.parameters(), source.parameters())
         for t, s in pairs:
             t.copy_(s if ok is None else torch.where(ok, s, t))
 
 
 class FACMAC(Learner):
     """FACMAC for discrete actions on episode batches (see the module docstring)."""
+
+    # buffers (register_buffer), typed for the type checker
+    row_mask: torch.Tensor
+    marl_heads_targ: torch.Tensor
 
     def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
         super().__init__()
@@ -168,11 +178,11 @@ class FACMAC(Learner):
         q = self.critic(obs, actions, state)
         losses: dict[str, torch.Tensor] = {"critic": masked_mean((q - y).pow(2), mask)}
         losses.update(self.extra_critic_losses(batch, z_targ, q_next, population))
-        ok = self._step(sum(losses.values()), self.critic_optimizers(), losses, ok)
+        ok = self._step(loss_sum(losses), self.critic_optimizers(), losses, ok)
 
         with frozen(self.critic_modules()):
             enc_losses = self.encoder_losses(batch, population)
-            ok = self._step(sum(enc_losses.values()), self.encoder_optimizers(), enc_losses, ok)
+            ok = self._step(loss_sum(enc_losses), self.encoder_optimizers(), enc_losses, ok)
         losses.update(enc_losses)
         self.n_updates += 1
         self.update_targets(ok)
@@ -221,7 +231,7 @@ class FacmacContinuous(MATD3):
         dc = cfg.discrete
         self.critic = MixedCritic(spec.n_agents, self.max_obs, self.layout.max_act, spec.state_dim,
                                   cfg.net.critic_hidden, dc.mixer_embed, dc.hypernet_hidden)
-        self.critic_targ = copy.deepcopy(self.critic).requires_grad_(False)
+        self.critic_targ = copy.deepcopy(self.critic).requires_grad_(False)  # type: ignore[assignment]  # not a twin
         self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=cfg.learner.lr_critic, fused=True)
 
     def critic_values(self, critic: nn.Module, obs: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:

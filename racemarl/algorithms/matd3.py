@@ -17,10 +17,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from racemarl.data.buffer import Batch
+from racemarl.algorithms.base import Learner, NonFiniteLossError, loss_sum, section  # noqa: F401 (re-exported)
 from racemarl.config import Config
+from racemarl.data.buffer import Batch
 from racemarl.envs.base import EnvSpec
-from racemarl.algorithms.base import Learner, NonFiniteLossError, section  # noqa: F401 (re-exported)
 from racemarl.nets.critics import TwinCritic
 from racemarl.nets.policy import ActionLayout, AgentEncoders, heads_forward, init_heads
 
@@ -48,10 +48,16 @@ def soft_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tens
     """Polyak averaging; `tau` a number or a 0-dim tensor on the parameters' device (no host read)."""
     with torch.no_grad():
         if isinstance(target, torch.Tensor):
+            assert isinstance(source, torch.Tensor)
             target.lerp_(source, tau)
             return
-        targets, sources = list(target.parameters()), list(source.parameters())
-        torch._foreach_lerp_(targets, sources, tau if not isinstance(tau, torch.Tensor) else [tau] * len(targets))
+        assert isinstance(source, nn.Module)
+        targets: list[torch.Tensor] = list(target.parameters())
+        sources: list[torch.Tensor] = list(source.parameters())
+        if isinstance(tau, torch.Tensor):
+            torch._foreach_lerp_(targets, sources, [tau] * len(targets))
+        else:
+            torch._foreach_lerp_(targets, sources, tau)
 
 
 def tune_allocator() -> None:
@@ -80,6 +86,9 @@ _ALLOCATOR_TUNED = False
 
 
 class MATD3(Learner):
+    # buffers (register_buffer), typed for the type checker
+    marl_heads_targ: torch.Tensor
+
     def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
         super().__init__()
         tune_allocator()
@@ -184,12 +193,12 @@ class MATD3(Learner):
             critic_loss = (q - y).pow(2).mean(1).sum()
         losses: dict[str, torch.Tensor] = {"critic": critic_loss}
         losses.update(self.extra_critic_losses(batch, z_next, q_next, population))
-        ok = self._step(sum(losses.values()), self.critic_optimizers(), losses, "critic", ok)
+        ok = self._step(loss_sum(losses), self.critic_optimizers(), losses, "critic", ok)
 
         if (self.n_updates + 1) % lc.policy_delay == 0:
             with frozen_params(self._critic_params()):
                 enc_losses = self.encoder_losses(batch, population)
-                total = sum(enc_losses.values())
+                total = loss_sum(enc_losses)
                 ok = self._step(total, self.encoder_optimizers(), enc_losses, "actor", ok)
             losses.update(enc_losses)
             with section("target_update"):
@@ -215,7 +224,8 @@ class MATD3(Learner):
         """Polyak averaging of every (target, online) pair of `target_pairs`, in one foreach call; no move where
         `ok` (a 0-dim bool tensor: the update was finite) is false."""
         if self._target_lists is None:
-            targets, sources = [], []
+            targets: list[torch.Tensor] = []
+            sources: list[torch.Tensor] = []
             for t, s in self.target_pairs():
                 targets += [t] if isinstance(t, torch.Tensor) else list(t.parameters())
                 sources += [s] if isinstance(s, torch.Tensor) else list(s.parameters())

@@ -15,20 +15,32 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import nn
 
-from racemarl.data.buffer import Batch
-from racemarl.config import Config
-from racemarl.envs.base import EnvSpec
+from racemarl.algorithms.base import Learner
 from racemarl.algorithms.matd3 import MATD3, section
+from racemarl.config import Config, RaceConfig
+from racemarl.data.buffer import Batch
+from racemarl.envs.base import EnvSpec
 from racemarl.nets.critics import PeVFA, StateValue
 from racemarl.nets.mi import SeparableCritic, jsd_mi_per_sample, value_weights
 
 
-class RaceParts:
+class RaceParts(Learner):
     """What both RACE learners (continuous on MATD3, discrete on FACMAC) add to their base learner's
     bookkeeping: the PeVFA's target, the extra critics and the MI critic's optimiser, and L_VMM
     reported without its beta. Needs `pevfa(_targ)`, `value`, `mi_critic`, their optimisers and
-    `rcfg`; `last_mi` is set by `extra_encoder_losses`."""
+    `rcfg`; `last_mi` is set by `extra_encoder_losses`. Placed before the base learner in a RACE learner's
+    bases (`RaceLearner(RaceParts, MATD3)`), so its methods wrap the base learner's."""
+
+    rcfg: RaceConfig
+    last_mi: torch.Tensor
+    pevfa: nn.Module
+    pevfa_targ: nn.Module
+    value: nn.Module
+    opt_pevfa: torch.optim.Optimizer
+    opt_value: torch.optim.Optimizer
+    opt_mi: torch.optim.Optimizer
 
     def update(self, batch, population: torch.Tensor | None = None,
                pop_encoders: dict | None = None) -> dict[str, torch.Tensor]:

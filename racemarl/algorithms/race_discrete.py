@@ -20,9 +20,6 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from racemarl.config import Config
-from racemarl.envs.base import EnvSpec
-from racemarl.data.episode_buffer import EpisodeBatch
 from racemarl.algorithms.facmac import (
     FACMAC,
     gumbel_straight_through,
@@ -31,10 +28,13 @@ from racemarl.algorithms.facmac import (
     td_lambda_targets,
     team_logits,
 )
+from racemarl.algorithms.race import RaceParts
+from racemarl.config import Config
+from racemarl.data.episode_buffer import EpisodeBatch
+from racemarl.envs.base import EnvSpec
 from racemarl.nets.critics import PolicyEmbedding, StateValue
 from racemarl.nets.mi import SeparableCritic, jsd_mi_per_sample, value_weights
 from racemarl.nets.mixer import MixedCritic
-from racemarl.algorithms.race import RaceParts
 
 MI_SAMPLES = 256  # real steps per update in the MI bound (its cost is quadratic in this number)
 

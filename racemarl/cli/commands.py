@@ -25,7 +25,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
     episodes are played, and the session's own settings. Flags that repeat the run's settings are accepted;
     flags that would change them are refused, naming them."""
     from racemarl.config import apply_dict, apply_override
-    from racemarl.records.runs import experiment_settings, require_run_dir
+    from racemarl.records.runs import check_preset_file, experiment_settings, require_run_dir
     from racemarl.train import RunError
 
     require_run_dir(run_dir)
@@ -37,7 +37,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
         raise RunError(f"{run_dir / 'config.yaml'}: {e}") from None
     wanted = from_dict(load_yaml(run_dir / "config.yaml"))
     if args.config:
-        apply_dict(wanted, load_yaml(_config_file(args.config)))
+        apply_dict(wanted, load_yaml(check_preset_file(args.config, "--config")))
     top = {"algo": args.algo, "seed": args.seed, "eval_interval": args.eval_interval,
            "eval_episodes": args.eval_episodes, "env": {"task": args.task} if args.task else {}}
     apply_dict(wanted, {k: v for k, v in top.items() if v is not None})
@@ -110,7 +110,7 @@ def _train(args: argparse.Namespace) -> int:
         return 130 if e.signal_name == "SIGINT" else 143
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
         has_ckpt = (run_dir / "checkpoints" / "latest.pt").is_file()
-        print(f"racemarl: interrupted; " + (f"resume from the last checkpoint with `racemarl train --resume {run_dir}`"
+        print("racemarl: interrupted; " + (f"resume from the last checkpoint with `racemarl train --resume {run_dir}`"
               if has_ckpt else f"no checkpoint was written yet; start again (the folder {run_dir} can be reused)"),
               file=sys.stderr)
         return 130
@@ -132,7 +132,7 @@ def _tasks_cache_file(agent_obsk: int) -> tuple[Path, dict]:
 
     from racemarl import __version__
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("gymnasium-robotics", "mujoco", "jaxmarl", "smac", "pettingzoo", "mpe2"):
         try:
             versions[package] = metadata.version(package)
@@ -154,7 +154,8 @@ def _task_rows(agent_obsk: int) -> tuple[list[tuple[str, ...]], dict[str, str]]:
             return [tuple(r) for r in saved["rows"]], saved["missing"]
     except (OSError, ValueError, TypeError, AttributeError):
         pass
-    rows, missing = [], {}
+    rows: list[tuple[str, ...]] = []
+    missing: dict[str, str] = {}
     for t in list_tasks():
         family = t.split("/", 1)[0]
         if family in missing:
@@ -268,8 +269,8 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from racemarl.experiment.report import results_table
     from racemarl.experiment.grouping import duplicate_seeds
+    from racemarl.experiment.report import results_table
     from racemarl.records.runs import check_output_file, load_runs
 
     if args.digits < 0:
@@ -300,8 +301,8 @@ def _warn_without(runs, metric: str) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from racemarl.experiment.report import export_marl_eval
     from racemarl.experiment.grouping import duplicate_seeds
+    from racemarl.experiment.report import export_marl_eval
     from racemarl.records.runs import check_output_file, load_runs
 
     check_output_file(args.out)

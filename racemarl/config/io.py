@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from racemarl.config.schema import Config, ConfigError, _field_types, valid_keys
-
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 """The presets shipped inside the package (`configs/` in a clone is a link to it)."""
@@ -82,7 +82,7 @@ def _mapping_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """Dotted keys of the mapping-valued fields (e.g. `env.kwargs`), whose entries `--set` may set one by one."""
     keys = []
     for name, tp in _field_types(cls).items():
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             keys += _mapping_keys(tp, f"{prefix}{name}.")
         elif typing.get_origin(tp) is dict:
             keys.append(prefix + name)
@@ -108,7 +108,7 @@ def apply_dict(obj: Any, data: dict, prefix: str = "") -> None:
         if name not in types_:
             raise _unknown_key(key)
         tp = types_[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             apply_dict(getattr(obj, name), value, key + ".")
         elif typing.get_origin(tp) is dict:  # mappings merge: `--set env.kwargs.A=1 --set env.kwargs.B=2`
             setattr(obj, name, {**getattr(obj, name), **_coerce(value, tp, key)})
@@ -208,7 +208,7 @@ def save_yaml(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def build_config(preset: str | Path | None = None, overrides: list[str] = (), **top_level: Any) -> Config:
+def build_config(preset: str | Path | None = None, overrides: Sequence[str] = (), **top_level: Any) -> Config:
     """Defaults <- preset YAML (a file or a shipped preset's name) <- explicit top-level values (CLI flags) <-
     --set overrides."""
     cfg = Config()

@@ -52,16 +52,23 @@ class NetConfig:
 @dataclass
 class LearnerConfig:
     gamma: float = 0.99
+    """Discount factor of the continuous learners' TD targets (MATD3, FACMAC on MA-MuJoCo, RACE)."""
     tau: float = 0.005
     """Polyak factor of the target networks."""
     lr_actor: float = 1e-3
+    """Adam learning rate of the MARL team's linear heads."""
     lr_critic: float = 1e-3
+    """Adam learning rate of the critics: the twin MARL critic, the PeVFA, V_zeta and the MI critic."""
     lr_encoder: float = 1e-3
+    """Adam learning rate of the shared per-agent observation encoders."""
     batch_size: int = 256
+    """Transitions per gradient update (ERL-Re2 uses 128; 256 is the spec's MATD3 default)."""
     buffer_size: int = 1_000_000
+    """Capacity of the shared replay buffer, in transitions (the oldest are overwritten)."""
     policy_noise: float = 0.2
     """TD3 target policy smoothing noise (fraction of the action range half-width)."""
     noise_clip: float = 0.5
+    """Clip of the target policy smoothing noise (same units as policy_noise)."""
     policy_delay: int = 2
     """Actor, encoder and target updates happen every `policy_delay` critic updates."""
     expl_noise: float = 0.1
@@ -86,6 +93,7 @@ class DiscreteConfig:
     """
 
     gamma: float = 0.99
+    """Discount factor of the discrete learners' TD(lambda) targets."""
     td_lambda: float = 0.8
     """lambda of the TD(lambda) targets of the mixed critics."""
     lr_actor: float = 2.5e-3
@@ -93,13 +101,17 @@ class DiscreteConfig:
     lr_critic: float = 5e-4
     """Adam learning rate of the critics, mixers, PeVFA, V_zeta and the MI critic."""
     batch_episodes: int = 32
+    """Whole episodes per gradient update."""
     buffer_episodes: int = 5000
+    """Capacity of the episode buffer, in episodes (the oldest are overwritten)."""
     updates_per_episode: float = 1.0
     """Gradient updates (each on a batch of whole episodes) per episode collected, done after each
     generation: 6 per generation with RACE's 5 + 1 teams (official code), 1 per episode for FACMAC."""
     grad_clip: float = 10.0
     """Max global gradient norm per optimiser (0 = no clipping)."""
     target_update: Literal["hard", "soft"] = "hard"
+    """How the target networks follow the online ones: hard = a copy every target_update_interval updates
+    (official code), soft = Polyak averaging with tau every update."""
     target_update_interval: int = 200
     """hard: copy the online networks into the targets every this many updates."""
     tau: float = 0.005
@@ -107,6 +119,7 @@ class DiscreteConfig:
     epsilon_start: float = 0.5
     """Exploration of the MARL team: sample from (1 - eps) * pi + eps * uniform(available actions)."""
     epsilon_finish: float = 0.05
+    """Final epsilon of the MARL team's exploration, reached after epsilon_anneal_steps env steps."""
     epsilon_anneal_steps: int = 50_000
     """Env steps over which epsilon decays linearly from epsilon_start to epsilon_finish."""
     rnn_hidden: int = 64
@@ -118,6 +131,7 @@ class DiscreteConfig:
     mixer_embed: int = 32
     """QMIX mixer embedding width."""
     hypernet_hidden: int = 64
+    """Hidden width of the QMIX mixer's hypernetworks."""
     logit_reg: float = 0.0
     """Weight of the mean squared logits in the MARL heads' loss (the regulariser of FACMAC's continuous code; the
     discrete references, official RACE and FACMAC's SMAC learner, have none: 0; runs before 0.2 used 1e-3)."""
@@ -138,15 +152,23 @@ class RaceConfig:
     pop_size: int = 5
     """Number of evolved teams (the MARL team comes on top)."""
     elite_fraction: float = 0.2
+    """Share of the population kept as elites (int(elite_fraction * pop_size) teams): each is cloned into a
+    protected slot."""
     tournament_size: int = 3
+    """Teams drawn per tournament when selecting parents."""
     mutation_prob: float = 0.9
     """Probability that a non-elite team mutates a given agent's head."""
     mutation_frac: float = 0.1
     """Fraction of each head row's weights perturbed by a mutation (at least one)."""
     mutation_strength: float = 0.1
+    """Normal mutation: w += N(0, 1) * mutation_strength * |w| on the chosen weights."""
     super_mutation_prob: float = 0.05
+    """Probability that a mutation is a super mutation (strength super_mutation_strength) instead of a normal
+    one."""
     super_mutation_strength: float = 10.0
+    """Super mutation: w += N(0, 1) * super_mutation_strength * |w| on the chosen weights."""
     reset_prob: float = 0.05
+    """Probability that a mutation resets the chosen weights to N(0, 1) draws."""
     mutate_bias: bool = False
     """Also mutate head biases (the reference code never does)."""
     parents_survive: bool = True
@@ -170,6 +192,7 @@ class RaceConfig:
     value_target_factor: float | None = None
     """Factor on the max of the two next-state values in F(s) (None = gamma; the poster prints 1/2)."""
     mi_hidden: int = 128
+    """Hidden width of both branches of the separable MI critic T_omega(s, z_i) = g(s) . f_i(z_i) (VMM)."""
     play_during_warmup: bool = False
     """Population teams play (and evolve) during the MARL team's warm-up (`learner.start_steps`). Off, as in
     both reference codes: only the MARL team acts until it has collected start_steps env steps."""
@@ -231,14 +254,22 @@ class RolloutConfig:
 @dataclass
 class Config:
     algo: Literal["race", "matd3", "facmac", "ea", "merl"] = "race"
+    """race = RACE (on MATD3 for continuous tasks, on FACMAC for discrete ones); matd3; facmac; merl = MERL
+    (evolved whole team networks + an injected MATD3 learner, continuous tasks); ea = the population alone, no
+    gradients."""
     seed: int = 1
+    """Seeds python, numpy, torch and the environments; the same seed on the same machine gives the same
+    metrics.csv."""
     total_steps: int = 1_000_000
     """Env steps of all teams together."""
     eval_interval: int = 10_000
+    """Env steps between two evaluations (a run also ends with one)."""
     eval_episodes: int = 5
+    """Greedy episodes per evaluated team and evaluation."""
     torch_threads: int = 1
     """Intra-op threads of PyTorch (1 keeps runs reproducible and leaves a core for the env)."""
     progress: bool = True
+    """Show a progress bar (a setting of the session: never saved in config.yaml; `--no-progress` turns it off)."""
     env: EnvConfig = field(default_factory=EnvConfig)
     net: NetConfig = field(default_factory=NetConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
@@ -374,7 +405,7 @@ def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """All dotted keys of a config class, e.g. `learner.batch_size`."""
     keys = []
     for name, tp in _field_types(cls).items():
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             keys += valid_keys(tp, f"{prefix}{name}.")
         else:
             keys.append(prefix + name)

@@ -7,6 +7,7 @@ A sampled batch is cut to the longest episode in it; `mask[b, t]` marks real ste
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ class EpisodeBuffer:
         self.capacity, self.limit = capacity, episode_limit
         self.device = torch.device(device)
         t = episode_limit
-        dev = {"device": self.device}
+        dev: dict[str, Any] = {"device": self.device}
         self.data = {  # on the training device; the sampling indices and lengths stay on the host
             "obs": torch.zeros(capacity, t + 1, n_agents, obs_dim, **dev),
             "state": torch.zeros(capacity, t + 1, state_dim, **dev),

@@ -98,7 +98,7 @@ def _make_mamujoco(
 # ---------------------------------------------------------------- family: smax (JaxMARL)
 
 
-def _map_family(maps, task_name, config_error) -> tuple:
+def _map_family(maps, task_name, config_error) -> tuple[Callable[[], list[str]], Callable[[str, str], tuple[str, None]]]:
     """`list` and `parse` functions of a family of named maps (SMAX, SMAC): `<family>/<map>`, no partition."""
 
     def list_maps() -> list[str]:

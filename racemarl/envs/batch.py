@@ -18,6 +18,7 @@ from racemarl.envs.smax import SmaxBatchStep
 class EnvBatch(Protocol):
     spec: EnvSpec
     batch_size: int
+    active: np.ndarray  # [batch_size] bool: the rows running an episode
 
     def reset(self, seeds=None, indices=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
@@ -65,7 +66,7 @@ class ListBatch:
         reward = np.zeros(b_size, np.float32)
         terminated, truncated, won = (np.zeros(b_size, bool) for _ in range(3))
         running = self.active.copy()
-        for b in np.flatnonzero(running):
+        for b in np.flatnonzero(running).tolist():
             res = self.envs[b].step([np.array([a]) for a in acts[b]])
             self._store(b, res.obs, res.state, res.avail_actions)
             reward[b] = res.reward

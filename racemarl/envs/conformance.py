@@ -33,7 +33,7 @@ def _check_spec(spec: EnvSpec) -> None:
             lo, hi = np.asarray(lo), np.asarray(hi)
             _check(lo.shape == (d,) and hi.shape == (d,), t,
                    f"agent {i}: act_low/act_high shapes {lo.shape}/{hi.shape}, expected ({d},)")
-            _check(np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)), t, f"agent {i}: action bounds must be finite")
+            _check(bool(np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))), t, f"agent {i}: action bounds must be finite")
             _check(bool(np.all(lo < hi)), t, f"agent {i}: act_low must be < act_high")
 
 
@@ -108,7 +108,8 @@ def _rollout(env: MultiAgentEnv, seed: int, n_steps: int, action_seed: int) -> l
     _check_obs_state(spec, obs, state, "reset")
     _check_avail(spec, avail, "reset")
     rng = np.random.default_rng(action_seed)
-    record = [("reset", [o.copy() for o in obs], state.copy(), None if avail is None else [np.array(m) for m in avail])]
+    record: list[tuple] = [("reset", [o.copy() for o in obs], state.copy(),
+                            None if avail is None else [np.array(m) for m in avail])]
     for k in range(n_steps):
         actions = env.sample_actions(rng, avail)
         _check_actions(spec, actions, avail, f"step {k}")

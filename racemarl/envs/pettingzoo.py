@@ -153,6 +153,8 @@ class PettingZooEnv(MultiAgentEnv):
         self._has_state = self._probe_state()
         self.obs_dims = tuple(int(d) for d in obs_dims)
         state_dim = self._state_size() if self._has_state else sum(self.obs_dims)
+        low: tuple[np.ndarray, ...]
+        high: tuple[np.ndarray, ...]
         if discrete:
             act_dims = tuple(int(s.n) for s in act_spaces)
             low = high = ()
@@ -225,8 +227,8 @@ class PettingZooEnv(MultiAgentEnv):
             if self._last_avail is not None and not self._last_avail[i][a]:
                 raise ValueError(f"{self.spec.task}: action {a} of agent {self.agents[i]} is not available")
             return a
-        a = np.clip(np.asarray(action, np.float32).reshape(-1), self.spec.act_low[i], self.spec.act_high[i])
-        return a.reshape(space.shape).astype(space.dtype, copy=False)
+        clipped = np.clip(np.asarray(action, np.float32).reshape(-1), self.spec.act_low[i], self.spec.act_high[i])
+        return clipped.reshape(space.shape).astype(space.dtype, copy=False)
 
     # ---------------------------------------------------------------- MultiAgentEnv
     def reset(self, seed: int | None = None) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:

@@ -204,6 +204,7 @@ class SmacEnv(MultiAgentEnv):
         check_step_call(self.spec, self._needs_reset, actions)
         task = self.spec.task
         acts = []
+        assert self._avail is not None  # set by reset()
         for i, a in enumerate(actions):
             a = np.asarray(a).reshape(-1)
             if a.shape != (1,) or not np.issubdtype(a.dtype, np.number) or a[0] != np.floor(a[0]):

@@ -124,6 +124,7 @@ class SmaxEnv(MultiAgentEnv):
             acts[i] = int(a[0])
         _check_action_values(task, acts, self._core.n_actions)
         if self.check_actions:
+            assert self._avail is not None  # set by reset()
             _check_available(task, acts, self._avail)
 
         self._key, self._state, out = self._core.step(self._key, self._state, acts)

@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -57,7 +57,8 @@ def _capture_fd1() -> Iterator[io.BytesIO]:
 def _flush_std() -> None:
     for stream in (sys.stdout, sys.__stdout__):
         with contextlib.suppress(Exception):
-            stream.flush()
+            if stream is not None:
+                stream.flush()
 
 
 def _import_smax():
@@ -96,7 +97,7 @@ def seed_to_key(seed: int) -> np.ndarray:
 
 
 def _entropy_seed() -> int:
-    return int(np.random.SeedSequence().entropy) % 2**64
+    return int(cast(int, np.random.SeedSequence().entropy)) % 2**64
 
 
 # --------------------------------------------------------------------------- shared jitted core

@@ -99,7 +99,7 @@ def smax_config_error(map_name: str) -> str | None:
     why = ""
     if map_name in SMAX_UNBUILDABLE_PAPER_MAPS:
         why = f" (SMAX has no {SMAX_UNBUILDABLE_PAPER_MAPS[map_name]} units; use smac/{map_name} with StarCraft II)"
-    return (unknown_map_error("SMAX", "smax", smax_map_names(), map_name) + why
+    return (str(unknown_map_error("SMAX", "smax", smax_map_names(), map_name)) + why
             + f"; or a unit mix '<allies>_vs_<enemies>' / '<units>' of <count><unit> with units {units} "
             "(e.g. smax/3s_vs_3z, smax/1M2m_vs_4zg)")
 
@@ -108,9 +108,11 @@ def _scenario(smax, map_name: str):
     """SMAX's scenario for a map it lists, else the one of a unit mix."""
     if map_name in SMAX_MAPS:
         return smax.map_name_to_scenario(map_name)
-    from jaxmarl.environments.smax.smax_env import Scenario
     import jax.numpy as jnp
+    from jaxmarl.environments.smax.smax_env import Scenario
 
-    allies, enemies = parse_unit_mix(map_name)
+    mix = parse_unit_mix(map_name)
+    assert mix is not None  # the task name was checked
+    allies, enemies = mix
     return Scenario(unit_types=jnp.array(allies + enemies, dtype=jnp.uint8), num_allies=len(allies),
                     num_enemies=len(enemies), smacv2_position_generation=False, smacv2_unit_type_generation=False)

@@ -17,11 +17,18 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from racemarl.envs.base import MultiAgentEnv, StepResult
 from racemarl.records.runs import LATEST_CHECKPOINT, RunDirError, check_output_file, load_run
+
+if TYPE_CHECKING:
+    import torch
+
+    from racemarl.config import Config
+    from racemarl.envs.base import EnvSpec
 
 GL_BACKENDS = ("egl", "osmesa")
 GL_INSTALL_HINT = ("install an off-screen OpenGL library: EGL (Debian/Ubuntu: apt-get install -y libegl1 libgl1) "
@@ -33,12 +40,12 @@ MAX_LOCKSTEP_ENVS = 16
 class LoadedRun:
     """A checkpoint turned back into acting networks."""
 
-    cfg: object  # racemarl.config.Config (of the checkpoint)
-    spec: object  # EnvSpec
-    learner: object  # MATD3 / RaceLearner with the saved weights
-    population: object | None  # [P, N, A, d+1]
+    cfg: Config  # of the checkpoint
+    spec: EnvSpec
+    learner: Any  # MATD3 / RaceLearner / FACMAC / RaceDiscreteLearner with the saved weights
+    population: torch.Tensor | None  # [P, N, A, d+1]
     pop_encoders: dict | None
-    best_heads: object
+    best_heads: torch.Tensor | None  # None without a population
     best_encoders: dict | None
     progress: dict
 
@@ -74,10 +81,10 @@ def rebuild(sd: dict) -> LoadedRun:
     """Networks of a checkpoint state (the `_state` layout of racemarl.train.Trainer)."""
     import torch
 
-    from racemarl.config import from_dict
-    from racemarl.envs import make_env
     from racemarl.acting.families import learner_class
     from racemarl.acting.workers import env_kwargs
+    from racemarl.config import from_dict
+    from racemarl.envs import make_env
 
     cfg = from_dict(sd["config"])
     torch.set_num_threads(cfg.torch_threads)
@@ -94,7 +101,7 @@ def rebuild(sd: dict) -> LoadedRun:
                      best_encoders=sd.get("best_encoders"), progress=dict(sd.get("progress", {})))
 
 
-def select_team(loaded: LoadedRun, team: str) -> tuple[str, object, dict | None]:
+def select_team(loaded: LoadedRun, team: str) -> tuple[str, torch.Tensor, dict | None]:
     """(label, heads [N, A, d+1], encoders {name: [1, N, ...]} or None) of `marl`, `best` or a slot K."""
     cfg = loaded.cfg
     pop = cfg.race.pop_size if cfg.uses_population else 0
@@ -107,6 +114,7 @@ def select_team(loaded: LoadedRun, team: str) -> tuple[str, object, dict | None]
     if team == "best":
         if not cfg.uses_population:
             raise RunDirError(f"team 'best' needs a population, and a {cfg.algo} run has none; {valid_text}")
+        assert loaded.best_heads is not None  # every population run saves it
         return "best", loaded.best_heads, loaded.best_encoders
     try:
         slot = int(team)
@@ -117,6 +125,7 @@ def select_team(loaded: LoadedRun, team: str) -> tuple[str, object, dict | None]
     if not 0 <= slot < pop:
         raise RunDirError(f"population slot {slot} does not exist (population size {pop}); {valid_text}")
     enc = None if loaded.pop_encoders is None else {k: v[slot : slot + 1] for k, v in loaded.pop_encoders.items()}
+    assert loaded.population is not None  # every population run saves it
     return f"slot {slot}", loaded.population[slot], enc
 
 
@@ -194,7 +203,7 @@ class _Recorder(MultiAgentEnv):
 
     def _frame(self) -> None:
         if self.writer is not None:
-            frame = self.env.render()
+            frame = cast(Any, self.env).render()  # a writer is only given with a MaMuJoCo env, which renders
             if frame is not None:
                 self.writer.append_data(np.asarray(frame))
                 self.frames += 1
@@ -232,11 +241,10 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
     `seed` seeds the generator that draws the episodes' env seeds (`np.random.default_rng(seed)`);
     `[cfg.seed, 2, S]` with `episodes = cfg.eval_episodes` replays the run's evaluation at S env steps (MaMuJoCo).
     """
-    import torch
 
-    from racemarl.envs import make_env
     from racemarl.acting.rollout import run_episodes
     from racemarl.acting.workers import env_kwargs
+    from racemarl.envs import make_env
 
     if episodes < 1:
         raise RunDirError(f"--episodes must be >= 1, got {episodes}")
@@ -329,13 +337,15 @@ def _write_result(result: dict, run_path: Path, out: str | Path | None) -> dict:
 
 def _evaluate_discrete(loaded: LoadedRun, heads, episodes: int, seed: int | list[int]) -> dict:
     """Greedy episodes of one team on a discrete task, `MAX_LOCKSTEP_ENVS` rows at a time."""
-    from racemarl.envs.batch import make_env_batch
     from racemarl.acting.rollout_discrete import run_discrete_episodes
     from racemarl.acting.workers import env_kwargs
+    from racemarl.envs.batch import make_env_batch
 
     cfg = loaded.cfg
     rng = np.random.default_rng(seed)
-    returns, lengths, won = [], [], []
+    returns: list[float] = []
+    lengths: list[int] = []
+    won: list[bool] = []
     while len(returns) < episodes:
         n = min(MAX_LOCKSTEP_ENVS, episodes - len(returns))
         envs = make_env_batch(cfg.env.task, n, **env_kwargs(cfg))

@@ -3,10 +3,10 @@ settings that do not change what is learned (`GROUPING_IGNORES`) are samples of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from racemarl.config import Config
 from racemarl.records.runs import Run, flatten
-
 
 # Settings that never change what a run learns or how it is measured; runs differing only in these (and
 # the seed) are samples of one experiment. Everything else that differs splits the runs into groups.

@@ -7,7 +7,7 @@ from pathlib import Path
 from racemarl.records.runs import flatten, load_run
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -37,7 +37,7 @@ def run_info(path: str | Path) -> dict:
     if ckpt_dir.is_dir():
         checkpoints = {c.name: c.stat().st_size for c in sorted(ckpt_dir.glob("*.pt"))}
     s = run.summary or {}
-    env_steps = s.get("total_env_steps", None if last is None else int(last["env_steps"]))
+    env_steps = s.get("total_env_steps", None if last is None or (steps := last["env_steps"]) is None else int(steps))
     return {
         "run_dir": str(run.path),
         "task": run.task, "algo": run.algo, "seed": run.seed,

@@ -23,14 +23,15 @@ One seed gives no band (lo = hi = mean).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from racemarl.experiment.grouping import group_runs
-from racemarl.records.runs import Run, RunDirError, check_metric
 from racemarl.experiment.stats import BOOTSTRAP_RESAMPLES, CI_METHODS, interval  # noqa: F401 - re-exported
+from racemarl.records.runs import Run, RunDirError, check_metric
 
 # the same colour for an algorithm in every figure
 FIXED_COLOURS = {"race": "tab:red", "matd3": "tab:blue", "facmac": "tab:purple", "ea": "tab:green", "merl": "tab:orange"}
@@ -144,7 +145,7 @@ def parse_baseline(text: str) -> tuple[str, float]:
 
 def plot_curves(curves: dict[tuple[str, str], Curve], out: str | Path, metric: str = "eval_return",
                 ci: str = "t", level: float = 0.95, smooth: int = 1, title: str | None = None,
-                baselines: list[tuple[str, float]] = ()) -> Path:
+                baselines: Sequence[tuple[str, float]] = ()) -> Path:
     """One panel per task, one line per algorithm (same colour in every panel), shaded band; each baseline
     (label, value), e.g. a random policy's return, is a dashed horizontal line in every panel."""
     try:

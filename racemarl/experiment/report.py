@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from racemarl.experiment import stats as stats_mod
-
 from racemarl.experiment.grouping import group_runs, grouping
 from racemarl.records.runs import Run, RunDirError, check_metric, numeric_columns
 
@@ -99,7 +98,7 @@ def results_table(runs: list[Run], metric: str = "eval_return", fmt: str = "md",
                     "final_mean", "final_se", "final_ci95_lo", "final_ci95_hi", "best_mean", "best_se"])
         for name, stats in blocks:
             for g in stats:
-                _, lo, hi = stats_mod.bootstrap_ci(g.final)
+                _, lo, hi = stats_mod.bootstrap_ci(np.asarray(g.final))
                 fm, fs = mean_se(g.final)
                 bm, bs = mean_se(g.best)
                 w.writerow([g.task, g.algo, name, len(g.seeds), " ".join(map(str, g.seeds)), g.finished,
@@ -134,7 +133,7 @@ def _stats_rows(stats: list[GroupStats], metric: str, digits: int) -> list[str]:
     lines = [f"| task | algo | seeds | env steps | final {metric} | final 95% CI | best {metric} |",
              "|---|---|---|---|---|---|---|"]
     for g in stats:
-        _, lo, hi = stats_mod.bootstrap_ci(g.final)
+        _, lo, hi = stats_mod.bootstrap_ci(np.asarray(g.final))
         seeds = f"{len(g.seeds)}" + ("" if g.finished == len(g.seeds) else f" ({g.finished} finished)")
         ci = "-" if len(g.final) < 2 else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
         lines.append(f"| {g.task} | {g.algo} | {seeds} | {_steps_text(g.steps)} | "

@@ -324,7 +324,8 @@ class Sweep:
         refs = {}
         try:
             if not ray.is_initialized():
-                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False, logging_level="error")
+                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
+                         logging_level="error")  # type: ignore[arg-type]  # ray takes a level's name too
             task = ray.remote(num_cpus=1, max_retries=0)(run_blocking)
             for p, cmd in todo:
                 refs[task.remote(cmd, str(self.log_path(p)))] = p
@@ -367,11 +368,11 @@ def _stop(procs: list[subprocess.Popen], logs: list[Path] | None = None) -> None
     """Let children that already got the signal (Ctrl-C reaches the whole group) finish their checkpoint;
     send SIGINT to the others (a second signal would stop a run at once, losing that checkpoint); SIGKILL
     whatever is left after the grace period."""
-    logs = list(logs) if logs is not None else [None] * len(procs)
+    log_paths: list[Path | None] = list(logs) if logs is not None else [None] * len(procs)
     deadline = time.monotonic() + NOTICE_S  # a run that got the signal prints STOPPING_MARK at once
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.05)
-    for p, log in zip(procs, logs):
+    for p, log in zip(procs, log_paths):
         if p.poll() is None and not _already_stopping(log):
             try:
                 p.send_signal(signal.SIGINT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from racemarl.config import ALGOS, ConfigError, build_config, load_yaml
 
@@ -88,7 +89,7 @@ class SweepSpec:
 
     def folder_config(self) -> dict:
         """What every run of the folder shares (the budget and the grid may change between restarts)."""
-        out = {"config": None if self.config is None else str(Path(self.config).resolve()), "set": list(self.sets),
+        out: dict[str, Any] = {"config": None if self.config is None else str(Path(self.config).resolve()), "set": list(self.sets),
                "eval_interval": self.eval_interval, "eval_episodes": self.eval_episodes}
         if self.preset:
             out["preset"] = self.preset

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
-from racemarl.nets.layers import GroupedMLP
+from racemarl.nets.layers import GroupedLinear, GroupedMLP
 
 
 class TwinCritic(nn.Module):
@@ -36,7 +37,7 @@ class TwinCritic(nn.Module):
         k, b = state.shape[:2]
         g = 1 if first_only else 2
         extra = extra[:g] if extra.dim() == 3 else extra.expand(g, *extra.shape)
-        first = self.net.net[0]
+        first = cast(GroupedLinear, self.net.net[0])
         weight, bias = (first.weight[:1], first.bias[:1]) if first_only else (first.weight, first.bias)
         # one split (its backward is one concatenation) instead of two slices (two zero-filled full-size grads)
         w_x, w_extra = weight.split([self.in_dim, weight.shape[1] - self.in_dim], dim=1)
@@ -58,6 +59,9 @@ class PolicyEmbedding(nn.Module):
     Input `[K, N, A, d+1]`, output `[K, N * width]` (concat) or `[K, width]` (sum). Callers pass
     detached heads: the PeVFA must not push gradient into the policies it evaluates.
     """
+
+    # buffers (register_buffer), typed for the type checker
+    row_weight: torch.Tensor
 
     def __init__(self, n_agents: int, row_dim: int, row_mask: torch.Tensor, width: int = 64,
                  combine: str = "concat"):

@@ -74,6 +74,10 @@ class GroupedLinear(nn.Module):
 class GroupedLayerNorm(nn.Module):
     """LayerNorm over the feature dimension with a separate affine transform per group."""
 
+    # buffers (register_buffer), typed for the type checker
+    _one: torch.Tensor
+    _zero: torch.Tensor
+
     def __init__(self, groups: int, features: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
@@ -107,8 +111,9 @@ class GroupedMLP(nn.Module):
         layers: list[nn.Module] = []
         prev: int | Sequence[int] = in_features
         for i, width in enumerate(sizes):
-            layers.append(GroupedLinear(prev, width, groups, full_precision=full_precision_out and i == len(sizes) - 1))
-            groups = layers[-1].groups
+            linear = GroupedLinear(prev, width, groups, full_precision=full_precision_out and i == len(sizes) - 1)
+            layers.append(linear)
+            groups = linear.groups
             if i < len(sizes) - 1:
                 if layer_norm:
                     layers.append(GroupedLayerNorm(groups, width))
@@ -122,6 +127,6 @@ class GroupedMLP(nn.Module):
     def forward_first(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """The first group's MLP alone, `[1, B, out]` (equals `forward(x)[:1]` at half the work for two groups).
         `start` skips the first layers (x is then that layer's input)."""
-        for layer in self.net[start:]:
+        for layer in list(self.net)[start:]:
             x = layer.forward_first(x) if isinstance(layer, (GroupedLinear, GroupedLayerNorm)) else layer(x)
         return x

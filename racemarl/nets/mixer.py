@@ -54,6 +54,9 @@ class MixedCritic(nn.Module):
     tasks, padded values for continuous ones), state `[..., S]`, extra `[..., E]`. Output `[...]`.
     """
 
+    # buffers (register_buffer), typed for the type checker
+    agent_ids: torch.Tensor
+
     def __init__(self, n_agents: int, obs_dim: int, act_dim: int, state_dim: int, hidden: Sequence[int],
                  mixer_embed: int = 32, hypernet_hidden: int = 64, extra_dim: int = 0):
         super().__init__()

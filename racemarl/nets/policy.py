@@ -74,6 +74,12 @@ class AgentEncoders(nn.Module):
 class ActionLayout(nn.Module):
     """Maps between padded per-agent actions `[N, B, A]` and the flat joint action `[B, sum a_i]`."""
 
+    # buffers (register_buffer), typed for the type checker
+    row_mask: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+    flat_index: torch.Tensor
+
     def __init__(self, spec: EnvSpec):
         super().__init__()
         n, a_max = spec.n_agents, max(spec.act_dims)

@@ -28,6 +28,9 @@ class _Encoder(nn.Module):
 
 
 class RecurrentEncoders(nn.Module):
+    # buffers (register_buffer), typed for the type checker
+    agent_ids: torch.Tensor
+
     def __init__(self, n_agents: int, obs_dim: int, n_actions: int, hidden: int = 64, shared: bool = True):
         super().__init__()
         self.n_agents, self.obs_dim, self.n_actions, self.hidden, self.shared = n_agents, obs_dim, n_actions, hidden, shared

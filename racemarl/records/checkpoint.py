@@ -67,7 +67,7 @@ def clean_temp_files(folder: str | Path) -> list[Path]:
 
 
 def numpy_rng_state(rng: np.random.Generator) -> dict:
-    return rng.bit_generator.state
+    return dict(rng.bit_generator.state)
 
 
 def set_numpy_rng_state(rng: np.random.Generator, state: dict) -> None:
@@ -77,7 +77,8 @@ def set_numpy_rng_state(rng: np.random.Generator, state: dict) -> None:
 def global_rng_state() -> dict:
     """States of the process-wide generators (python, numpy legacy, torch)."""
     py = random.getstate()
-    np_legacy = np.random.get_state()
+    np_legacy = np.random.get_state(legacy=True)
+    assert isinstance(np_legacy, tuple)  # the legacy form: (name, keys, pos, has_gauss, cached_gaussian)
     return {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_legacy[0], torch.from_numpy(np_legacy[1].astype(np.int64)), *np_legacy[2:]],

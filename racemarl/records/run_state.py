@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import torch
@@ -21,6 +21,11 @@ from racemarl.config import ConfigError, from_dict, to_dict
 from racemarl.device import clone_tree, cpu_tree
 from racemarl.records import checkpoint as ckpt
 from racemarl.records.metrics import write_summary
+
+if TYPE_CHECKING:
+    from racemarl.algorithms.base import Learner
+    from racemarl.config import Config
+    from racemarl.records.metrics import MetricsLogger
 
 LATEST = "latest.pt"
 LAST_GOOD = "last_good.pt"
@@ -54,7 +59,7 @@ class Progress:
     train_wins: list[float] = field(default_factory=list)  # discrete tasks: the same episodes' battle_won
     last_fitness: list[float] = field(default_factory=list)
     last_injected: int | None = None
-    loss_sums: dict[str, float] = field(default_factory=dict)  # during a run: float64 tensors on the device
+    loss_sums: dict[str, Any] = field(default_factory=dict)  # during a run: float64 tensors on the device
     loss_counts: dict[str, int] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     # A checkpoint written inside a generation's updates (interruption, wall-clock checkpoint): the
@@ -101,7 +106,7 @@ def report_state(report) -> dict:
     """An evolution report as checkpoint-safe values: arrays as tensors, tuples as lists, plain ints."""
     import dataclasses
 
-    out = {}
+    out: dict[str, Any] = {}
     for f in dataclasses.fields(report):
         v = getattr(report, f.name)
         if isinstance(v, np.ndarray):
@@ -116,7 +121,7 @@ def report_state(report) -> dict:
 def report_from_state(state: dict):
     from racemarl.algorithms.evolution import GenerationReport
 
-    values = {}
+    values: dict[str, Any] = {}
     for k, v in state.items():
         if isinstance(v, torch.Tensor):
             values[k] = v.numpy()
@@ -131,6 +136,35 @@ def report_from_state(state: dict):
 class RunState:
     """Checkpoints, resume, the non-finite fallback, and the logs of a run; mixed into `train.Trainer`, whose
     attributes (cfg, run_dir, progress, learner, buffer, population, generators, logger) it reads and writes."""
+
+    # What the host class sets (in `Trainer.__init__`) and this half reads and writes.
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    progress: Progress
+    learner: Learner
+    buffer: Any
+    logger: MetricsLogger
+    torch_gen: torch.Generator
+    evo_rng: np.random.Generator
+    population: torch.Tensor | None
+    pop_encoders: dict[str, torch.Tensor] | None
+    best_heads: torch.Tensor
+    best_encoders: dict[str, torch.Tensor] | None
+    _report: Any
+    _stop: Interrupts | None
+    _last_save: float
+    _saved_key: Any
+    _clock_start: float
+    _clock_base: float
+
+    def sync_actor(self) -> None:
+        """Refresh the acting copy of the learner (the host class's)."""
+        raise NotImplementedError
+
+    def draws_short_fitness(self, generation: int) -> bool:
+        """Whether `generation` scores its teams by short rollouts (the host class's)."""
+        raise NotImplementedError
 
     def _checkpoint_due(self) -> bool:
         """Whether `maybe_checkpoint` would write a checkpoint now (host-side clocks and flags only)."""

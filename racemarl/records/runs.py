@@ -204,7 +204,7 @@ class Run:
         """Env steps at the last evaluation (0 before the first)."""
         if self.summary is not None and self.summary.get("total_env_steps") is not None:
             return int(self.summary["total_env_steps"])
-        steps = [r["env_steps"] for r in self.rows if r.get("env_steps") is not None]
+        steps = [v for r in self.rows if (v := r.get("env_steps")) is not None]
         return int(steps[-1]) if steps else 0
 
     @property
