@@ -142,7 +142,7 @@ class Sweep:
         self.workers = workers or os.cpu_count() or 1
         self.points = spec.points()
         self.status: dict[Point, dict] = {}
-        self._lock_fd: int | None = None
+        self._lock = None  # FolderLock of OUT, while running
         self._signal: str | None = None  # set by the SIGINT/SIGTERM handler
 
     def _check_signal(self) -> None:
@@ -178,28 +178,21 @@ class Sweep:
         from racemarl.records.runs import check_output_dir
 
         check_output_dir(self.out)
-        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / SWEEP_FILE).is_file():
+        from racemarl.records.runs import has_content
+
+        if has_content(self.out) and not (self.out / SWEEP_FILE).is_file():
             raise RunDirError(f"{self.out} is not empty and is not a sweep folder (no {SWEEP_FILE}); "
                               "choose a new or empty folder")
 
     def _acquire_lock(self) -> None:
-        import fcntl
+        from racemarl.records.runs import FolderLock
 
-        fd = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(fd, 64).decode(errors="replace").strip()
-            os.close(fd)
-            raise RunDirError(f"another sweep (pid {other or '?'}) is working on {self.out}; wait for it or stop it") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+        self._lock = FolderLock(self.out / LOCK_FILE, "sweep").acquire()
 
     def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def entry(self, p: Point, status: str, **extra) -> dict:
         run_dir = self.run_dir(p)
