@@ -65,6 +65,7 @@ class Trainer(RunState):
         self.torch_gen = torch.Generator().manual_seed(cfg.seed)  # init, target smoothing, team draws
         # Slots of a generation: the MARL team's episode, then each population team's episodes.
         self.n_slots = int(cfg.uses_marl) + (cfg.race.pop_size * cfg.race.episodes_per_team if cfg.uses_population else 0)
+        self._check_memory()  # before anything large is built: a run that cannot fit is refused
         try:  # the task family: its envs, rollouts, buffer, evaluation and update schedule (`acting.families`)
             self.family = make_family(cfg, self.n_slots)
         except ValueError as e:

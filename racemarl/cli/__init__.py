@@ -9,6 +9,7 @@ import sys
 from racemarl.cli.commands import _config, _eval, _export, _info, _plot, _sweep, _table, _tasks, _train
 from racemarl.config import ALGOS, ROLLOUT_BACKENDS, ConfigError
 from racemarl.envs import MissingDependencyError, UnknownTaskError
+from racemarl.envs.base import TRACEBACK_ENV, EnvFailure
 from racemarl.records.runs import RunDirError
 
 
@@ -122,7 +123,7 @@ def _user_error(e: BaseException) -> bool:
     """Errors that are the user's to fix: one line, exit 2. RunError lives in racemarl.train, which (with
     torch) is only imported by the commands that train; an error of that class can only come from them."""
     train_mod = sys.modules.get("racemarl.train")
-    known = (ConfigError, UnknownTaskError, MissingDependencyError, RunDirError)
+    known = (ConfigError, UnknownTaskError, MissingDependencyError, RunDirError, EnvFailure)
     return isinstance(e, known) or (train_mod is not None and isinstance(e, train_mod.RunError))
 
 
@@ -148,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not _user_error(e):
             raise
+        if os.environ.get(TRACEBACK_ENV) == "1":  # the full story, e.g. of a bug in the user's own env
+            import traceback
+
+            traceback.print_exception(e, file=sys.stderr)
+            if getattr(e, "detail", None):
+                print(f"in the rollout worker:\n{e.detail}", file=sys.stderr)
         message = " ".join(str(e).split())  # always one line
         print(f"racemarl: error: {message}", file=sys.stderr)
         return 2

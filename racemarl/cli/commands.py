@@ -9,6 +9,7 @@ from pathlib import Path
 
 from racemarl.config import ConfigError, build_config, from_dict, load_yaml
 from racemarl.envs import MissingDependencyError
+from racemarl.envs.base import EnvFailure
 from racemarl.records.runs import RunDirError
 
 
@@ -99,6 +100,12 @@ def _train(args: argparse.Namespace) -> int:
         cfg = build_config(preset, args.set, **top)
     try:
         summary = train(cfg, run_dir, resume=bool(args.resume))
+    except EnvFailure as e:  # the env's own failure: say what became of the run's folder
+        ckpt = run_dir / "checkpoints" / "latest.pt"
+        after = (f"the run can continue from its last checkpoint with `racemarl train --resume {run_dir}` once the "
+                 "environment is fixed" if ckpt.is_file() else "no checkpoint had been written, so nothing of the run "
+                 "was kept")
+        raise EnvFailure(f"{e}; {after}", detail=e.detail) from e
     except TrainingInterrupted as e:
         print(f"racemarl: {e}", file=sys.stderr)
         return 130 if e.signal_name == "SIGINT" else 143

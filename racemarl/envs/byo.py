@@ -101,6 +101,8 @@ def _import_file(task: str, path: str):
     name = f"racemarl_user_env_{hashlib.sha1(str(file).encode()).hexdigest()[:12]}"
     if name in sys.modules:
         return sys.modules[name]
+    if str(file.parent) not in sys.path:  # as when the file runs as a script: it may import its sibling files
+        sys.path.append(str(file.parent))
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -161,7 +163,9 @@ def build(task: str, factory: Callable[..., Any], kwargs: dict[str, Any], max_ep
             env.close()
             raise BadTaskError(f"{task}: the factory returned a MultiAgentEnv with its own time limit "
                                f"({env.spec.episode_limit}); set it through env.kwargs, not env.max_episode_steps")
-        return env
+        from racemarl.envs.base import GuardedEnv
+
+        return GuardedEnv(env)
     from racemarl.envs.pettingzoo import IncompatibleEnvError, PettingZooEnv
 
     try:

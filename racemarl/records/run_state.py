@@ -198,6 +198,14 @@ class RunState:
             raise RunError(str(e)) from None
         if resume and not (self.run_dir / "checkpoints" / LATEST).is_file():
             raise RunError(f"no checkpoint to resume from at {self.run_dir / 'checkpoints' / LATEST}")
+        if self.cfg.rollout.backend == "ray" and self.cfg.rollout.ray_address:
+            from racemarl.acting.ray_workers import check_ray_address
+            from racemarl.acting.workers import RolloutError
+
+            try:
+                check_ray_address(self.cfg.rollout.ray_address)
+            except RolloutError as e:
+                raise RunError(str(e)) from None
         self._claim_folder(resume)
         if resume:
             ckpt.clean_temp_files(self.run_dir / "checkpoints")
@@ -256,6 +264,23 @@ class RunState:
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
+
+    def _check_memory(self) -> None:
+        """Refuse, before the population, envs and buffers are built, a run whose estimate does not fit in memory
+        (`racemarl.memory`); the task's sizes come from one env, built and closed here."""
+        from racemarl import memory
+        from racemarl.acting.workers import env_kwargs
+        from racemarl.envs import make_env
+
+        env = make_env(self.cfg.env.task, **env_kwargs(self.cfg))
+        try:
+            spec = env.spec
+        finally:
+            env.close()
+        try:
+            memory.check(self.cfg, spec, self.device)
+        except memory.MemoryEstimateError as e:
+            raise RunError(str(e)) from None
 
     def _fail_cleanup(self) -> None:
         """A run that failed: stop what it started, then leave its folder resumable or as it was (`_abandon`)."""
