@@ -26,6 +26,7 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
     import concurrent.futures
     import socket
 
+    require_ray()  # not installed: that is the message
     if address is None or address.strip() in ("auto", "local"):
         return
     text = address.strip()

@@ -74,8 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seeds", help="1-5 or 1,3,7 (default 1; with --preset 1-5)")
     w.add_argument("--total-steps", type=int, help="env steps of each run (required without --preset)")
     w.add_argument("--out", required=True, help="sweep folder (one run directory per grid point)")
-    w.add_argument("--workers", type=int, help="runs at a time (default: number of CPU cores)")
-    w.add_argument("--backend", choices=("local", "ray"), default="local")
+    w.add_argument("--workers", type=int, help="runs at a time (default: number of CPU cores; with --backend slurm: "
+                                               "as many array tasks as Slurm grants)")
+    w.add_argument("--backend", choices=("local", "ray", "slurm"), default="local",
+                   help="local subprocesses (default), Ray tasks, or one Slurm job-array task per run (docs/slurm.md)")
+    w.add_argument("--slurm-partition", metavar="NAME", help="Slurm partition of the array tasks (default: Slurm's)")
+    w.add_argument("--slurm-time", metavar="TIME", help="time limit of each task: minutes or [D-]HH:MM[:SS]; a task "
+                                                        "that reaches it checkpoints and is requeued")
+    w.add_argument("--slurm-cpus", type=int, default=1, metavar="N", help="CPUs per task (default 1)")
+    w.add_argument("--slurm-mem", metavar="SIZE", help="memory per task, e.g. 8G (default: Slurm's)")
+    w.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per task (default 0)")
+    w.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="another sbatch option for every task, e.g. account=my_lab or qos=high (repeatable)")
+    w.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
+                   help="a shell line run before each task, e.g. 'module load cuda' (repeatable)")
+    w.add_argument("--no-wait", action="store_true",
+                   help="--backend slurm: submit and return; the same command run later follows and collects")
     w.add_argument("--config", help="a YAML file or a shipped preset's name, for every run")
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     w.add_argument("--eval-interval", type=int)

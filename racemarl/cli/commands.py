@@ -244,7 +244,21 @@ def _sweep(args: argparse.Namespace) -> int:
     spec = SweepSpec(tasks=tasks, algos=algos, seeds=seeds, total_steps=args.total_steps, sets=list(args.set),
                      config=config, eval_interval=args.eval_interval, eval_episodes=args.eval_episodes,
                      task_configs=task_configs, preset=args.preset)
-    return Sweep(spec, args.out, workers=args.workers, backend=args.backend).run()
+    slurm = None
+    given = [f for f, v in (("--slurm-partition", args.slurm_partition), ("--slurm-time", args.slurm_time),
+                            ("--slurm-cpus", args.slurm_cpus != 1), ("--slurm-mem", args.slurm_mem),
+                            ("--slurm-gpus", args.slurm_gpus), ("--slurm-option", args.slurm_option),
+                            ("--slurm-setup", args.slurm_setup), ("--no-wait", args.no_wait)) if v]
+    if args.backend == "slurm":
+        from racemarl.experiment.slurm import SlurmOptions
+
+        slurm = SlurmOptions(partition=args.slurm_partition, time=args.slurm_time, cpus=args.slurm_cpus,
+                             mem=args.slurm_mem, gpus=args.slurm_gpus, options=list(args.slurm_option),
+                             setup=list(args.slurm_setup))
+        slurm.validate()
+    elif given:
+        raise ConfigError(f"{', '.join(given)}: only with --backend slurm")
+    return Sweep(spec, args.out, workers=args.workers, backend=args.backend, slurm=slurm, wait=not args.no_wait).run()
 
 
 def _plot(args: argparse.Namespace) -> int:
