@@ -9,8 +9,11 @@ first `from_episode` resets of the env instance (the construction's own probe re
 - "remove_on_fall": like multiwalker_v9 with remove_on_fall=True: the scout "falls" at `at_step`; it is
   terminated and removed from `agents`, and state() fails for a world without it; with `end_on_fall` (multiwalker's
   terminate_on_fall) the episode ends there for everyone, else the runner plays on.
+- no fault, `delay` seconds per step: a slow simulator.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -19,10 +22,10 @@ from user_env import LineWalk  # a sibling file: racemarl puts the env file's fo
 
 class Faulty(LineWalk):
     def __init__(self, fault: str = "", at_step: int = 3, with_state: bool = False, end_on_fall: bool = False,
-                 from_episode: int = 0, **kwargs):
+                 from_episode: int = 0, delay: float = 0.0, **kwargs):
         super().__init__(continuous=True, scout_steps=10_000, **kwargs)
         self.fault, self.at_step, self.with_state, self.end_on_fall = fault, at_step, with_state, end_on_fall
-        self.from_episode, self.episodes = from_episode, 0
+        self.from_episode, self.episodes, self.delay = from_episode, 0, delay
         self.fallen = False
 
     def reset(self, seed=None, options=None):
@@ -38,6 +41,8 @@ class Faulty(LineWalk):
         return np.array([self.pos["scout"], self.pos["runner"], self.goal], np.float32)
 
     def step(self, actions):
+        if self.delay:
+            time.sleep(self.delay)  # a slow simulator (tests/test_slurm.py stops a run in the middle)
         due = self.t + 1 >= self.at_step and self.episodes > self.from_episode
         if due and self.fault == "step_raises":
             raise ZeroDivisionError("division by zero in the user's reward")

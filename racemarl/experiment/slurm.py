@@ -186,7 +186,8 @@ class SlurmTask:
         log_path = Path(self.out) / LOG_DIR / f"{self.point.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("a") as log:
-            job = os.environ.get("SLURM_ARRAY_JOB_ID", "?") + "_" + os.environ.get("SLURM_ARRAY_TASK_ID", "?")
+            job = (os.environ["SLURM_ARRAY_JOB_ID"] + "_" + os.environ.get("SLURM_ARRAY_TASK_ID", "?")
+                   if "SLURM_ARRAY_JOB_ID" in os.environ else os.environ.get("SLURM_JOB_ID", "?"))
             log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} slurm task {job} "
                       f"(restart {os.environ.get('SLURM_RESTART_COUNT', '0')}): {shlex.join(cmd)}\n")
             log.flush()

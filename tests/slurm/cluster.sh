@@ -3,7 +3,8 @@
 #
 #   tests/slurm/cluster.sh start DIR   install slurm-wlm and munge if missing (Debian, as root), write DIR/slurm.conf
 #                                      (one node: this host, its CPUs) and start munged, slurmctld and slurmd;
-#                                      idempotent: what already runs from DIR is kept. Prints `SLURM_CONF=DIR/slurm.conf`.
+#                                      idempotent: what already runs from DIR is kept. Prints `SLURM_CONF=DIR/slurm.conf`
+#                                      and `STARTED=1` when it started slurmctld (else `STARTED=0`: it was running).
 #   tests/slurm/cluster.sh stop DIR    stop the daemons that `start` started (their pids are in DIR), nothing else.
 #
 # Exit 3 from `start` means Slurm cannot be installed here (not root, no apt-get, no Debian packages): the tests skip.
@@ -121,7 +122,9 @@ else
 fi
 export SLURM_CONF="$dir/slurm.conf"
 
+started=0
 if ! alive "$dir/slurmctld.pid"; then
+  started=1
   slurmctld -c -f "$SLURM_CONF" || { echo "slurmctld did not start; see $dir/slurmctld.log" >&2; exit 1; }
 fi
 if ! alive "$dir/slurmd.pid"; then
@@ -140,3 +143,4 @@ if [[ "$state" != idle* && "$state" != mix* && "$state" != alloc* ]]; then
     || { echo "the Slurm node is '$state', not idle; see $dir/slurmctld.log and $dir/slurmd.log" >&2; exit 1; }
 fi
 echo "SLURM_CONF=$SLURM_CONF"
+echo "STARTED=$started"
