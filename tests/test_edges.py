@@ -191,3 +191,100 @@ def test_agents_removed_mid_episode_like_multiwalker(tmp_path, capsys, end_on_fa
     extra = ["env.kwargs.fault=remove_on_fall", f"env.kwargs.end_on_fall={end_on_fall}"]
     assert main(_train_args(out, extra=extra)) == 0, capsys.readouterr().err
     assert (out / "summary.json").is_file()
+
+
+# ---------------------------------------------------------------- 3, 5, 6, 10-12: own envs, flags, help
+
+
+@pytest.mark.parametrize("flag", ["--task", "--config", "--resume", "--device"])
+def test_an_empty_flag_value_is_refused_not_taken_as_the_default(tmp_path, capsys, flag):
+    assert main(["train", flag, "", "--out", str(tmp_path / "run"), "--total-steps", "10"]) == 2
+    assert flag in _one_line_error(capsys) and not (tmp_path / "run").exists()
+
+
+def test_a_relative_env_file_is_stored_absolute_so_eval_and_video_work_from_anywhere(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    run = tmp_path / "run"
+    assert main(_train_args(run, task="pettingzoo/tests/bad_env.py:make_env", steps=30)) == 0
+    saved = (run / "config.yaml").read_text()
+    assert f"pettingzoo/{ROOT / 'tests' / 'bad_env.py'}:make_env" in saved
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "1"]) == 0
+    # 10. a task that cannot render: one line, nothing written
+    pytest.importorskip("imageio")
+    assert main(["eval", str(run), "--episodes", "1", "--video", str(tmp_path / "v.mp4"), "--out",
+                 str(tmp_path / "e.json")]) == 2
+    assert "--video" in _one_line_error(capsys)
+    assert not (tmp_path / "v.mp4").exists() and not (tmp_path / "e.json").exists()
+
+
+def test_runs_of_a_registered_env_are_read_back_in_another_process(tmp_path):
+    from racemarl.envs import register_env, unregister_env
+    from racemarl.train import train
+    from tests import user_env
+    from tests.conftest import tiny_config
+
+    register_env("mylab/walk", user_env.make_env, continuous=True)
+    try:
+        train(tiny_config("matd3", total_steps=60, env={"task": "mylab/walk"}), tmp_path / "run")
+    finally:
+        unregister_env("mylab/walk")
+    for cmd in (["info", str(tmp_path / "run")], ["table", str(tmp_path)]):
+        r = subprocess.run([sys.executable, "-m", "racemarl", *cmd], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0 and "mylab/walk" in r.stdout, r.stderr
+    code = "import racemarl, sys; print(racemarl.load_run(sys.argv[1]).task)"
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True)
+    assert r.stdout.strip() == "mylab/walk", r.stderr
+
+
+def test_make_config_takes_mapping_entries_as_the_string_form_does():
+    import racemarl
+    from racemarl.config import ConfigError
+
+    a = racemarl.make_config(task="mpe/simple_spread", overrides={"env.kwargs.continuous": False, "learner.batch_size": 64})
+    b = racemarl.make_config(task="mpe/simple_spread", overrides=["env.kwargs.continuous=false", "learner.batch_size=64"])
+    assert a.env.kwargs == b.env.kwargs == {"continuous": False} and a.learner.batch_size == 64
+    with pytest.raises(ConfigError, match="unknown config key"):
+        racemarl.make_config(overrides={"learner.nope": 1})
+
+
+def test_help_names_every_algorithm_and_the_defaults(capsys):
+    from racemarl.cli import build_parser
+
+    top = build_parser().format_help()
+    assert all(a in top for a in ("RACE", "MATD3", "FACMAC", "EA", "MERL"))
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "seeds every random draw of the run (default 1)" in text and "default 10000)" in text
+    assert "(default 5)" in text and "rollout workers of --backend process or ray" in text
+    with pytest.raises(SystemExit):
+        main(["config", "--help"])
+    assert "override a config value" in capsys.readouterr().out
+
+
+def test_a_run_without_updates_says_so(tmp_path, capsys):
+    assert main(_train_args(tmp_path / "run", steps=12, extra=["learner.start_steps=1000"])) == 0
+    assert "the learner made no updates" in capsys.readouterr().err
+
+
+def test_a_sweep_leaves_a_run_that_another_process_trains_alone(tmp_path, capsys):
+    from racemarl.experiment.sweep_grid import run_name
+
+    out = tmp_path / "grid"
+    sweep = ["sweep", "--tasks", BAD, "--out", str(out), "--eval-interval", "12"] + [x for s in SMALL for x in ("--set", s)]
+    assert main(sweep + ["--total-steps", "12"]) == 0
+    run = out / run_name(BAD, "race", 1)
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    holder = _hold_lock(run)  # e.g. a `racemarl train --resume` of it started by hand
+    try:
+        code = main(sweep + ["--total-steps", "36"])  # a larger budget: the run would be resumed
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 1 and f"pid {holder.pid}" in capsys.readouterr().out
+    after = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".train.lock"}
+    assert after == {k: v for k, v in before.items() if k != ".train.lock"}  # left alone

@@ -272,7 +272,7 @@ class DiscreteFamily:
             eps[0] = self.epsilon(p.env_steps)
         rngs = [np.random.default_rng(slot_stream(cfg.seed, p.generation, row)) for row in range(self.n_slots)]
         stats = run_discrete_episodes(self.envs, run.actor, heads, rngs, epsilon=eps, buffer=run.buffer)
-        return Played(stats.returns, stats.won, int(stats.lengths.sum()))
+        return Played(stats.returns, self._wins(self.envs, stats.won), int(stats.lengths.sum()))
 
     def epsilon(self, env_steps: int) -> float:
         """The MARL team's exploration, annealed linearly over env steps."""
@@ -290,6 +290,11 @@ class DiscreteFamily:
     def batch_size(self) -> int:
         return self.cfg.discrete.batch_episodes
 
+    @staticmethod
+    def _wins(envs, won: np.ndarray) -> np.ndarray | None:
+        """Battles won, on tasks that have them (SMAX, SMAC); None on tasks with no notion of winning (PettingZoo)."""
+        return won.astype(float) if getattr(envs, "reports_wins", True) else None
+
     # ---------------------------------------------------------------- evaluation
     def champion_encoders(self, actor) -> None:
         return None  # the recurrent encoders are shared; the champion is evaluated with the current ones
@@ -303,7 +308,7 @@ class DiscreteFamily:
         n = self.eval_envs.batch_size
         stats = run_discrete_episodes(self.eval_envs, run.actor, heads[None].expand(n, *heads.shape),
                                       self._eval_rngs(run), greedy=np.ones(n, bool))
-        return stats.returns, stats.won.astype(float)
+        return stats.returns, self._wins(self.eval_envs, stats.won)
 
     def evaluate_marl(self, run, row: dict) -> tuple[np.ndarray, np.ndarray]:
         """The MARL team's greedy episodes (as `evaluate_team`) and its mixed critic's bias
@@ -323,7 +328,7 @@ class DiscreteFamily:
                for b, n_b in enumerate(lengths)]
         bias = critic_bias(eps, [q[b, :n_b].numpy() for b, n_b in enumerate(lengths)], self.cfg.discrete.gamma)
         row.update(q_marl=bias["q"], mc_return_marl=bias["mc"], q_bias_marl=bias["bias"])
-        return stats.returns, stats.won.astype(float)
+        return stats.returns, self._wins(self.eval_envs, stats.won)
 
     def close(self) -> None:
         self.envs.close()

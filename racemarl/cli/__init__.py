@@ -7,7 +7,7 @@ import os
 import sys
 
 from racemarl.cli.commands import _config, _eval, _export, _info, _plot, _sweep, _table, _tasks, _train
-from racemarl.config import ALGOS, ROLLOUT_BACKENDS, ConfigError
+from racemarl.config import ALGOS, ROLLOUT_BACKENDS, Config, ConfigError
 from racemarl.envs import MissingDependencyError, UnknownTaskError
 from racemarl.envs.base import TRACEBACK_ENV, EnvFailure
 from racemarl.records.runs import RunDirError
@@ -16,26 +16,31 @@ from racemarl.records.runs import RunDirError
 def build_parser() -> argparse.ArgumentParser:
     from racemarl import __version__
 
-    p = argparse.ArgumentParser(prog="racemarl", description="RACE: evolutionary MARL with shared encoders.")
+    p = argparse.ArgumentParser(prog="racemarl", description="RACE (evolutionary MARL with shared encoders) and its "
+                                "baselines MATD3, FACMAC, EA and MERL: train, evaluate, sweep, plot.")
     p.add_argument("--version", action="version", version=f"racemarl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a RACE / MATD3 / EA run")
+    t = sub.add_parser("train", help="train a RACE / MATD3 / FACMAC / EA / MERL run")
     t.add_argument("--task", help="e.g. mamujoco/HalfCheetah-6x1 (see `racemarl tasks`)")
-    t.add_argument("--algo", choices=ALGOS)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--total-steps", type=int, help="env steps of all teams together")
+    d = Config()  # the defaults the help states
+    t.add_argument("--algo", choices=ALGOS, help=f"default {d.algo}")
+    t.add_argument("--seed", type=int, help=f"seeds every random draw of the run (default {d.seed})")
+    t.add_argument("--total-steps", type=int, help=f"env steps of all teams together (default {d.total_steps})")
     t.add_argument("--out", help="run directory to create")
     t.add_argument("--config", help="a YAML file or a shipped preset's name: demo, halfcheetah-6x1, paper/mamujoco-hopper-3x1, ... (configs/)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, dotted keys for nested ones, e.g. learner.batch_size=128")
-    t.add_argument("--eval-interval", type=int)
-    t.add_argument("--eval-episodes", type=int)
+    t.add_argument("--eval-interval", type=int, metavar="STEPS",
+                   help="env steps between two evaluations (each writes a metrics.csv row and a checkpoint; default "
+                        f"{d.eval_interval})")
+    t.add_argument("--eval-episodes", type=int, metavar="N", help=f"greedy episodes per evaluation (default {d.eval_episodes})")
     t.add_argument("--backend", choices=ROLLOUT_BACKENDS,
                    help="where the training episodes are played: inline (in this process, default), process "
                         "(local worker processes), ray (Ray actors); never changes what is learned")
     t.add_argument("--workers", type=int, metavar="N",
-                   help="rollout workers for --backend process or ray (default: one per CPU core)")
+                   help="rollout workers of --backend process or ray (default there: one per CPU core, at most one "
+                        "per episode of a generation); --backend inline plays in this process")
     t.add_argument("--ray-address", metavar="HOST:PORT",
                    help="join this Ray cluster (implies --backend ray); default: a local Ray instance")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
@@ -46,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- --set) as YAML")
     c.add_argument("--config", help="a YAML file or a shipped preset's name (as for train)")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (as for train), e.g. learner.batch_size=128; repeatable")
     c.set_defaults(func=_config)
 
     k = sub.add_parser("tasks", help="list the tasks with their agents, observation, state and action sizes")
@@ -92,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--backend slurm: submit and return; the same command run later follows and collects")
     w.add_argument("--config", help="a YAML file or a shipped preset's name, for every run")
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
-    w.add_argument("--eval-interval", type=int)
-    w.add_argument("--eval-episodes", type=int)
+    w.add_argument("--eval-interval", type=int, metavar="STEPS", help="as for train (default: the config's)")
+    w.add_argument("--eval-episodes", type=int, metavar="N", help="as for train (default: the config's)")
     w.set_defaults(func=_sweep)
 
     def add_dirs(q: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
     if args.config:
         apply_dict(wanted, load_yaml(_config_file(args.config)))
     top = {"algo": args.algo, "seed": args.seed, "eval_interval": args.eval_interval,
-           "eval_episodes": args.eval_episodes, "env": {"task": args.task} if args.task else {}}
+           "eval_episodes": args.eval_episodes, "env": {"task": args.task} if args.task is not None else {}}
     apply_dict(wanted, {k: v for k, v in top.items() if v is not None})
     for assignment in args.set:
         apply_override(wanted, assignment)
@@ -75,9 +75,18 @@ def _config_file(path: str | None) -> Path | None:
     return None if path is None else check_preset_file(path, "--config")
 
 
+def _no_empty(args: argparse.Namespace, *names: str) -> None:
+    """A flag given with an empty value (`--task ''`) is refused, not taken as absent (the default)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"--{name.replace('_', '-')} needs a value, got an empty one")
+
+
 def _train(args: argparse.Namespace) -> int:
     from racemarl.train import RunError, TrainingInterrupted, train
 
+    _no_empty(args, "task", "out", "resume", "config", "device", "ray_address")
     if args.resume:
         run_dir = Path(args.resume)
         cfg = _resume_config(args, run_dir)
@@ -89,7 +98,7 @@ def _train(args: argparse.Namespace) -> int:
         top = {
             "algo": args.algo, "seed": args.seed, "total_steps": args.total_steps,
             "eval_interval": args.eval_interval, "eval_episodes": args.eval_episodes,
-            "env": {"task": args.task} if args.task else {},
+            "env": {"task": args.task} if args.task is not None else {},
         }
         if args.no_progress:
             top["progress"] = False
@@ -119,7 +128,20 @@ def _train(args: argparse.Namespace) -> int:
     win = f", final win rate {summary['final_eval_win_rate']:.2f}" if "final_eval_win_rate" in summary else ""
     print(f"final eval return {_num(summary['final_eval_return'])}, best {_num(summary['best_eval_return'])}{win}, "
           f"{summary['total_env_steps']} env steps in {summary['wall_time']:.0f} s")
+    if cfg.uses_marl and not summary.get("updates"):
+        from racemarl.envs import is_discrete_task
+
+        why = (f"fewer than discrete.batch_episodes={cfg.discrete.batch_episodes} episodes were collected"
+               if is_discrete_task(cfg.env.task, **_env_kwargs(cfg)) else
+               f"it ended before learner.start_steps={cfg.learner.start_steps} env steps")
+        _warn([f"the learner made no updates: {why}; the result is that of an untrained team (raise --total-steps)"])
     return 0
+
+
+def _env_kwargs(cfg) -> dict:
+    from racemarl.acting.workers import env_kwargs
+
+    return env_kwargs(cfg)
 
 
 def _num(v: float | None) -> str:
@@ -220,6 +242,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from racemarl.experiment.sweep import Sweep, SweepSpec, parse_names, parse_seeds
+
+    _no_empty(args, "out", "config", "preset", "tasks", "algos", "seeds")
 
     task_configs, config = {}, None
     if args.preset:

@@ -126,6 +126,20 @@ def _import_module(task: str, name: str):
         raise BadTaskError(f"{task}: importing module {name!r} failed: {type(e).__name__}: {e}") from e
 
 
+def absolute_task(task: str) -> str:
+    """A ``pettingzoo/<path/to/file.py>:<factory>`` task with a relative path, with the file's absolute path (as a
+    run stores it, so that `eval` and `--resume` find the file from any folder); any other task as it is."""
+    if not isinstance(task, str) or not task.startswith("pettingzoo/") or task in registered_tasks():
+        return task
+    where, sep, attr = task[len("pettingzoo/"):].rpartition(":")
+    if not sep or not where.endswith(".py"):
+        return task
+    path = Path(where).expanduser()
+    if path.is_absolute() or not path.is_file():
+        return task
+    return f"pettingzoo/{path.resolve()}:{attr}"
+
+
 def resolve_factory(task: str, spec: str) -> Callable[..., Any]:
     """The callable named by '<module or file.py>:<attr>'."""
     where, _, attr = spec.rpartition(":")

@@ -186,9 +186,11 @@ class RunState:
         never-checkpointed folder of this run; a resume needs a run with a checkpoint. Then the folder is claimed
         for this process (`FolderLock` on RUN/.train.lock, held until `close`): a second process training the same
         run is refused, naming the first."""
+        from racemarl.envs.byo import absolute_task
         from racemarl.records.runs import RunDirError, check_new_run_dir, check_output_dir
 
         self._lock, self._created_dir = None, False
+        self.cfg.env.task = absolute_task(self.cfg.env.task)  # a user's env file, found again from any folder
         try:
             if not resume:
                 check_new_run_dir(self.run_dir, self.cfg.validate())

@@ -205,7 +205,7 @@ def check_new_run_dir(path: str | Path, cfg: Config) -> Path:
     if not cfg_file.is_file():
         raise RunDirError(f"{path} is not empty and holds no run; choose a new or empty folder")
     try:
-        saved = from_dict(load_yaml(cfg_file))
+        saved = from_dict(load_yaml(cfg_file), check_task=False)
     except ConfigError as e:
         raise RunDirError(f"{path} holds a run whose config.yaml is unreadable ({e}); choose another folder") from None
     what = f"a {saved.algo} run on {saved.env.task}, seed {saved.seed}"
@@ -300,7 +300,7 @@ def read_metrics_table(path: Path) -> tuple[list[str], list[dict[str, float | No
 def load_run(path: str | Path) -> Run:
     path = require_run_dir(path)
     try:
-        config = from_dict(load_yaml(path / "config.yaml"))
+        config = from_dict(load_yaml(path / "config.yaml"), check_task=False)  # records need no environment
     except ConfigError as e:
         raise RunDirError(f"{path / 'config.yaml'}: {e}") from e
     columns, rows = read_metrics_table(path / "metrics.csv")
