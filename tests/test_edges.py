@@ -288,3 +288,47 @@ def test_a_sweep_leaves_a_run_that_another_process_trains_alone(tmp_path, capsys
     assert code == 1 and f"pid {holder.pid}" in capsys.readouterr().out
     after = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".train.lock"}
     assert after == {k: v for k, v in before.items() if k != ".train.lock"}  # left alone
+
+
+def test_a_users_own_multiagentenv_is_guarded_as_well(tmp_path, capsys):
+    import numpy as np
+
+    from racemarl.envs import register_env, unregister_env
+    from racemarl.envs.base import EnvSpec, MultiAgentEnv, StepResult
+
+    class Drifting(MultiAgentEnv):
+        """Continuous, 2 agents; its reward turns infinite at step 3."""
+
+        def __init__(self):
+            lo, hi = np.full(1, -1, np.float32), np.full(1, 1, np.float32)
+            self.spec = EnvSpec("mylab/drift", 2, (2, 2), 4, (1, 1), False, 12, (lo, lo), (hi, hi))
+
+        def reset(self, seed=None):
+            self.t = 0
+            return [np.zeros(2, np.float32)] * 2, np.zeros(4, np.float32), None
+
+        def step(self, actions):
+            self.t += 1
+            reward = float("inf") if self.t >= 3 else 0.0
+            return StepResult([np.zeros(2, np.float32)] * 2, np.zeros(4, np.float32), reward, False, self.t >= 12)
+
+    register_env("mylab/drift", Drifting)
+    try:
+        assert main(_train_args(tmp_path / "run", task="mylab/drift")) == 2
+    finally:
+        unregister_env("mylab/drift")
+    line = _one_line_error(capsys)
+    assert "mylab/drift" in line and "reward of inf" in line and "episode step 3" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_transitions_never_reach_the_replay_buffer():
+    import numpy as np
+
+    from racemarl.acting.families import _check_finite_transitions
+    from racemarl.envs.base import EnvFailure
+
+    fine = {"reward": np.zeros(3, np.float32), "obs": np.zeros((3, 2, 4), np.float32)}
+    _check_finite_transitions(fine, "mamujoco/Hopper-3x1")
+    with pytest.raises(EnvFailure, match="Hopper-3x1: a non-finite next obs"):
+        _check_finite_transitions({**fine, "next_obs": np.array([np.nan], np.float32)}, "mamujoco/Hopper-3x1")

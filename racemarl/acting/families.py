@@ -62,6 +62,18 @@ def slot_teams(cfg: Config, actor, population: torch.Tensor | None, pop_encoders
     return torch.cat(heads), encoders
 
 
+def _check_finite_transitions(rows: dict[str, np.ndarray], task: str | None) -> None:
+    """NaN or inf from any environment (a simulator blowing up, not only a user's env) stops the run before it
+    reaches the replay buffer, naming what held it (one vectorised check per generation)."""
+    from racemarl.envs.base import EnvFailure
+
+    for key in ("reward", "obs", "state", "next_obs", "next_state"):
+        values = rows.get(key)
+        if values is not None and values.size and not np.isfinite(values).all():
+            raise EnvFailure(f"{task or 'the environment'}: a non-finite {key.replace('_', ' ')} (NaN or inf) in this "
+                             "generation's episodes; rewards, observations and states must be finite numbers")
+
+
 def make_family(cfg: Config, n_slots: int) -> ContinuousFamily | DiscreteFamily:
     """The family of `cfg.env.task`; ValueError (one line) for a config its family does not support."""
     cls = DiscreteFamily if is_discrete_task(cfg.env.task, **env_kwargs(cfg)) else ContinuousFamily
@@ -108,7 +120,7 @@ class ContinuousFamily:
     def play(self, run) -> Played:
         plan = self.generation_plan(run)
         results = self.workers.play(plan)
-        self.store(run.buffer, results)
+        self.store(run.buffer, results, self.cfg.env.task)
         return Played(np.array([r.episode_return for r in results]), None, sum(r.length for r in results), results)
 
     def generation_plan(self, run) -> GenerationPlan:
@@ -131,9 +143,10 @@ class ContinuousFamily:
             streams=[slot_stream(cfg.seed, p.generation, t) for t in range(n)], step_limit=limit)
 
     @staticmethod
-    def store(buffer: ReplayBuffer, results: list[SlotResult]) -> None:
+    def store(buffer: ReplayBuffer, results: list[SlotResult], task: str | None = None) -> None:
         """A generation's transitions into the replay buffer, in the same order whoever played them."""
         rows = transitions_in_order(results)
+        _check_finite_transitions(rows, task)
         n, step = len(rows["reward"]), buffer.capacity
         for start in range(0, n, step):
             buffer.add(**{k: v[start : start + step] for k, v in rows.items()})

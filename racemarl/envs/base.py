@@ -148,7 +148,7 @@ class GuardedEnv(MultiAgentEnv):
     attribute is the env's own."""
 
     def __init__(self, env: MultiAgentEnv):
-        self.env, self.spec, self._t = env, env.spec, 0
+        self.env, self.spec, self._t, self._needs_reset = env, env.spec, 0, True
 
     def __getattr__(self, name: str):
         if name == "env":
@@ -178,9 +178,11 @@ class GuardedEnv(MultiAgentEnv):
             raise env_failure(self.spec.task, "reset()", 0, e) from e
         self._check_obs(obs, state)
         check_finite(self.spec.task, 0, None, [np.asarray(o, np.float32) for o in obs], np.asarray(state, np.float32))
+        self._needs_reset = False
         return obs, state, avail
 
     def step(self, actions) -> StepResult:
+        check_step_call(self.spec, self._needs_reset, actions)  # racemarl's own call mistakes stay what they are
         self._t += 1
         try:
             r = self.env.step(actions)
@@ -195,6 +197,7 @@ class GuardedEnv(MultiAgentEnv):
             raise EnvFailure(f"{self.spec.task}: the reward at episode step {self._t} is not a number ({e})") from e
         check_finite(self.spec.task, self._t, reward, [np.asarray(o, np.float32) for o in r.obs],
                      np.asarray(r.state, np.float32))
+        self._needs_reset = bool(r.terminated or r.truncated)
         return r
 
     def sample_actions(self, rng, avail_actions=None):
