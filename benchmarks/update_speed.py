@@ -1,13 +1,15 @@
-"""CPU update rate of MATD3 and RACE with and without a config change, measured side by side (issue 11's CPU lead).
+"""CPU update rate of MATD3 and RACE under two configs, measured side by side: by default float32 against bfloat16
+(`precision=fp32` vs `precision=bf16`, issue 19; earlier: issue 11's CPU lead).
 
 The learners of both variants are built from the same seed, fed the same buffer (random-action transitions of
 the task), and timed in interleaved blocks (A B B A ...), so both see the same machine load; CPU time of the
 main thread (steadier than wall time on a shared machine) and wall time are both reported. Also: FLOPs per
-update (forward + backward matrix products, `torch.utils.flop_counter`), the FLOP rate and its share of the
-machine's peak (best float32 2048^3 matrix product on one thread, in CPU time, measured in the same run), and the CPU time of
-the target computation (`critic_target`: target encoder pass + smoothed target policy + target critic).
+update (forward + backward matrix products, `torch.utils.flop_counter`), the FLOP rate and its share of both of the
+machine's peaks (the best float32 and the best bfloat16 2048^3 matrix product on one thread, in CPU time, each
+measured in the same run, before and after the timed blocks), and the CPU time of the target computation
+(`critic_target`: target encoder pass + smoothed target policy + target critic, under the variant's precision).
 
-    python benchmarks/update_speed.py                                  # net.fast_tanh=false vs true, HalfCheetah-6x1
+    python benchmarks/update_speed.py                                  # precision=fp32 vs bf16, HalfCheetah-6x1
     python benchmarks/update_speed.py --a net.fast_tanh=false --b net.fast_tanh=true --seconds 60
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -37,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 from throughput import flops_per_update  # noqa: E402
 
 
-def cpu_peak(size: int = 2048, reps: int = 6) -> float:
-    """Best float32 matrix-product rate on this thread in GFLOP/s of CPU time (comparable with the updates' rate)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def cpu_peak(size: int = 2048, reps: int = 6, dtype: torch.dtype = torch.float32) -> float:
+    """Best matrix-product rate of `dtype` on this thread in GFLOP/s of CPU time (comparable with the updates' rate)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     best = min(_cpu_time(lambda: a @ b) for _ in range(reps))
     return 2 * size**3 / best / 1e9
@@ -93,7 +96,7 @@ def target_ms(learner, buffer, batch_size: int, n: int = 10) -> float:
     """CPU ms of the target computation of `MATD3.update` (the `critic_target` section)."""
     batches = [buffer.sample(batch_size) for _ in range(n)]
     t = time.thread_time()
-    with torch.no_grad():
+    with torch.no_grad(), learner.amp():
         for b in batches:
             z = learner.encoders_targ(b.next_obs)
             a = learner.smoothed_policy(z, learner.marl_heads_targ)
@@ -104,8 +107,8 @@ def target_ms(learner, buffer, batch_size: int, n: int = 10) -> float:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="mamujoco/HalfCheetah-6x1")
-    ap.add_argument("--a", default="net.fast_tanh=false", help="comma-separated --set overrides of variant A")
-    ap.add_argument("--b", default="net.fast_tanh=true", help="comma-separated --set overrides of variant B")
+    ap.add_argument("--a", default="precision=fp32", help="comma-separated --set overrides of variant A")
+    ap.add_argument("--b", default="precision=bf16", help="comma-separated --set overrides of variant B")
     ap.add_argument("--seconds", type=float, default=40.0, help="timed blocks of all four learners together")
     ap.add_argument("--block", type=int, default=4)
     ap.add_argument("--out", default=str(ROOT / "results" / "update_speed.json"))
@@ -117,7 +120,7 @@ def main(argv=None) -> dict:
     learners = {(v, algo): build(args.task, algo, ov, spec) for v, ov in variants.items() for algo in ("matd3", "race")}
     any_learner = next(iter(learners.values()))[1]
     buffer = random_transitions(args.task, 5000, spec, any_learner.max_obs, any_learner.layout.joint_dim)
-    peaks = [cpu_peak()]
+    peaks = {"fp32": [cpu_peak()], "bf16": [cpu_peak(dtype=torch.bfloat16)]}
     flops, targets = {}, {k: [] for k in learners}
     for key, (cfg, learner, pop) in learners.items():
         for _ in range(4):
@@ -136,24 +139,32 @@ def main(argv=None) -> dict:
             times[key]["wall"].append((time.perf_counter() - w) / args.block)
             targets[key].append(target_ms(learner, buffer, cfg.learner.batch_size, 3))
         rounds += 1
-    peaks.append(cpu_peak())
-    peak = max(peaks)
+    peaks["fp32"].append(cpu_peak())
+    peaks["bf16"].append(cpu_peak(dtype=torch.bfloat16))
+    peak, peak16 = max(peaks["fp32"]), max(peaks["bf16"])
     res = {"command": " ".join(["python benchmarks/update_speed.py", *(argv if argv is not None else sys.argv[1:])]),
-           "task": args.task, "variants": variants, "peak_gflops": peak, "peaks": peaks, "rounds": rounds,
-           "block": args.block, "load": os.getloadavg(), "torch": torch.__version__, "results": {}}
+           "task": args.task, "variants": variants, "peak_gflops": peak, "peak_gflops_bf16": peak16, "peaks": peaks,
+           "rounds": rounds, "block": args.block, "load": os.getloadavg(), "torch": torch.__version__,
+           "cpu": platform.processor() or platform.machine(), "results": {}}
     lines = [f"| variant | algo | CPU ms/update | updates/s (CPU) | wall ms/update | GFLOP/update | GFLOP/s (CPU) | "
-             f"share of peak ({peak:.0f} GFLOP/s) | critic_target CPU ms |", "|---|---|---|---|---|---|---|---|---|"]
+             f"share of fp32 peak ({peak:.0f} GFLOP/s) | share of bf16 peak ({peak16:.0f} GFLOP/s) | critic_target CPU ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (v, algo), t in times.items():
         cpu, wall = statistics.median(t["cpu"]), statistics.median(t["wall"])
         f = flops[(v, algo)]
         r = {"variant": v, "overrides": variants[v], "algo": algo, "cpu_ms_per_update": cpu * 1e3,
              "wall_ms_per_update": wall * 1e3, "ups_cpu": 1 / cpu, "flops_per_update": f, "gflops_cpu": f / cpu / 1e9,
-             "peak_share": f / cpu / 1e9 / peak, "critic_target_cpu_ms": statistics.median(targets[(v, algo)]),
+             "peak_share": f / cpu / 1e9 / peak, "peak_share_bf16": f / cpu / 1e9 / peak16, "critic_target_cpu_ms": statistics.median(targets[(v, algo)]),
              "blocks": len(t["cpu"])}
         res["results"][f"{v}/{algo}"] = r
         lines.append(f"| {v}: {','.join(variants[v]) or 'defaults'} | {algo} | {r['cpu_ms_per_update']:.1f} | "
                      f"{r['ups_cpu']:.1f} | {r['wall_ms_per_update']:.1f} | {f / 1e9:.2f} | {r['gflops_cpu']:.1f} | "
-                     f"{r['peak_share']:.0%} | {r['critic_target_cpu_ms']:.1f} |")
+                     f"{r['peak_share']:.0%} | {r['peak_share_bf16']:.0%} | {r['critic_target_cpu_ms']:.1f} |")
+    for algo in ("matd3", "race"):
+        a, b = res["results"].get(f"A/{algo}"), res["results"].get(f"B/{algo}")
+        if a and b:
+            res[f"speedup_{algo}"] = a["cpu_ms_per_update"] / b["cpu_ms_per_update"]
+            lines.append(f"\n{algo}: B is {res[f'speedup_{algo}']:.2f}x as fast as A (CPU time per update)")
     res["table"] = "\n".join(lines)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")

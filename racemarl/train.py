@@ -18,6 +18,7 @@ from racemarl.acting.workers import RolloutError
 from racemarl.algorithms.evolution import evolve, follow_sources, inject, mutate_encoders
 from racemarl.config import Config, save_yaml
 from racemarl.device import DeviceError, resolve_device
+from racemarl.precision import resolve_precision
 from racemarl.nets.policy import init_heads
 from racemarl.records import checkpoint as ckpt
 from racemarl.records.metrics import MetricsLogger
@@ -57,6 +58,7 @@ class Trainer(RunState):
             self.device = resolve_device(cfg.device)
         except DeviceError as e:
             raise RunError(str(e)) from e
+        cfg.precision = resolve_precision(cfg.precision, self.device)  # config.yaml records what `auto` chose
         torch.set_num_threads(cfg.torch_threads)
         torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls and tanh several-fold
         ckpt.seed_everything(cfg.seed)

@@ -9,7 +9,7 @@ ROOT = Path(racemarl.__file__).parent
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
     ("envs",),                             # the environments import nothing of the rest
-    ("config", "device"),                  # the typed config; devices and host-to-device copies
+    ("config", "device", "precision"),     # the typed config; devices and host-to-device copies; fp32/bf16
     ("nets",),
     ("data",),                             # the two replay buffers
     ("algorithms",),                       # MATD3, FACMAC, RACE (continuous, discrete), evolution
@@ -75,7 +75,7 @@ def test_no_import_runs_upwards():
 
 def test_the_root_holds_only_the_entry_points():
     root_modules = sorted(p.stem for p in ROOT.glob("*.py"))
-    assert root_modules == ["__init__", "__main__", "api", "device", "train"]  # and the config/ and cli/ packages
+    assert root_modules == ["__init__", "__main__", "api", "device", "precision", "train"]  # and the config/ and cli/ packages
 
 
 def test_every_folder_of_modules_is_a_package():

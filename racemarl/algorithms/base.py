@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
+from racemarl.precision import autocast, full_precision, resolve_precision
+
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or inf; the parameters were not stepped with it."""
@@ -40,6 +42,21 @@ class Learner(nn.Module):
     n_updates: int = 0
     _NO_BAD = 2**62  # "no non-finite update yet" in the device record
 
+    # ---------------------------------------------------------------- arithmetic (racemarl.precision)
+    @property
+    def precision(self) -> str:
+        """`fp32` or `bf16`: the config's `precision` resolved on the device the learner lives on."""
+        device = self.marl_heads.device
+        cached = getattr(self, "_precision", None)
+        if cached is None or cached[0] != device:
+            self._precision = cached = (device, resolve_precision(getattr(self.cfg, "precision", "fp32"), device))
+        return cached[1]
+
+    def amp(self) -> contextlib.AbstractContextManager:
+        """The context of an update's forward passes: bfloat16 autocast with `precision` bf16, else nothing.
+        `apply_loss` turns it off again for the backward pass and the optimiser steps."""
+        return autocast(self.precision, self.marl_heads.device)
+
     # ---------------------------------------------------------------- hooks (RACE adds losses and networks)
     def extra_critic_losses(self, batch, z_next: torch.Tensor, q_next: torch.Tensor,
                             population: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -71,17 +88,19 @@ class Learner(nn.Module):
         ok = finite if ok is None else ok & finite
         self._record(ok)
         skip = (~ok).float()
-        with section(f"{label}_backward"):
+        with full_precision(loss.device.type), section(f"{label}_backward"):  # backward: the forward's dtypes
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
-        with section(f"{label}_optim"):
+        with full_precision(loss.device.type), section(f"{label}_optim"):
             if grad_clip > 0:
                 for opt in optimizers:
                     nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
             for opt in optimizers:
                 opt.found_inf = skip  # fused Adam skips the whole step (and undoes its step count) where it is 1
                 opt.step()
+        if torch.is_autocast_enabled(loss.device.type):
+            torch.clear_autocast_cache()  # the stepped weights' bfloat16 copies are stale: cast them anew where read
         return ok
 
     # ---------------------------------------------------------------- the non-finite guard (device side)

@@ -151,6 +151,10 @@ class FACMAC(Learner):
         """One update on a batch of episodes; no host synchronisation (see `Learner`): losses returned as
         detached 0-dim tensors, a non-finite batch or loss skips the steps and targets on the device."""
         del pop_encoders  # unshared encoders are a continuous-task ablation only
+        with self.amp():
+            return self._update(batch, population)
+
+    def _update(self, batch: EpisodeBatch, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
         dc = self.dcfg
         ok = self.batch_ok([t for t in batch.tensors() if t.is_floating_point()])
         t_max = batch.reward.shape[1]

@@ -167,6 +167,10 @@ class MATD3(Learner):
         target_update) so a profile splits an update by loss; they cost microseconds when no profiler runs.
         """
         self.pop_encoders = pop_encoders
+        with self.amp():
+            return self._update(batch, population)
+
+    def _update(self, batch: Batch, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
         lc = self.lcfg
         ok = self.batch_ok([getattr(batch, f.name) for f in dataclasses.fields(batch)])
         not_done = 1.0 - batch.terminated

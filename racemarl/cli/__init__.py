@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--device", help="where the learner and the replay buffer live: auto (default: CUDA when available), "
                                     "cpu, cuda, cuda:N; may change on --resume")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="the learner's arithmetic: bf16 (bfloat16 autocast, float32 weights and losses), fp32, or auto "
+                        "(default: bf16 where the device multiplies bfloat16 natively); a resumed run keeps its own")
     t.set_defaults(func=_train)
 
     c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- --set) as YAML")

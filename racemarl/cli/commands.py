@@ -44,6 +44,10 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
     apply_dict(wanted, {k: v for k, v in top.items() if v is not None})
     for assignment in args.set:
         apply_override(wanted, assignment)
+    if args.precision is not None:
+        wanted.precision = args.precision
+    if wanted.precision == "auto":  # not asked for: the run keeps the precision it recorded
+        wanted.precision = cfg.precision
     saved_flat, wanted_flat = experiment_settings(cfg), experiment_settings(wanted)
     changed = [f"{k}={wanted_flat[k]} (the run has {saved_flat[k]})" for k in saved_flat
                if k != "total_steps" and wanted_flat[k] != saved_flat[k]]
@@ -106,6 +110,8 @@ def _train(args: argparse.Namespace) -> int:
             top["rollout"] = _rollout_flags(args)
         if args.device is not None:
             top["device"] = args.device
+        if args.precision is not None:
+            top["precision"] = args.precision
         cfg = build_config(preset, args.set, **top)
     try:
         summary = train(cfg, run_dir, resume=bool(args.resume))

@@ -164,6 +164,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "learner.marl_head_init_scale": 1.0,
     "discrete.vmm_time_reduction": "mean",
     "net.fast_tanh": False,
+    "precision": "fp32",
 }
 
 

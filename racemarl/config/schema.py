@@ -238,6 +238,11 @@ class Config:
     device: str = "auto"
     """Where the learner, its optimisers and the replay buffer live: auto (CUDA when available, else the CPU),
     cpu, cuda or cuda:N. Environments, rollout workers and evaluation always act on the CPU."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """The learner's arithmetic: fp32, or bf16 (the forward passes under bfloat16 autocast, float32 master weights,
+    optimiser, targets and losses; see `racemarl.precision`); auto = bf16 where the training device multiplies
+    bfloat16 natively (a CPU with AVX512-BF16/AMX, a CUDA GPU of compute capability >= 8.0), else fp32. A run
+    records the resolved value; runs saved before this setting existed load as fp32. Acting is always float32."""
     checkpoint_minutes: float = 5.0
     """Also write checkpoints/latest.pt every this many wall-clock minutes (at the end of a generation or
     between updates), besides every evaluation, so a killed run loses at most this much work (0 = only at
@@ -302,6 +307,7 @@ class Config:
         ]
         if self.algo in ("race", "ea", "merl"):
             checks.append((self.race.pop_size >= 2, f"algo {self.algo} needs race.pop_size >= 2"))
+        checks.append((self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"))
         checks.append((isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
                        "device must be auto, cpu, cuda or cuda:N"))
         for ok, msg in checks:

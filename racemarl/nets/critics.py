@@ -16,7 +16,8 @@ class TwinCritic(nn.Module):
                  layer_norm: bool = False):
         super().__init__()
         self.in_dim = state_dim + joint_act_dim
-        self.net = GroupedMLP(self.in_dim + extra_dim, hidden, 1, groups=2, layer_norm=layer_norm)
+        self.net = GroupedMLP(self.in_dim + extra_dim, hidden, 1, groups=2, layer_norm=layer_norm,
+                              full_precision_out=True)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """state `[B, S]`, action `[B, U]` -> `[2, B]`."""
@@ -99,7 +100,7 @@ class StateValue(nn.Module):
 
     def __init__(self, state_dim: int, hidden: Sequence[int] = (64, 64)):
         super().__init__()
-        self.net = GroupedMLP(state_dim, hidden, 1, groups=1)
+        self.net = GroupedMLP(state_dim, hidden, 1, groups=1, full_precision_out=True)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.net(state)[0].squeeze(-1)

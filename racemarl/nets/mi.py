@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from racemarl.nets.layers import GroupedMLP
+from racemarl.precision import full_precision
 
 LOG4 = math.log(4.0)
 
@@ -24,7 +25,8 @@ class SeparableCritic(nn.Module):
     def forward(self, state: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         gs = self.g(state)[0]  # [B, h]
         fz = self.f(z)  # [N, B, h]
-        return fz @ gs.T
+        with full_precision(fz.device.type):  # the scores enter the bound's softplus terms: float32 (see racemarl.precision)
+            return fz.float() @ gs.float().T
 
 
 def jsd_mi_per_sample(scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

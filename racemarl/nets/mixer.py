@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from racemarl.precision import full_precision
+
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -64,10 +66,13 @@ class MixedCritic(nn.Module):
         parts = [obs, actions, self.agent_ids.expand(*obs.shape[:-1], self.n_agents)]
         if extra is not None:
             parts.append(extra.unsqueeze(-2).expand(*obs.shape[:-1], extra.shape[-1]))
-        return self.agent_q(torch.cat(parts, dim=-1)).squeeze(-1)
+        hidden = self.agent_q[:-1](torch.cat(parts, dim=-1))
+        with full_precision(hidden.device.type):  # the values enter the losses: float32 (racemarl.precision)
+            return self.agent_q[-1](hidden.float()).squeeze(-1)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, state: torch.Tensor,
                 extra: torch.Tensor | None = None) -> torch.Tensor:
         q = self.agent_values(obs, actions, extra)
         cond = state if extra is None else torch.cat([state, extra], dim=-1)
-        return self.mixer(q, cond)
+        with full_precision(q.device.type):  # the mixer (small hypernetworks) and Q_tot in float32
+            return self.mixer(q, cond.float())
