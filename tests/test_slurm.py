@@ -160,3 +160,16 @@ def test_slurm_time_formats():
     assert [parse_time(t) for t in ("90", "1:30", "2:00:00", "1-00:00:00", "0:00:30", "1-2")] == [90, 2, 120, 1440, 1, 1560]
     with pytest.raises(ConfigError):
         parse_time("0")
+
+
+def test_without_sbatch_the_slurm_backend_is_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("submitit")
+    import racemarl.experiment.slurm as slurm
+    from racemarl.cli import main
+
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
+    out = tmp_path / "grid"
+    assert main(["sweep", "--tasks", "mpe/simple_spread", "--total-steps", "100", "--out", str(out),
+                 "--backend", "slurm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sbatch" in err[0] and not out.exists()
