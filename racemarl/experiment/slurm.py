@@ -233,23 +233,23 @@ def _child_setup() -> None:
 
 
 def queue_states(job_ids: list[str]) -> dict[str, str]:
-    """{job id: Slurm state} of the given array tasks ("123_4") still in the queue (pending, running, ...)."""
-    if not job_ids:
-        return {}
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T"], capture_output=True,
-                             text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return {j: "UNKNOWN" for j in job_ids}
-    if out.returncode != 0:
-        if "Invalid job id" in out.stderr:  # every one of them has left the queue
-            return {}
-        return {j: "UNKNOWN" for j in job_ids}
-    states = {}
-    for line in out.stdout.splitlines():
-        jid, _, state = line.strip().partition("|")
-        states[jid] = state
+    """{job id: Slurm state} of the given array tasks ("123_4") still in the queue (pending, running, ...). One
+    squeue call per job array: squeue refuses a whole list when one array in it has left the queue."""
+    states: dict[str, str] = {}
+    for array in sorted({j.split("_")[0] for j in job_ids}):
+        try:
+            out = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%i|%T"], capture_output=True, text=True,
+                                 timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            out = None
+        if out is not None and out.returncode != 0 and "Invalid job id" in out.stderr:
+            continue  # the whole array has left the queue
+        if out is None or out.returncode != 0:  # squeue did not answer: count its tasks as still there
+            states.update({j: "UNKNOWN" for j in job_ids if j.split("_")[0] == array})
+            continue
+        for line in out.stdout.splitlines():
+            jid, _, state = line.strip().partition("|")
+            states[jid] = state
     return {j: states[j] for j in job_ids if j in states}
 
 
