@@ -53,18 +53,10 @@ def make_config(preset: str | Path | None = None, *, task: str | None = None,
         settings["env"] = {**settings.get("env", {}), "task": task}
     cfg = build_config(preset, [], **settings)
     if isinstance(overrides, Mapping):
-        from racemarl.config import _unknown_key, valid_keys
+        from racemarl.config.io import apply_key
 
-        for key, value in overrides.items():
-            if key not in valid_keys():
-                raise _unknown_key(key)
-            nested: dict = {}
-            cursor = nested
-            parts = key.split(".")
-            for part in parts[:-1]:
-                cursor = cursor.setdefault(part, {})
-            cursor[parts[-1]] = value
-            apply_dict(cfg, nested)
+        for key, value in overrides.items():  # as `--set KEY=VALUE`, with the value already parsed
+            apply_key(cfg, key, value)
     else:
         if isinstance(overrides, str):
             overrides = [overrides]

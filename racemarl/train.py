@@ -42,7 +42,16 @@ class Trainer(RunState):
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self._check_paths(resume)  # before any work: nothing is built or written for a bad folder
+        self._check_paths(resume)  # before any work: nothing is built or written for a bad folder; claims it
+        self._resume = resume
+        try:
+            self._build(resume)
+        except BaseException:
+            self._fail_cleanup()
+            raise
+
+    def _build(self, resume: bool) -> None:
+        cfg = self.cfg
         self._stop: Interrupts | None = None
         self._last_save, self._saved_key = time.monotonic(), None
         try:
@@ -58,6 +67,7 @@ class Trainer(RunState):
         self.torch_gen = torch.Generator().manual_seed(cfg.seed)  # init, target smoothing, team draws
         # Slots of a generation: the MARL team's episode, then each population team's episodes.
         self.n_slots = int(cfg.uses_marl) + (cfg.race.pop_size * cfg.race.episodes_per_team if cfg.uses_population else 0)
+        self._check_memory()  # before anything large is built: a run that cannot fit is refused
         try:  # the task family: its envs, rollouts, buffer, evaluation and update schedule (`acting.families`)
             self.family = make_family(cfg, self.n_slots)
         except ValueError as e:
@@ -403,10 +413,17 @@ class Trainer(RunState):
                     session_time = self.elapsed() - self._clock_base
                     bar.set_postfix(sps=f"{(p.env_steps - session_steps) / max(session_time, 1e-9):.0f}",
                                     **_eval_postfix(last_row))
+            summary = self.summary()  # written while the run's folder is still this process's
+        except (TrainingInterrupted, KeyboardInterrupt):
+            raise  # a checkpoint was written, or the user stopped it at once: the folder is as it was
+        except Exception:
+            bar.close()
+            self._fail_cleanup()
+            raise
         finally:
             bar.close()
             self.close()
-        return self.summary()
+        return summary
 
     def _batch_size(self) -> int:
         return self.family.batch_size()
@@ -414,9 +431,14 @@ class Trainer(RunState):
     def close(self) -> None:
         """Stop the rollout workers, close the envs and the logger (idempotent)."""
         try:
-            self.family.close()
+            if hasattr(self, "family"):
+                self.family.close()
         finally:
-            self.logger.close()
+            try:
+                if hasattr(self, "logger"):
+                    self.logger.close()
+            finally:
+                self._release_folder()
 
     def __enter__(self) -> Self:
         return self

@@ -70,6 +70,18 @@ def slot_teams(cfg: Config, actor, population: torch.Tensor | None, pop_encoders
     return torch.cat(heads), encoders
 
 
+def _check_finite_transitions(rows: dict[str, np.ndarray], task: str | None) -> None:
+    """NaN or inf from any environment (a simulator blowing up, not only a user's env) stops the run before it
+    reaches the replay buffer, naming what held it (one vectorised check per generation)."""
+    from racemarl.envs.base import EnvFailure
+
+    for key in ("reward", "obs", "state", "next_obs", "next_state"):
+        values = rows.get(key)
+        if values is not None and values.size and not np.isfinite(values).all():
+            raise EnvFailure(f"{task or 'the environment'}: a non-finite {key.replace('_', ' ')} (NaN or inf) in this "
+                             "generation's episodes; rewards, observations and states must be finite numbers")
+
+
 def make_family(cfg: Config, n_slots: int) -> ContinuousFamily | DiscreteFamily:
     """The family of `cfg.env.task`; ValueError (one line) for a config its family does not support."""
     cls = DiscreteFamily if is_discrete_task(cfg.env.task, **env_kwargs(cfg)) else ContinuousFamily
@@ -117,7 +129,7 @@ class ContinuousFamily:
         plan = self.generation_plan(run)
         assert self.workers is not None  # built with the family (closed only at the end of the run)
         results = self.workers.play(plan)
-        self.store(run.buffer, results)
+        self.store(run.buffer, results, self.cfg.env.task)
         return Played(np.array([r.episode_return for r in results]), None, sum(r.length for r in results), results)
 
     def generation_plan(self, run) -> GenerationPlan:
@@ -140,9 +152,10 @@ class ContinuousFamily:
             streams=[slot_stream(cfg.seed, p.generation, t) for t in range(n)], step_limit=limit)
 
     @staticmethod
-    def store(buffer: ReplayBuffer, results: list[SlotResult]) -> None:
+    def store(buffer: ReplayBuffer, results: list[SlotResult], task: str | None = None) -> None:
         """A generation's transitions into the replay buffer, in the same order whoever played them."""
         rows = transitions_in_order(results)
+        _check_finite_transitions(rows, task)
         n, step = len(rows["reward"]), buffer.capacity
         for start in range(0, n, step):
             buffer.add(**{k: v[start : start + step] for k, v in rows.items()})
@@ -289,7 +302,7 @@ class DiscreteFamily:
             eps[0] = self.epsilon(p.env_steps)
         rngs = [np.random.default_rng(slot_stream(cfg.seed, p.generation, row)) for row in range(self.n_slots)]
         stats = run_discrete_episodes(self.envs, run.actor, heads, rngs, epsilon=eps, buffer=run.buffer)
-        return Played(stats.returns, stats.won, int(stats.lengths.sum()))
+        return Played(stats.returns, self._wins(self.envs, stats.won), int(stats.lengths.sum()))
 
     def epsilon(self, env_steps: int) -> float:
         """The MARL team's exploration, annealed linearly over env steps."""
@@ -307,6 +320,11 @@ class DiscreteFamily:
     def batch_size(self) -> int:
         return self.cfg.discrete.batch_episodes
 
+    @staticmethod
+    def _wins(envs, won: np.ndarray) -> np.ndarray | None:
+        """Battles won, on tasks that have them (SMAX, SMAC); None on tasks with no notion of winning (PettingZoo)."""
+        return won.astype(float) if getattr(envs, "reports_wins", True) else None
+
     # ---------------------------------------------------------------- evaluation
     def champion_encoders(self, actor) -> None:
         return None  # the recurrent encoders are shared; the champion is evaluated with the current ones
@@ -320,7 +338,7 @@ class DiscreteFamily:
         n = self.eval_envs.batch_size
         stats = run_discrete_episodes(self.eval_envs, run.actor, heads[None].expand(n, *heads.shape),
                                       self._eval_rngs(run), greedy=np.ones(n, bool))
-        return stats.returns, stats.won.astype(float)
+        return stats.returns, self._wins(self.eval_envs, stats.won)
 
     def evaluate_marl(self, run, row: dict) -> tuple[np.ndarray, np.ndarray]:
         """The MARL team's greedy episodes (as `evaluate_team`) and its mixed critic's bias
@@ -340,7 +358,7 @@ class DiscreteFamily:
                for b, n_b in enumerate(lengths)]
         bias = critic_bias(eps, [q[b, :n_b].numpy() for b, n_b in enumerate(lengths)], self.cfg.discrete.gamma)
         row.update(q_marl=bias["q"], mc_return_marl=bias["mc"], q_bias_marl=bias["bias"])
-        return stats.returns, stats.won.astype(float)
+        return stats.returns, self._wins(self.eval_envs, stats.won)
 
     def close(self) -> None:
         self.envs.close()

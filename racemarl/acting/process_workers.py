@@ -21,6 +21,7 @@ from racemarl.acting.workers import (
     local_cores,
     worker_torch_setup,
 )
+from racemarl.envs.base import EnvFailure
 
 
 def _process_main(conn: mp.connection.Connection, setup: RunnerSetup) -> None:
@@ -43,6 +44,8 @@ def _process_main(conn: mp.connection.Connection, setup: RunnerSetup) -> None:
                 break
             try:
                 result = runner.run(plan)
+            except EnvFailure as e:  # the env's own failure: its one line, and the traceback for RACEMARL_TRACEBACK
+                conn.send(("env_error", (str(e), traceback.format_exc())))
             except Exception:  # noqa: BLE001 - reported to the driver, which stops the run
                 conn.send(("error", traceback.format_exc()))
                 continue
@@ -153,6 +156,8 @@ class ProcessWorkers(RolloutWorkers):
                     deadline[i] = time.monotonic() + timeout
                     continue
                 kind, payload = answer
+                if kind == "env_error":
+                    raise EnvFailure(payload[0], detail=payload[1])
                 if kind == "error":
                     raise RolloutError(f"rollout worker {i} ({_block_label(self.blocks[i])}) raised an exception:\n"
                                        f"{payload.rstrip()}")

@@ -27,6 +27,70 @@ def require_ray():
     return ray
 
 
+def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """A bounded check that a Ray cluster can be reached at `address` (HOST:PORT, or ray://HOST:PORT for Ray
+    Client): the host resolves and its port accepts a TCP connection within `timeout` seconds. RolloutError (one
+    line) otherwise. `auto` and `local` are left to Ray. Done before a run writes anything: `ray.init` itself
+    retries for minutes on an address where no cluster listens."""
+    import concurrent.futures
+    import socket
+
+    require_ray()  # not installed: that is the message
+    if address is None or address.strip() in ("auto", "local"):
+        return
+    text = address.strip()
+    rest = text.split("://", 1)[1] if "://" in text else text
+    host, sep, port_text = rest.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise RolloutError(f"--ray-address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT")
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:  # name resolution has no timeout of its own: bounded here
+        infos = pool.submit(socket.getaddrinfo, host, int(port_text), type=socket.SOCK_STREAM).result(timeout)
+    except concurrent.futures.TimeoutError:
+        raise RolloutError(f"--ray-address {address}: the host name {host!r} did not resolve within {timeout:g} s") from None
+    except OSError as e:
+        raise RolloutError(f"--ray-address {address}: unknown host {host!r} ({e.strerror or e})") from None
+    finally:
+        pool.shutdown(wait=False)
+    last = None
+    for family, kind, proto, _, where in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                sock.connect(where)
+                break
+        except OSError as e:
+            last = e
+    else:
+        why = "timed out" if isinstance(last, TimeoutError | socket.timeout) else (getattr(last, "strerror", None) or last)
+        raise RolloutError(f"--ray-address {address}: no Ray cluster answers there ({why}); start one with "
+                           f"`ray start --head` or check the address")
+    _probe_ray(address, float(os.environ.get("RACEMARL_RAY_CONNECT_TIMEOUT", 30)))
+
+
+def _probe_ray(address: str, timeout: float) -> None:
+    """Something listens at the address; whether it is a Ray cluster only Ray can tell, and `ray.init` retries for
+    long and prints its own logs: it is asked in a child process, quietly, for at most `timeout` seconds."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ray\n"
+            "try:\n    ray.init(address=sys.argv[1], log_to_driver=False, logging_level='error')\n"
+            "except Exception as e:\n    print(type(e).__name__ + ': ' + str(e).splitlines()[0] if str(e) else '')\n"
+            "    sys.exit(1)\nray.shutdown()\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=timeout,
+                             stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise RolloutError(f"--ray-address {address}: no Ray cluster answered within {timeout:g} s (something listens "
+                           "there, but not Ray's head node?); check the address "
+                           "(RACEMARL_RAY_CONNECT_TIMEOUT=S waits longer)") from None
+    if out.returncode != 0:
+        why = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else f"exit {out.returncode}"
+        raise RolloutError(f"--ray-address {address}: cannot join a Ray cluster there ({why[:200]})")
+
+
 def _kill_actor(ray, actor) -> None:
     with contextlib.suppress(Exception):  # already gone
         ray.kill(actor, no_restart=True)
@@ -66,7 +130,10 @@ class RayWorkers(RolloutWorkers):
         if not ray.is_initialized():
             quiet = {"log_to_driver": False, "logging_level": "error"}
             if rc.ray_address:
-                ray.init(address=rc.ray_address, **quiet)
+                try:
+                    ray.init(address=rc.ray_address, **quiet)
+                except ConnectionError as e:
+                    raise RolloutError(f"--ray-address {rc.ray_address}: {str(e).splitlines()[0]}") from None
             else:
                 ray.init(num_cpus=min(rc.workers or local_cores(), self.n_slots), include_dashboard=False, **quiet)
             self._owns_ray = True
@@ -105,6 +172,11 @@ class RayWorkers(RolloutWorkers):
                 try:
                     results[i] = ray.get(ref)
                 except RayTaskError as e:  # the worker's code raised: playing again would raise again
+                    from racemarl.envs.base import EnvFailure
+
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, EnvFailure):
+                        raise EnvFailure(str(cause), detail=str(e)) from None
                     raise RolloutError(f"rollout worker {i} ({_block_label(self.blocks[i])}) raised an exception:\n"
                                        f"{e}") from None
                 except RayError as e:  # the actor died, or its node

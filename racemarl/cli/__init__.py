@@ -7,34 +7,40 @@ import os
 import sys
 
 from racemarl.cli.commands import _config, _eval, _export, _info, _plot, _sweep, _table, _tasks, _train
-from racemarl.config import ALGOS, ROLLOUT_BACKENDS, ConfigError
+from racemarl.config import ALGOS, ROLLOUT_BACKENDS, Config, ConfigError
 from racemarl.envs import MissingDependencyError, UnknownTaskError
+from racemarl.envs.base import TRACEBACK_ENV, EnvFailure
 from racemarl.records.runs import RunDirError
 
 
 def build_parser() -> argparse.ArgumentParser:
     from racemarl import __version__
 
-    p = argparse.ArgumentParser(prog="racemarl", description="RACE: evolutionary MARL with shared encoders.")
+    p = argparse.ArgumentParser(prog="racemarl", description="RACE (evolutionary MARL with shared encoders) and its "
+                                "baselines MATD3, FACMAC, EA and MERL: train, evaluate, sweep, plot.")
     p.add_argument("--version", action="version", version=f"racemarl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a RACE / MATD3 / EA run")
+    t = sub.add_parser("train", help="train a RACE / MATD3 / FACMAC / EA / MERL run")
     t.add_argument("--task", help="e.g. mamujoco/HalfCheetah-6x1 (see `racemarl tasks`)")
-    t.add_argument("--algo", choices=ALGOS)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--total-steps", type=int, help="env steps of all teams together")
+    d = Config()  # the defaults the help states
+    t.add_argument("--algo", choices=ALGOS, help=f"default {d.algo}")
+    t.add_argument("--seed", type=int, help=f"seeds every random draw of the run (default {d.seed})")
+    t.add_argument("--total-steps", type=int, help=f"env steps of all teams together (default {d.total_steps})")
     t.add_argument("--out", help="run directory to create")
     t.add_argument("--config", help="a YAML file or a shipped preset's name: demo, halfcheetah-6x1, paper/mamujoco-hopper-3x1, ... (configs/)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, dotted keys for nested ones, e.g. learner.batch_size=128")
-    t.add_argument("--eval-interval", type=int)
-    t.add_argument("--eval-episodes", type=int)
+    t.add_argument("--eval-interval", type=int, metavar="STEPS",
+                   help="env steps between two evaluations (each writes a metrics.csv row and a checkpoint; default "
+                        f"{d.eval_interval})")
+    t.add_argument("--eval-episodes", type=int, metavar="N", help=f"greedy episodes per evaluation (default {d.eval_episodes})")
     t.add_argument("--backend", choices=ROLLOUT_BACKENDS,
                    help="where the training episodes are played: inline (in this process, default), process "
                         "(local worker processes), ray (Ray actors); never changes what is learned")
     t.add_argument("--workers", type=int, metavar="N",
-                   help="rollout workers for --backend process or ray (default: one per CPU core)")
+                   help="rollout workers of --backend process or ray (default there: one per CPU core, at most one "
+                        "per episode of a generation); --backend inline plays in this process")
     t.add_argument("--ray-address", metavar="HOST:PORT",
                    help="join this Ray cluster (implies --backend ray); default: a local Ray instance")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
@@ -48,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- --set) as YAML")
     c.add_argument("--config", help="a YAML file or a shipped preset's name (as for train)")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (as for train), e.g. learner.batch_size=128; repeatable")
     c.set_defaults(func=_config)
 
     k = sub.add_parser("tasks", help="list the tasks with their agents, observation, state and action sizes")
@@ -76,12 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seeds", help="1-5 or 1,3,7 (default 1; with --preset 1-5)")
     w.add_argument("--total-steps", type=int, help="env steps of each run (required without --preset)")
     w.add_argument("--out", required=True, help="sweep folder (one run directory per grid point)")
-    w.add_argument("--workers", type=int, help="runs at a time (default: number of CPU cores)")
-    w.add_argument("--backend", choices=("local", "ray"), default="local")
+    w.add_argument("--workers", type=int, help="runs at a time (default: number of CPU cores; with --backend slurm: "
+                                               "as many array tasks as Slurm grants)")
+    w.add_argument("--backend", choices=("local", "ray", "slurm"), default="local",
+                   help="local subprocesses (default), Ray tasks, or one Slurm job-array task per run (docs/slurm.md)")
+    w.add_argument("--slurm-partition", metavar="NAME", help="Slurm partition of the array tasks (default: Slurm's)")
+    w.add_argument("--slurm-time", metavar="TIME", help="time limit of each task: minutes or [D-]HH:MM[:SS]; a task "
+                                                        "that reaches it checkpoints and is requeued")
+    w.add_argument("--slurm-cpus", type=int, default=1, metavar="N", help="CPUs per task (default 1)")
+    w.add_argument("--slurm-mem", metavar="SIZE", help="memory per task, e.g. 8G (default: Slurm's)")
+    w.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per task (default 0)")
+    w.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="another sbatch option for every task, e.g. account=my_lab or qos=high (repeatable)")
+    w.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
+                   help="a shell line run before each task, e.g. 'module load cuda' (repeatable)")
+    w.add_argument("--no-wait", action="store_true",
+                   help="--backend slurm: submit and return; the same command run later follows and collects")
     w.add_argument("--config", help="a YAML file or a shipped preset's name, for every run")
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
-    w.add_argument("--eval-interval", type=int)
-    w.add_argument("--eval-episodes", type=int)
+    w.add_argument("--eval-interval", type=int, metavar="STEPS", help="as for train (default: the config's)")
+    w.add_argument("--eval-episodes", type=int, metavar="N", help="as for train (default: the config's)")
     w.set_defaults(func=_sweep)
 
     def add_dirs(q: argparse.ArgumentParser) -> None:
@@ -125,7 +146,7 @@ def _user_error(e: BaseException) -> bool:
     """Errors that are the user's to fix: one line, exit 2. RunError lives in racemarl.train, which (with
     torch) is only imported by the commands that train; an error of that class can only come from them."""
     train_mod = sys.modules.get("racemarl.train")
-    known = (ConfigError, UnknownTaskError, MissingDependencyError, RunDirError)
+    known = (ConfigError, UnknownTaskError, MissingDependencyError, RunDirError, EnvFailure)
     return isinstance(e, known) or (train_mod is not None and isinstance(e, train_mod.RunError))
 
 
@@ -151,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not _user_error(e):
             raise
+        if os.environ.get(TRACEBACK_ENV) == "1":  # the full story, e.g. of a bug in the user's own env
+            import traceback
+
+            traceback.print_exception(e, file=sys.stderr)
+            if getattr(e, "detail", None):
+                print(f"in the rollout worker:\n{e.detail}", file=sys.stderr)
         message = " ".join(str(e).split())  # always one line
         print(f"racemarl: error: {message}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from racemarl.config import ConfigError, build_config, from_dict, load_yaml
 from racemarl.envs import MissingDependencyError
+from racemarl.envs.base import EnvFailure
 from racemarl.records.runs import RunDirError
 
 
@@ -39,7 +40,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
     if args.config:
         apply_dict(wanted, load_yaml(check_preset_file(args.config, "--config")))
     top = {"algo": args.algo, "seed": args.seed, "eval_interval": args.eval_interval,
-           "eval_episodes": args.eval_episodes, "env": {"task": args.task} if args.task else {}}
+           "eval_episodes": args.eval_episodes, "env": {"task": args.task} if args.task is not None else {}}
     apply_dict(wanted, {k: v for k, v in top.items() if v is not None})
     for assignment in args.set:
         apply_override(wanted, assignment)
@@ -78,9 +79,18 @@ def _config_file(path: str | None) -> Path | None:
     return None if path is None else check_preset_file(path, "--config")
 
 
+def _no_empty(args: argparse.Namespace, *names: str) -> None:
+    """A flag given with an empty value (`--task ''`) is refused, not taken as absent (the default)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"--{name.replace('_', '-')} needs a value, got an empty one")
+
+
 def _train(args: argparse.Namespace) -> int:
     from racemarl.train import RunError, TrainingInterrupted, train
 
+    _no_empty(args, "task", "out", "resume", "config", "device", "ray_address")
     if args.resume:
         run_dir = Path(args.resume)
         cfg = _resume_config(args, run_dir)
@@ -92,7 +102,7 @@ def _train(args: argparse.Namespace) -> int:
         top = {
             "algo": args.algo, "seed": args.seed, "total_steps": args.total_steps,
             "eval_interval": args.eval_interval, "eval_episodes": args.eval_episodes,
-            "env": {"task": args.task} if args.task else {},
+            "env": {"task": args.task} if args.task is not None else {},
         }
         if args.no_progress:
             top["progress"] = False
@@ -105,6 +115,12 @@ def _train(args: argparse.Namespace) -> int:
         cfg = build_config(preset, args.set, **top)
     try:
         summary = train(cfg, run_dir, resume=bool(args.resume))
+    except EnvFailure as e:  # the env's own failure: say what became of the run's folder
+        ckpt = run_dir / "checkpoints" / "latest.pt"
+        after = (f"the run can continue from its last checkpoint with `racemarl train --resume {run_dir}` once the "
+                 "environment is fixed" if ckpt.is_file() else "no checkpoint had been written, so nothing of the run "
+                 "was kept")
+        raise EnvFailure(f"{e}; {after}", detail=e.detail) from e
     except TrainingInterrupted as e:
         print(f"racemarl: {e}", file=sys.stderr)
         return 130 if e.signal_name == "SIGINT" else 143
@@ -118,7 +134,20 @@ def _train(args: argparse.Namespace) -> int:
     win = f", final win rate {summary['final_eval_win_rate']:.2f}" if "final_eval_win_rate" in summary else ""
     print(f"final eval return {_num(summary['final_eval_return'])}, best {_num(summary['best_eval_return'])}{win}, "
           f"{summary['total_env_steps']} env steps in {summary['wall_time']:.0f} s")
+    if cfg.uses_marl and not summary.get("updates"):
+        from racemarl.envs import is_discrete_task
+
+        why = (f"fewer than discrete.batch_episodes={cfg.discrete.batch_episodes} episodes were collected"
+               if is_discrete_task(cfg.env.task, **_env_kwargs(cfg)) else
+               f"it ended before learner.start_steps={cfg.learner.start_steps} env steps")
+        _warn([f"the learner made no updates: {why}; the result is that of an untrained team (raise --total-steps)"])
     return 0
+
+
+def _env_kwargs(cfg) -> dict:
+    from racemarl.acting.workers import env_kwargs
+
+    return env_kwargs(cfg)
 
 
 def _num(v: float | None) -> str:
@@ -221,6 +250,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from racemarl.experiment.sweep import Sweep, SweepSpec, parse_names, parse_seeds
 
+    _no_empty(args, "out", "config", "preset", "tasks", "algos", "seeds")
+
     task_configs, config = {}, None
     if args.preset:
         from racemarl.experiment.presets import paper_grid
@@ -244,7 +275,21 @@ def _sweep(args: argparse.Namespace) -> int:
     spec = SweepSpec(tasks=tasks, algos=algos, seeds=seeds, total_steps=args.total_steps, sets=list(args.set),
                      config=config, eval_interval=args.eval_interval, eval_episodes=args.eval_episodes,
                      task_configs=task_configs, preset=args.preset)
-    return Sweep(spec, args.out, workers=args.workers, backend=args.backend).run()
+    slurm = None
+    given = [f for f, v in (("--slurm-partition", args.slurm_partition), ("--slurm-time", args.slurm_time),
+                            ("--slurm-cpus", args.slurm_cpus != 1), ("--slurm-mem", args.slurm_mem),
+                            ("--slurm-gpus", args.slurm_gpus), ("--slurm-option", args.slurm_option),
+                            ("--slurm-setup", args.slurm_setup), ("--no-wait", args.no_wait)) if v]
+    if args.backend == "slurm":
+        from racemarl.experiment.slurm import SlurmOptions
+
+        slurm = SlurmOptions(partition=args.slurm_partition, time=args.slurm_time, cpus=args.slurm_cpus,
+                             mem=args.slurm_mem, gpus=args.slurm_gpus, options=list(args.slurm_option),
+                             setup=list(args.slurm_setup))
+        slurm.validate()
+    elif given:
+        raise ConfigError(f"{', '.join(given)}: only with --backend slurm")
+    return Sweep(spec, args.out, workers=args.workers, backend=args.backend, slurm=slurm, wait=not args.no_wait).run()
 
 
 def _plot(args: argparse.Namespace) -> int:

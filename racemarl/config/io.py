@@ -124,7 +124,15 @@ def apply_override(cfg: Config, assignment: str) -> None:
     key = key.strip()
     if key not in valid_keys() and not _is_mapping_entry(key):
         raise _unknown_key(key)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    apply_key(cfg, key, yaml.safe_load(raw) if raw.strip() else "")
+
+
+def apply_key(cfg: Config, key: str, value: Any) -> None:
+    """Set one dotted key (`learner.batch_size`, or an entry of a mapping such as `env.kwargs.continuous`) to an
+    already parsed value, validating it."""
+    key = str(key).strip()
+    if key not in valid_keys() and not _is_mapping_entry(key):
+        raise _unknown_key(key)
     nested: dict = {}
     cursor = nested
     mapping = next((m for m in _mapping_keys() if key.startswith(m + ".")), None)
@@ -171,15 +179,16 @@ def _has_key(data: dict, dotted: str) -> bool:
     return True
 
 
-def from_dict(data: dict) -> Config:
-    """A saved config: keys it lacks take their `LEGACY_DEFAULTS` value if they have one, else the default."""
+def from_dict(data: dict, check_task: bool = True) -> Config:
+    """A saved config: keys it lacks take their `LEGACY_DEFAULTS` value if they have one, else the default.
+    `check_task=False`: the task need not be one this process can build (reading a run's records)."""
     cfg = Config()
     legacy = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
               for k, v in LEGACY_DEFAULTS.items() if not _has_key(data, k)]
     for assignment in legacy:
         apply_override(cfg, assignment)
     apply_dict(cfg, data)
-    return cfg.validate()
+    return cfg.validate(check_task)
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -291,7 +291,9 @@ class Config:
     between updates), besides every evaluation, so a killed run loses at most this much work (0 = only at
     evaluations). Never changes what is learned."""
 
-    def validate(self) -> Config:
+    def validate(self, check_task: bool = True) -> Config:
+        """Check every value; `check_task=False` skips only whether env.task names a task this process can build
+        (reading a run's records needs neither its environment nor a `register_env` made in another process)."""
         checks = [
             (self.algo in ALGOS, f"algo must be one of {', '.join(ALGOS)}"),
             (self.total_steps > 0, "total_steps must be positive"),
@@ -354,7 +356,7 @@ class Config:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
-        check_ranges(self)
+        check_ranges(self, check_task)
         return self
 
     @property
@@ -419,7 +421,7 @@ def _get(cfg: Config, key: str) -> Any:
     return obj
 
 
-def check_ranges(cfg: Config) -> None:
+def check_ranges(cfg: Config, check_task: bool = True) -> None:
     """Every numeric value finite and in its range, the task a known one; raises ConfigError (one line)."""
     for key in valid_keys():
         value = _get(cfg, key)
@@ -437,6 +439,10 @@ def check_ranges(cfg: Config) -> None:
         raise ConfigError(f"seed must be <= 2**63 - 1, got {cfg.seed}")
     if not cfg.logging.project.strip():
         raise ConfigError("logging.project must not be empty")
+    if not isinstance(cfg.env.task, str) or not cfg.env.task.strip():
+        raise ConfigError("env.task must name a task, e.g. mamujoco/HalfCheetah-6x1 (see `racemarl tasks`)")
+    if not check_task:
+        return
     from racemarl.envs import UnknownTaskError, parse_task
 
     try:

@@ -42,6 +42,7 @@ class ListBatch:
         self._avail = np.zeros((self.batch_size, n, a), np.float32)
         self._t = np.zeros(self.batch_size, np.int32)
         self.active = np.zeros(self.batch_size, bool)
+        self.reports_wins = False  # whether the envs tell battles won (info["battle_won"], SMAC); PettingZoo's do not
 
     def _store(self, b: int, obs, state, avail) -> None:
         for i, o in enumerate(obs):
@@ -71,7 +72,9 @@ class ListBatch:
             self._store(b, res.obs, res.state, res.avail_actions)
             reward[b] = res.reward
             terminated[b], truncated[b] = res.terminated, res.truncated
-            won[b] = bool(res.info.get("battle_won", False))
+            if "battle_won" in res.info:
+                won[b] = bool(res.info["battle_won"])
+                self.reports_wins = True
             self._t[b] += 1
         self.active &= ~(terminated | truncated)
         return SmaxBatchStep(obs=self._obs.copy(), state=self._state.copy(), avail_actions=self._avail.copy(),

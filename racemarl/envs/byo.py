@@ -101,6 +101,8 @@ def _import_file(task: str, path: str):
     name = f"racemarl_user_env_{hashlib.sha1(str(file).encode()).hexdigest()[:12]}"
     if name in sys.modules:
         return sys.modules[name]
+    if str(file.parent) not in sys.path:  # as when the file runs as a script: it may import its sibling files
+        sys.path.append(str(file.parent))
     spec = importlib.util.spec_from_file_location(name, file)
     assert spec is not None and spec.loader is not None  # a .py file always has a loader
     module = importlib.util.module_from_spec(spec)
@@ -123,6 +125,20 @@ def _import_module(task: str, name: str):
                            "module on the Python path or a path to a .py file") from e
     except Exception as e:
         raise BadTaskError(f"{task}: importing module {name!r} failed: {type(e).__name__}: {e}") from e
+
+
+def absolute_task(task: str) -> str:
+    """A ``pettingzoo/<path/to/file.py>:<factory>`` task with a relative path, with the file's absolute path (as a
+    run stores it, so that `eval` and `--resume` find the file from any folder); any other task as it is."""
+    if not isinstance(task, str) or not task.startswith("pettingzoo/") or task in registered_tasks():
+        return task
+    where, sep, attr = task[len("pettingzoo/"):].rpartition(":")
+    if not sep or not where.endswith(".py"):
+        return task
+    path = Path(where).expanduser()
+    if path.is_absolute() or not path.is_file():
+        return task
+    return f"pettingzoo/{path.resolve()}:{attr}"
 
 
 def resolve_factory(task: str, spec: str) -> Callable[..., Any]:
@@ -162,7 +178,9 @@ def build(task: str, factory: Callable[..., Any], kwargs: dict[str, Any], max_ep
             env.close()
             raise BadTaskError(f"{task}: the factory returned a MultiAgentEnv with its own time limit "
                                f"({env.spec.episode_limit}); set it through env.kwargs, not env.max_episode_steps")
-        return env
+        from racemarl.envs.base import GuardedEnv
+
+        return GuardedEnv(env)
     from racemarl.envs.pettingzoo import IncompatibleEnvError, PettingZooEnv
 
     try:

@@ -22,8 +22,14 @@ How the ParallelEnv API maps onto `MultiAgentEnv`:
   or truncated (or no agent is left). It counts as terminated if any of them terminated, else as
   truncated (bootstrapped). The adapter also truncates at ``max_episode_steps``.
 * **Agents that leave early.** An agent that is done while others play on gets zero observations,
-  all actions available, and its actions are not sent to the env. Agents that are not in
-  ``possible_agents`` at reset (spawned later) are not supported.
+  all actions available, and its actions are not sent to the env (it may also be removed from the env, as
+  multiwalker's ``remove_on_fall`` does). When ``env.state()`` fails on a step where agents left or the episode
+  ended (the env cannot describe a world without them), the last state it gave stands in. An agent that is not in
+  ``possible_agents`` (spawned later) is not supported: it stops the run with an `EnvFailure` naming it.
+* **The env's own failures.** An exception from the env's ``reset``/``step``/``state``, an observation whose
+  size differs from its declared space, and a NaN or infinite reward, observation or state stop the run with an
+  `EnvFailure`: one line naming the task, the call and the episode step (``RACEMARL_TRACEBACK=1`` shows the
+  traceback).
 * **Time limit.** ``max_episode_steps``, or the env's own ``max_cycles`` / ``max_steps`` /
   ``max_episode_steps`` attribute; an env without one needs ``env.max_episode_steps``.
 * **Seeding.** ``reset(seed)`` calls ``env.reset(seed=seed)``; determinism is the env's own.
@@ -38,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from racemarl.envs.base import EnvSpec, MultiAgentEnv, StepResult, check_step_call
+from racemarl.envs.base import EnvFailure, EnvSpec, MultiAgentEnv, StepResult, check_finite, check_step_call, env_failure
 
 # Agent-name stems that mark an opposing team (checked on the name without its trailing _<index>).
 OPPONENT_NAMES = ("adversary", "adversaries", "enemy", "enemies", "opponent", "opponents", "eve")
@@ -150,7 +156,8 @@ class PettingZooEnv(MultiAgentEnv):
         if limit is None:
             raise IncompatibleEnvError(f"{task}: the env has no time limit racemarl can read (max_cycles, max_steps "
                                        "or max_episode_steps); set one with --set env.max_episode_steps=N")
-        self._has_state = self._probe_state()
+        self._t, self._last_state, self._gone = 0, None, False
+        self._has_state = self._probe_state(task)
         self.obs_dims = tuple(int(d) for d in obs_dims)
         state_dim = self._state_size() if self._has_state else sum(self.obs_dims)
         low: tuple[np.ndarray, ...]
@@ -171,12 +178,17 @@ class PettingZooEnv(MultiAgentEnv):
         self._last_avail: list[np.ndarray] | None = None
 
     # ---------------------------------------------------------------- conversions
-    def _probe_state(self) -> bool:
+    def _probe_state(self, task: str) -> bool:
         try:
             self._env.reset(seed=0)
+        except Exception as e:
+            raise env_failure(task, "reset()", 0, e) from e
+        try:
             self._env.state()
         except (NotImplementedError, AttributeError):
             return False
+        except Exception as e:
+            raise env_failure(task, "state()", 0, e) from e
         return True
 
     def _state_size(self) -> int:
@@ -191,14 +203,46 @@ class PettingZooEnv(MultiAgentEnv):
         if kind == "dict":
             mask = raw.get("action_mask")
             raw = raw["observation"]
-        if kind == "onehot":
-            out = np.zeros(self.obs_dims[i], np.float32)
-            out[int(raw)] = 1.0
-        else:
-            out = np.asarray(raw, np.float32).reshape(-1)
+        try:
+            if kind == "onehot":
+                out = np.zeros(self.obs_dims[i], np.float32)
+                out[int(raw)] = 1.0
+            else:
+                out = np.asarray(raw, np.float32).reshape(-1)
+        except (TypeError, ValueError, IndexError) as e:
+            raise EnvFailure(f"{self.spec.task}: agent {self.agents[i]}'s observation at episode step {self._t} does "
+                             f"not fit its observation space ({type(e).__name__}: {e})") from e
+        if out.size != self.obs_dims[i]:
+            raise EnvFailure(f"{self.spec.task}: agent {self.agents[i]}'s observation at episode step {self._t} has "
+                             f"{out.size} numbers; its observation space declares {self.obs_dims[i]}")
         return out, mask
 
-    def _observe(self, obs: dict, infos: dict) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:
+    def _check_agents(self, obs: dict, call: str, *per_agent: dict) -> None:
+        """An agent the env hands out that is not in possible_agents: EnvFailure naming it."""
+        known = set(self.agents)
+        strangers = {a for d in (obs, *per_agent) if isinstance(d, dict) for a in d if a not in known}
+        strangers |= {a for a in (getattr(self._env, "agents", None) or []) if a not in known}
+        if strangers:
+            raise EnvFailure(f"{self.spec.task}: the environment's {call} at episode step {self._t} has agents "
+                             f"{', '.join(sorted(map(str, strangers)))} that are not in possible_agents; racemarl "
+                             "needs a fixed team (list every agent in possible_agents)")
+
+    def _state(self, ending: bool) -> np.ndarray:
+        """`env.state()`; once an agent has left the episode (or on its last step), the last state it gave when it
+        fails then (an env that destroys a fallen agent may not describe the world without it)."""
+        try:
+            state = np.asarray(self._env.state(), np.float32).reshape(-1)
+        except Exception as e:
+            if ending and getattr(self, "_last_state", None) is not None:
+                return self._last_state
+            raise env_failure(self.spec.task, "state()", self._t, e) from e
+        if state.size != self.spec.state_dim:
+            raise EnvFailure(f"{self.spec.task}: the environment's state() has {state.size} numbers at episode step "
+                             f"{self._t}, {self.spec.state_dim} at the first reset")
+        self._last_state = state
+        return state
+
+    def _observe(self, obs: dict, infos: dict, ending: bool = False) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:
         flat, avail = [], []
         for i, agent in enumerate(self.agents):
             if agent in obs and agent in self._live:
@@ -213,7 +257,7 @@ class PettingZooEnv(MultiAgentEnv):
                 if agent in self._live and not m.any():
                     raise RuntimeError(f"{self.spec.task}: agent {agent} has no available action")
                 avail.append(m)
-        state = np.asarray(self._env.state(), np.float32).reshape(-1) if self._has_state else np.concatenate(flat)
+        state = self._state(ending) if self._has_state else np.concatenate(flat)
         self._last_obs, self._last_avail = flat, (avail if self.spec.discrete else None)
         return flat, state, self._last_avail
 
@@ -232,29 +276,49 @@ class PettingZooEnv(MultiAgentEnv):
 
     # ---------------------------------------------------------------- MultiAgentEnv
     def reset(self, seed: int | None = None) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:
-        obs, infos = self._env.reset(seed=None if seed is None else int(seed))
-        unknown = [a for a in obs if a not in self.agents]
-        if unknown:
-            raise RuntimeError(f"{self.spec.task}: reset returned agents {unknown} that are not in possible_agents")
-        self._live = set(self._env.agents)
+        task = self.spec.task
+        try:
+            obs, infos = self._env.reset(seed=None if seed is None else int(seed))
+        except Exception as e:
+            raise env_failure(task, "reset()", 0, e) from e
         self._t = 0
+        self._check_agents(obs, "reset()")
+        self._live = set(self._env.agents)
+        self._gone = False
         self._needs_reset = False
-        return self._observe(obs, infos or {})
+        out = self._observe(obs, infos or {}, ending=False)
+        check_finite(task, 0, None, out[0], out[1], self.agents)
+        return out
 
     def step(self, actions) -> StepResult:
         check_step_call(self.spec, self._needs_reset, actions)
         acting = [a for a in self.agents if a in self._live]
         joint = {a: self._env_action(i, actions[i]) for i, a in enumerate(self.agents) if a in self._live}
-        obs, rewards, terms, truncs, infos = self._env.step(joint)
+        task = self.spec.task
         self._t += 1
-        values = [float(rewards[a]) for a in acting if a in rewards]
+        try:
+            obs, rewards, terms, truncs, infos = self._env.step(joint)
+        except Exception as e:
+            raise env_failure(task, "step()", self._t, e) from e
+        self._check_agents(obs, "step()", rewards, terms, truncs)
+        try:
+            values = [float(rewards[a]) for a in acting if a in rewards]
+        except (TypeError, ValueError) as e:
+            raise EnvFailure(f"{task}: the environment's rewards are not numbers at episode step {self._t} "
+                             f"({type(e).__name__}: {e})") from e
+        for a, v in zip([a for a in acting if a in rewards], values):
+            if not np.isfinite(v):
+                raise EnvFailure(f"{task}: the environment gave agent {a} a reward of {v} at episode step {self._t}; "
+                                 "rewards must be finite numbers")
         reward = float(np.mean(values)) if values else 0.0
         ended = {a for a in acting if terms.get(a, False) or truncs.get(a, False)}
         over = not self._env.agents or ended == set(acting)
         terminated = over and any(terms.get(a, False) for a in acting)
         truncated = (over and not terminated) or (not over and self._t >= self.spec.episode_limit)
         self._live = set(self._env.agents) - ended
-        out_obs, state, avail = self._observe(obs, infos or {})
+        self._gone = self._gone or len(self._live) < len(self.agents)  # an agent has left this episode
+        out_obs, state, avail = self._observe(obs, infos or {}, ending=bool(over or self._gone))
+        check_finite(task, self._t, None, out_obs, state, self.agents)
         self._needs_reset = terminated or truncated
         return StepResult(obs=out_obs, state=state, reward=reward, terminated=bool(terminated),
                           truncated=bool(truncated), avail_actions=avail)

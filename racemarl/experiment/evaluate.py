@@ -277,7 +277,11 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
     returns, lengths, infos = [], [], []
     writer, render_env, frames = None, None, 0
     if video is not None:  # the first episode is recorded
-        render_env = make_env(cfg.env.task, render_mode="rgb_array", **env_kw)
+        try:
+            render_env = make_env(cfg.env.task, render_mode="rgb_array", **env_kw)
+        except ValueError as e:  # the task's family cannot render: before anything is played or written
+            raise RunDirError(f"--video is for MA-MuJoCo tasks; {cfg.env.task} cannot be rendered here "
+                              f"({' '.join(str(e).split())})") from None
         writer = _open_video_writer(Path(video), _render_fps(render_env))
     try:
         done = 0
@@ -362,4 +366,5 @@ def _evaluate_discrete(loaded: LoadedRun, heads, episodes: int, seed: int | list
     return {"env_steps": int(loaded.progress.get("env_steps", 0)),
             "generation": int(loaded.progress.get("generation", 0)),
             "mean": float(r.mean()), "std": float(r.std()), "min": float(r.min()), "max": float(r.max()),
-            "returns": returns, "lengths": lengths, "win_rate": float(np.mean(won))}
+            "returns": returns, "lengths": lengths,
+            **({"win_rate": float(np.mean(won))} if getattr(envs, "reports_wins", True) else {})}

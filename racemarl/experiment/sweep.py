@@ -39,12 +39,13 @@ from racemarl.config import ConfigError
 from racemarl.experiment.sweep_grid import Point, SweepSpec, parse_names, parse_seeds, run_name  # noqa: F401
 from racemarl.records.runs import LATEST_CHECKPOINT, RunDirError
 
-BACKENDS = ("local", "ray")
+BACKENDS = ("local", "ray", "slurm")
 SWEEP_FILE = "sweep.json"
 INDEX_FILE = "index.json"
 LOCK_FILE = ".sweep.lock"
 LOG_DIR = "logs"
 POLL_S = 0.2
+SLURM_POLL_S = 3.0  # squeue is asked this often while a sweep follows its Slurm tasks
 GRACE_S = 10.0
 NOTICE_S = 0.5
 
@@ -132,17 +133,21 @@ def last_error_line(log_path: Path) -> str | None:
 
 class Sweep:
     def __init__(self, spec: SweepSpec, out: str | Path, workers: int | None = None, backend: str = "local",
-                 echo=print):
+                 echo=print, slurm=None, wait: bool = True):
         if backend not in BACKENDS:
             raise ConfigError(f"--backend: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         if workers is not None and workers < 1:
             raise ConfigError("--workers must be >= 1")
+        if backend != "slurm" and (slurm is not None or not wait):
+            raise ConfigError("--slurm-* options and --no-wait are for --backend slurm")
         self.spec, self.backend, self.echo = spec, backend, echo
         self.out = Path(out).resolve()
-        self.workers = workers or os.cpu_count() or 1
+        self.slurm, self.wait = slurm, wait
+        # slurm: at most `workers` array tasks at once when given (else as many as Slurm grants)
+        self.workers = workers if backend == "slurm" else (workers or os.cpu_count() or 1)
         self.points = spec.points()
         self.status: dict[Point, dict] = {}
-        self._lock_fd: int | None = None
+        self._lock = None  # FolderLock of OUT, while running
         self._signal: str | None = None  # set by the SIGINT/SIGTERM handler
 
     def _check_signal(self) -> None:
@@ -178,28 +183,21 @@ class Sweep:
         from racemarl.records.runs import check_output_dir
 
         check_output_dir(self.out)
-        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / SWEEP_FILE).is_file():
+        from racemarl.records.runs import has_content
+
+        if has_content(self.out) and not (self.out / SWEEP_FILE).is_file():
             raise RunDirError(f"{self.out} is not empty and is not a sweep folder (no {SWEEP_FILE}); "
                               "choose a new or empty folder")
 
     def _acquire_lock(self) -> None:
-        import fcntl
+        from racemarl.records.runs import FolderLock
 
-        fd = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(fd, 64).decode(errors="replace").strip()
-            os.close(fd)
-            raise RunDirError(f"another sweep (pid {other or '?'}) is working on {self.out}; wait for it or stop it") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+        self._lock = FolderLock(self.out / LOCK_FILE, "sweep").acquire()
 
     def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def entry(self, p: Point, status: str, **extra) -> dict:
         run_dir = self.run_dir(p)
@@ -233,8 +231,15 @@ class Sweep:
         self.write_index()
 
     def _prepare(self, p: Point) -> list[str] | None:
-        """The command for a grid point, or None if it is finished."""
+        """The command for a grid point, or None if it is finished (or being trained by another process)."""
+        from racemarl.records.runs import TRAIN_LOCK, FolderLock
+
         run_dir = self.run_dir(p)
+        other = FolderLock(run_dir / TRAIN_LOCK, "racemarl train").holder() if run_dir.is_dir() else None
+        if other is not None:
+            self.status[p] = self.entry(p, "busy", error=f"another process (pid {other}) is training it")
+            self.echo(f"busy     {p.label()}: another process (pid {other}) is training it; left alone")
+            return None
         state = run_state(run_dir, self.spec.steps_for(p.task))
         if state == "finished":
             self.status[p] = self.entry(p, "finished")
@@ -255,6 +260,12 @@ class Sweep:
         self.spec.validate()
         if self.backend == "ray":
             _require_ray()
+        if self.backend == "slurm":
+            from racemarl.experiment.slurm import SlurmOptions, require_submitit
+
+            self.slurm = self.slurm or SlurmOptions()
+            self.slurm.validate()
+            require_submitit()
         self._check_out()
         self.out.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
@@ -267,21 +278,36 @@ class Sweep:
             self._check_folder_config()
             for sig in previous:
                 signal.signal(sig, interrupt)
-            todo = []
+            todo, following = [], {}
+            queued = self._slurm_in_queue() if self.backend == "slurm" else {}
             for p in self.points:
+                if p.name in queued:  # a task of an earlier submission is still queued or running: follow it
+                    following[p] = queued[p.name]
+                    self.status[p] = self.entry(p, "queued", slurm_job=queued[p.name])
+                    continue
                 cmd = self._prepare(p)
                 if cmd is not None:
                     todo.append((p, cmd))
                 self._check_signal()
             self.write_index()
-            n_done = len(self.points) - len(todo)
-            self.echo(f"sweep {self.out}: {len(self.points)} runs, {n_done} finished, {len(todo)} to run, "
-                      f"{min(self.workers, max(len(todo), 1))} at a time ({self.backend})")
-            if todo:
+            n_done = len(self.points) - len(todo) - len(following)
+            at_once = f"{min(self.workers, max(len(todo), 1))} at a time" if self.workers else "as Slurm grants"
+            self.echo(f"sweep {self.out}: {len(self.points)} runs, {n_done} finished, {len(todo)} to run"
+                      + (f", {len(following)} already in the Slurm queue" if following else "")
+                      + f", {at_once} ({self.backend})")
+            if self.backend == "slurm":
+                if todo or following:
+                    if not self._run_slurm(todo, following):
+                        return 0  # --no-wait: submitted
+            elif todo:
                 (self._run_ray if self.backend == "ray" else self._run_local)(todo)
         except SweepInterrupted as e:
             self.write_index()
-            self.echo(f"sweep interrupted ({e}); run the same command again to continue")
+            if self.backend == "slurm":
+                self.echo(f"sweep interrupted ({e}); the Slurm tasks go on: run the same command again to follow "
+                          "them (scancel stops them)")
+            else:
+                self.echo(f"sweep interrupted ({e}); run the same command again to continue")
             return 130
         finally:
             for sig, handler in previous.items():
@@ -289,10 +315,12 @@ class Sweep:
             self._release_lock()
         self.write_index()
         statuses = [self.status[p]["status"] for p in self.points]
-        failed = statuses.count("failed")
+        failed, stopped = statuses.count("failed"), statuses.count("interrupted") + statuses.count("busy")
         self.echo(f"sweep finished: {statuses.count('finished')}/{len(self.points)} runs finished"
-                  + (f", {failed} failed" if failed else "") + f"; index: {self.out / INDEX_FILE}")
-        return 1 if failed else 0
+                  + (f", {failed} failed" if failed else "")
+                  + (f", {stopped} stopped before the end (run the same command again to continue them)" if stopped else "")
+                  + f"; index: {self.out / INDEX_FILE}")
+        return 1 if failed or stopped else 0
 
     def _run_local(self, todo: list[tuple[Point, list[str]]]) -> None:
         queue = list(todo)
@@ -351,6 +379,73 @@ class Sweep:
             raise
         finally:
             ray.shutdown()
+
+
+    # -------------------------------------------------------------- slurm (`experiment/slurm.py`)
+    def _slurm_in_queue(self) -> dict[str, str]:
+        """{run name: job id} of this folder's earlier Slurm tasks that are still queued or running."""
+        from racemarl.experiment.slurm import load_jobs, queue_states
+
+        jobs = load_jobs(self.out)
+        alive = queue_states(list(jobs.values()))
+        return {name: jid for name, jid in jobs.items() if jid in alive}
+
+    def _run_slurm(self, todo: list[tuple[Point, list[str]]], following: dict[Point, str]) -> bool:
+        """Submit `todo` as one job array and follow it (with the tasks in `following`) until every task has left
+        the queue; False when submitted without waiting (--no-wait)."""
+        from racemarl.experiment.slurm import SlurmTask, load_jobs, queue_states, save_jobs, submit
+
+        jobs = dict(following)
+        if todo:
+            ids = submit(self.out, [SlurmTask(str(self.out), p, self.spec) for p, _ in todo], self.slurm, self.workers)
+            recorded = load_jobs(self.out)
+            for (p, _), jid in zip(todo, ids):
+                jobs[p] = recorded[p.name] = jid
+                self.status[p] = self.entry(p, "queued", slurm_job=jid)
+            save_jobs(self.out, recorded)
+            self.echo(f"submitted {len(ids)} tasks as Slurm job array {ids[0].split('_')[0]} "
+                      f"(logs: {self.out / LOG_DIR}, Slurm's: {self.out / 'slurm'})")
+        self.write_index()
+        if not self.wait:
+            self.echo("not waiting (--no-wait): run the same command again to follow the tasks and collect results")
+            return False
+        shown: dict[Point, str] = {}
+        while jobs:
+            states = queue_states(list(jobs.values()))
+            for p, jid in list(jobs.items()):
+                state = states.get(jid)
+                if state is None:  # left the queue: finished, failed, cancelled or out of time
+                    del jobs[p]
+                    self._finish_slurm(p, jid)
+                    continue
+                status = {"PENDING": "queued", "RUNNING": "running"}.get(state, state.lower())
+                if shown.get(p) != status:
+                    shown[p] = status
+                    self.status[p] = self.entry(p, status, slurm_job=jid)
+                    self.echo(f"{status:8} {p.label()} (Slurm task {jid})")
+                    self.write_index()
+            deadline = time.monotonic() + SLURM_POLL_S
+            while jobs and time.monotonic() < deadline:
+                self._check_signal()
+                time.sleep(POLL_S)
+            self._check_signal()
+        return True
+
+    def _finish_slurm(self, p: Point, jid: str) -> None:
+        state = run_state(self.run_dir(p), self.spec.steps_for(p.task))
+        if state == "finished":
+            self._finish(p, 0, interrupted=False)
+            return
+        err = last_error_line(self.log_path(p))
+        if state == "resume" and not (err or "").startswith("racemarl: error"):
+            self.status[p] = self.entry(p, "interrupted", slurm_job=jid)
+            self.echo(f"stopped  {p.label()} (Slurm task {jid} ended before the run did: cancelled, preempted or out "
+                      "of time); its checkpoint is kept: run the same command again to continue it")
+            self.write_index()
+            return
+        self.status[p] = self.entry(p, "failed", slurm_job=jid, error=err)
+        self.echo(f"FAILED   {p.label()} (Slurm task {jid}): {err or '?'}; log: {self.log_path(p)}")
+        self.write_index()
 
 
 STOPPING_MARK = "finishing the current update, then writing a checkpoint"  # printed by a run's signal handler

@@ -217,19 +217,114 @@ class RunState:
 
     def _check_paths(self, resume: bool) -> None:
         """The run folder, before anything is built or written: a new run needs a new, empty or
-        never-checkpointed folder of this run; a resume needs a run with a checkpoint."""
+        never-checkpointed folder of this run; a resume needs a run with a checkpoint. Then the folder is claimed
+        for this process (`FolderLock` on RUN/.train.lock, held until `close`): a second process training the same
+        run is refused, naming the first."""
+        from racemarl.envs.byo import absolute_task
         from racemarl.records.runs import RunDirError, check_new_run_dir, check_output_dir
 
+        self._lock, self._created_dir = None, False
+        self.cfg.env.task = absolute_task(self.cfg.env.task)  # a user's env file, found again from any folder
         try:
             if not resume:
                 check_new_run_dir(self.run_dir, self.cfg.validate())
-                return
-            check_output_dir(self.run_dir, "--resume")
+            else:
+                check_output_dir(self.run_dir, "--resume")
         except (RunDirError, ckpt.CheckpointError) as e:
             raise RunError(str(e)) from None
-        if not (self.run_dir / "checkpoints" / LATEST).is_file():
+        if resume and not (self.run_dir / "checkpoints" / LATEST).is_file():
             raise RunError(f"no checkpoint to resume from at {self.run_dir / 'checkpoints' / LATEST}")
-        ckpt.clean_temp_files(self.run_dir / "checkpoints")
+        if self.cfg.rollout.backend == "ray" and self.cfg.rollout.ray_address:
+            from racemarl.acting.ray_workers import check_ray_address
+            from racemarl.acting.workers import RolloutError
+
+            try:
+                check_ray_address(self.cfg.rollout.ray_address)
+            except RolloutError as e:
+                raise RunError(str(e)) from None
+        self._claim_folder(resume)
+        if resume:
+            ckpt.clean_temp_files(self.run_dir / "checkpoints")
+
+    def _claim_folder(self, resume: bool) -> None:
+        from racemarl.records.runs import TRAIN_LOCK, FolderLock, RunDirError, check_new_run_dir
+
+        self._created_dir = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(self.run_dir / TRAIN_LOCK, "racemarl train")
+        try:
+            lock.acquire()
+            if not resume:  # again, now that the folder is ours: another process may have started it meanwhile
+                check_new_run_dir(self.run_dir, self.cfg)
+        except RunDirError as e:
+            lock.release()
+            self._remove_created_dir()
+            raise RunError(str(e)) from None
+        self._lock = lock
+
+    def _remove_created_dir(self) -> None:
+        """Remove the run folder if this process created it and it holds no checkpoint."""
+        import shutil
+
+        if getattr(self, "_created_dir", False) and not self._has_checkpoint():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self._created_dir = False
+
+    def _has_checkpoint(self) -> bool:
+        return any((self.run_dir / "checkpoints" / name).is_file() for name in (LATEST, LAST_GOOD))
+
+    def _release_folder(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
+
+    def _abandon(self, resume: bool) -> None:
+        """After a failure: a run with a checkpoint stays resumable (`train --resume` rewrites what came after it);
+        a new run that never wrote one leaves no half-written folder: the folder is removed if this process created
+        it, else emptied of what this session wrote (it was empty, or a never-checkpointed start of this run)."""
+        import shutil
+
+        from racemarl.records.runs import LOCK_FILES
+
+        if resume or self._has_checkpoint() or not self.run_dir.is_dir():
+            return
+        if getattr(self, "_created_dir", False):
+            self._release_folder()
+            self._remove_created_dir()
+            return
+        for child in self.run_dir.iterdir():
+            if child.name in LOCK_FILES:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+    def _check_memory(self) -> None:
+        """Refuse, before the population, envs and buffers are built, a run whose estimate does not fit in memory
+        (`racemarl.memory`); the task's sizes come from one env, built and closed here."""
+        from racemarl import memory
+        from racemarl.acting.workers import env_kwargs
+        from racemarl.envs import make_env
+
+        env = make_env(self.cfg.env.task, **env_kwargs(self.cfg))
+        try:
+            spec = env.spec
+        finally:
+            env.close()
+        try:
+            memory.check(self.cfg, spec, self.device)
+        except memory.MemoryEstimateError as e:
+            raise RunError(str(e)) from None
+
+    def _fail_cleanup(self) -> None:
+        """A run that failed: stop what it started, then leave its folder resumable or as it was (`_abandon`)."""
+        try:
+            self.close()
+        finally:
+            self._abandon(self._resume)
+            self._release_folder()
 
     def _load(self, path: Path) -> None:
         if not path.exists():

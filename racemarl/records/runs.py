@@ -18,6 +18,8 @@ from racemarl.config import Config, ConfigError, from_dict, load_yaml
 
 REQUIRED_FILES = ("config.yaml", "metrics.csv")
 LATEST_CHECKPOINT = Path("checkpoints") / "latest.pt"
+TRAIN_LOCK = ".train.lock"  # held by the process training a run (`FolderLock`)
+LOCK_FILES = (TRAIN_LOCK, ".sweep.lock")  # never count as content of a folder
 
 
 class RunDirError(ValueError):
@@ -48,6 +50,67 @@ def require_run_dir(path: str | Path) -> Path:
     if missing:
         raise RunDirError(f"{path} is not a run directory (no {' and no '.join(missing)})")
     return path
+
+
+# ---------------------------------------------------------------- one process per folder
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held by one process while it works there (a run being trained, a sweep):
+    `flock` on a lock file in the folder that holds the owner's pid. The kernel drops the lock when its process
+    dies, however it dies, so a lock left by a dead process never blocks. `acquire` raises RunDirError naming the
+    process that holds it."""
+
+    def __init__(self, path: str | Path, what: str):
+        self.path, self.what = Path(path), what
+        self._fd: int | None = None
+
+    def holder(self) -> int | None:
+        """The pid of the live process holding the lock, or None when nobody does (nothing is created)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)
+        return None
+
+    def acquire(self) -> "FolderLock":
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 64).decode(errors="replace").strip()
+            os.close(fd)
+            raise RunDirError(f"another {self.what} (pid {other or '?'}) is working on {self.path.parent}; "
+                              "wait for it or stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+def has_content(path: Path) -> bool:
+    """Whether the folder holds anything besides lock files."""
+    return path.is_dir() and any(c.name not in LOCK_FILES for c in path.iterdir())
 
 
 # ---------------------------------------------------------------- output paths, checked before any work
@@ -136,13 +199,13 @@ def check_new_run_dir(path: str | Path, cfg: Config) -> Path:
     """Before a new run starts in `path`: it must be new, empty, or an earlier start of this very run that
     never wrote a checkpoint (killed early). Anything else is refused, so no run or folder is overwritten."""
     path = check_output_dir(path)
-    if not path.is_dir() or not any(path.iterdir()):
+    if not has_content(path):
         return path
     cfg_file = path / "config.yaml"
     if not cfg_file.is_file():
         raise RunDirError(f"{path} is not empty and holds no run; choose a new or empty folder")
     try:
-        saved = from_dict(load_yaml(cfg_file))
+        saved = from_dict(load_yaml(cfg_file), check_task=False)
     except ConfigError as e:
         raise RunDirError(f"{path} holds a run whose config.yaml is unreadable ({e}); choose another folder") from None
     what = f"a {saved.algo} run on {saved.env.task}, seed {saved.seed}"
@@ -237,7 +300,7 @@ def read_metrics_table(path: Path) -> tuple[list[str], list[dict[str, float | No
 def load_run(path: str | Path) -> Run:
     path = require_run_dir(path)
     try:
-        config = from_dict(load_yaml(path / "config.yaml"))
+        config = from_dict(load_yaml(path / "config.yaml"), check_task=False)  # records need no environment
     except ConfigError as e:
         raise RunDirError(f"{path / 'config.yaml'}: {e}") from e
     columns, rows = read_metrics_table(path / "metrics.csv")
