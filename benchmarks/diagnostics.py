@@ -13,6 +13,7 @@ change what happens before it.
 Runs one at a time and resumes interrupted runs (re-run the same command). Writes
 benchmarks/results/diagnostics_6x1.json and .md, and docs/figures/diagnostics_6x1.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,15 +48,30 @@ def legacy_with(**fixed) -> list[str]:
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "legacy": ("race", legacy_with(), "this project's first loop"),
     "+warmup": ("race", legacy_with(**{"race.play_during_warmup": False}), "MARL-only warm-up"),
-    "+critic": ("race", legacy_with(**{"net.critic_layer_norm": True, "learner.grad_clip": 10.0}),
-                "LayerNorm critics/PeVFA + grad clip 10"),
+    "+critic": (
+        "race",
+        legacy_with(**{"net.critic_layer_norm": True, "learner.grad_clip": 10.0}),
+        "LayerNorm critics/PeVFA + grad clip 10",
+    ),
     "+champion": ("race", legacy_with(**{"race.champion_eval": "scored"}), "champion evaluated before updates"),
-    "+operators": ("race", legacy_with(**{"race.parents_survive": True, "race.mutate_bias": False}),
-                   "reference evolution operators"),
+    "+operators": (
+        "race",
+        legacy_with(**{"race.parents_survive": True, "race.mutate_bias": False}),
+        "reference evolution operators",
+    ),
     "+fitness": ("race", legacy_with(**{"race.fitness_mc_prob": 0.5}), "theta 0.5 / H 200 PeVFA fitness"),
-    "+small": ("race", legacy_with(**{"race.evolve_before_learning": True, "race.pevfa_target_encoder": "online",
-                                      "race.pevfa_target_smoothing": False, "learner.marl_head_init_scale": 0.1}),
-               "evolve first, PeVFA target online/unsmoothed, MARL heads x0.1"),
+    "+small": (
+        "race",
+        legacy_with(
+            **{
+                "race.evolve_before_learning": True,
+                "race.pevfa_target_encoder": "online",
+                "race.pevfa_target_smoothing": False,
+                "learner.marl_head_init_scale": 0.1,
+            }
+        ),
+        "evolve first, PeVFA target online/unsmoothed, MARL heads x0.1",
+    ),
     "all": ("race", [], "every fix (the defaults)"),
     "matd3-legacy": ("matd3", legacy_with(), "MATD3 without LayerNorm/clip/head scale"),
     "matd3": ("matd3", [], "MATD3 defaults"),
@@ -125,7 +141,11 @@ def main() -> None:
             data = run_one(args.task, algo, args.seed, args.total_steps, out, extra, runs_dir)
         copy = _copy_fitness(out)
         results[name] = {
-            "algo": algo, "overrides": sets, "what": what, "run_dir": str(out), "curve": data["curve"],
+            "algo": algo,
+            "overrides": sets,
+            "what": what,
+            "run_dir": str(out),
+            "curve": data["curve"],
             "marl": _at(data["curve"], args.at, "eval_return_marl"),
             "champion": _at(data["curve"], args.at, "eval_return_best_team"),
             "q_bias": _at(data["curve"], args.at, "q_bias_marl"),
@@ -134,21 +154,33 @@ def main() -> None:
             "marl_copy_fitness": [v for s, v in copy if s <= args.at][-5:],
             "marl_copy_curve": copy,
         }
-    md = [f"{args.task}, seed {args.seed}, evaluation every {args.eval_interval} steps; values at the last evaluation "
-          f"at or before {args.at} env steps. MARL-copy fitness: mean of the last 5 generations' fitness of the "
-          "injected MARL copy up to that step, full-episode generations only (runs logged before TensorBoard split "
-          "`fitness_short` off, with `race.fitness_mc_prob` < 1, mix in short-rollout fitness there). Mean: the "
-          "mean of all evaluations up to that step (an area under the curve, less noisy than one evaluation of 5 "
-          "episodes).", "",
-          "| variant | what changes | MARL team | champion | MARL team, mean | champion, mean | q_bias_marl "
-          "| MARL-copy fitness |", "|---|---|---|---|---|---|---|---|"]
+    md = [
+        f"{args.task}, seed {args.seed}, evaluation every {args.eval_interval} steps; values at the last evaluation "
+        f"at or before {args.at} env steps. MARL-copy fitness: mean of the last 5 generations' fitness of the "
+        "injected MARL copy up to that step, full-episode generations only (runs logged before TensorBoard split "
+        "`fitness_short` off, with `race.fitness_mc_prob` < 1, mix in short-rollout fitness there). Mean: the "
+        "mean of all evaluations up to that step (an area under the curve, less noisy than one evaluation of 5 "
+        "episodes).",
+        "",
+        "| variant | what changes | MARL team | champion | MARL team, mean | champion, mean | q_bias_marl "
+        "| MARL-copy fitness |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         copy = f"{sum(r['marl_copy_fitness']) / len(r['marl_copy_fitness']):.0f}" if r["marl_copy_fitness"] else "-"
-        cells = [_cell(r[k], digits) for k, digits in
-                 (("marl", 0), ("champion", 0), ("marl_mean", 0), ("champion_mean", 0), ("q_bias", 1))]
+        cells = [
+            _cell(r[k], digits)
+            for k, digits in (("marl", 0), ("champion", 0), ("marl_mean", 0), ("champion_mean", 0), ("q_bias", 1))
+        ]
         md.append(f"| {name} | {r['what']} | {' | '.join(cells)} | {copy} |")
-    out = {"command": " ".join(["diagnostics.py"] + sys.argv[1:]), "task": args.task, "seed": args.seed,
-           "at": args.at, "wall_time": time.time() - start, "variants": results}
+    out = {
+        "command": " ".join(["diagnostics.py"] + sys.argv[1:]),
+        "task": args.task,
+        "seed": args.seed,
+        "at": args.at,
+        "wall_time": time.time() - start,
+        "variants": results,
+    }
     (ROOT / "results" / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
     (ROOT / "results" / f"{args.name}.md").write_text("\n".join(md) + "\n")
     # Reused runs go on past the budget: the figure stops one RACE generation (6000 steps) after it.

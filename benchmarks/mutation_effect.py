@@ -10,6 +10,7 @@ initialised ones or, with --run, a trained run's (its checkpoint's shared encode
 
 Writes benchmarks/results/mutation_effect.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,11 @@ from racemarl.config import build_config, from_dict  # noqa: E402
 from racemarl.envs import make_env  # noqa: E402
 from racemarl.nets.policy import init_heads, pad_obs  # noqa: E402
 
-KINDS = {"normal": dict(super_mutation_prob=0.0, reset_prob=0.0),
-         "super": dict(super_mutation_prob=1.0, reset_prob=0.0),
-         "reset": dict(super_mutation_prob=0.0, reset_prob=1.0)}
+KINDS = {
+    "normal": dict(super_mutation_prob=0.0, reset_prob=0.0),
+    "super": dict(super_mutation_prob=1.0, reset_prob=0.0),
+    "reset": dict(super_mutation_prob=0.0, reset_prob=1.0),
+}
 
 
 def observations(task: str, n: int, seed: int) -> torch.Tensor:
@@ -68,15 +71,22 @@ def main() -> None:
         sd = torch.load(Path(args.run) / "checkpoints" / "latest.pt", weights_only=False)
         cfg = from_dict(sd["config"])
         learner = MATD3(spec, cfg, torch.Generator().manual_seed(0))
-        learner.encoders.load_state_dict({k.removeprefix("encoders."): v for k, v in sd["learner"]["model"].items()
-                                          if k.startswith("encoders.")})
+        learner.encoders.load_state_dict(
+            {k.removeprefix("encoders."): v for k, v in sd["learner"]["model"].items() if k.startswith("encoders.")}
+        )
         team = sd["learner"]["model"]["marl_heads"].clone()
         source = f"trained encoders and MARL heads of {args.run}"
     else:
         cfg = build_config(None, [], env={"task": args.task})
         learner = MATD3(spec, cfg, torch.Generator().manual_seed(0))
-        team = init_heads(1, spec.n_agents, learner.layout.max_act, cfg.net.embed_dim, learner.layout.row_mask,
-                          torch.Generator().manual_seed(1))[0]
+        team = init_heads(
+            1,
+            spec.n_agents,
+            learner.layout.max_act,
+            cfg.net.embed_dim,
+            learner.layout.row_mask,
+            torch.Generator().manual_seed(1),
+        )[0]
         source = "freshly initialised encoders and population heads"
     base = learner.act(obs, team[None].expand(len(obs), *team.shape))  # [B, N, A]
     rng = np.random.default_rng(0)
@@ -94,21 +104,50 @@ def main() -> None:
                 half = learner.layout.scale[agent, 0, real]
                 change.append(float(((a[:, agent, real] - base[:, agent, real]).abs() / half).mean()))
                 saturated.append(float((a[:, agent, real].abs() / half > 0.99).float().mean()))
-            rows.append({"frac": frac, "kind": kind, "mean_abs_action_change": float(np.mean(change)),
-                         "saturated_share": float(np.mean(saturated))})
-    base_sat = float((base.abs() / learner.layout.scale.transpose(0, 1) > 0.99)[:, learner.layout.row_mask].float().mean())
-    mix = {f: sum(r["mean_abs_action_change"] * {"normal": 0.9, "super": 0.05, "reset": 0.05}[r["kind"]]
-                  for r in rows if r["frac"] == f) for f in {r["frac"] for r in rows}}
-    md = [f"Task {args.task}, {source}; {args.obs} observations from random-action episodes, {args.trials} "
-          f"mutations of one agent head per cell. Change = mean |a' - a| / half-range of the mutated agent's "
-          f"actions; before mutation {100 * base_sat:.1f}% of action dimensions are saturated.", "",
-          "| mutation_frac | kind | mean action change | saturated after |", "|---|---|---|---|"]
-    md += [f"| {r['frac']} | {r['kind']} | {r['mean_abs_action_change']:.4f} | {100 * r['saturated_share']:.1f}% |"
-           for r in rows]
-    md += ["", "Expected change of one mutation with the default mix (90% normal, 5% super, 5% reset): "
-           + ", ".join(f"frac {f}: {v:.4f}" for f, v in sorted(mix.items()))]
-    out = {"command": " ".join(["mutation_effect.py"] + sys.argv[1:]), "task": args.task, "source": source,
-           "rows": rows, "saturated_before": base_sat, "expected_change": mix}
+            rows.append(
+                {
+                    "frac": frac,
+                    "kind": kind,
+                    "mean_abs_action_change": float(np.mean(change)),
+                    "saturated_share": float(np.mean(saturated)),
+                }
+            )
+    base_sat = float(
+        (base.abs() / learner.layout.scale.transpose(0, 1) > 0.99)[:, learner.layout.row_mask].float().mean()
+    )
+    mix = {
+        f: sum(
+            r["mean_abs_action_change"] * {"normal": 0.9, "super": 0.05, "reset": 0.05}[r["kind"]]
+            for r in rows
+            if r["frac"] == f
+        )
+        for f in {r["frac"] for r in rows}
+    }
+    md = [
+        f"Task {args.task}, {source}; {args.obs} observations from random-action episodes, {args.trials} "
+        f"mutations of one agent head per cell. Change = mean |a' - a| / half-range of the mutated agent's "
+        f"actions; before mutation {100 * base_sat:.1f}% of action dimensions are saturated.",
+        "",
+        "| mutation_frac | kind | mean action change | saturated after |",
+        "|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['frac']} | {r['kind']} | {r['mean_abs_action_change']:.4f} | {100 * r['saturated_share']:.1f}% |"
+        for r in rows
+    ]
+    md += [
+        "",
+        "Expected change of one mutation with the default mix (90% normal, 5% super, 5% reset): "
+        + ", ".join(f"frac {f}: {v:.4f}" for f, v in sorted(mix.items())),
+    ]
+    out = {
+        "command": " ".join(["mutation_effect.py"] + sys.argv[1:]),
+        "task": args.task,
+        "source": source,
+        "rows": rows,
+        "saturated_before": base_sat,
+        "expected_change": mix,
+    }
     (ROOT / "results" / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
     (ROOT / "results" / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

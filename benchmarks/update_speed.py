@@ -12,6 +12,7 @@ measured in the same run, before and after the timed blocks), and the CPU time o
     python benchmarks/update_speed.py                                  # precision=fp32 vs bf16, HalfCheetah-6x1
     python benchmarks/update_speed.py --a net.fast_tanh=false --b net.fast_tanh=true --seconds 60
 """
+
 from __future__ import annotations
 
 import argparse
@@ -130,7 +131,7 @@ def main(argv=None) -> dict:
     order = list(learners)
     start, rounds = time.perf_counter(), 0
     while rounds < 2 or time.perf_counter() - start < args.seconds:
-        for key in (order if rounds % 2 == 0 else order[::-1]):
+        for key in order if rounds % 2 == 0 else order[::-1]:
             cfg, learner, pop = learners[key]
             w, c = time.perf_counter(), time.thread_time()
             for _ in range(args.block):
@@ -142,24 +143,48 @@ def main(argv=None) -> dict:
     peaks["fp32"].append(cpu_peak())
     peaks["bf16"].append(cpu_peak(dtype=torch.bfloat16))
     peak, peak16 = max(peaks["fp32"]), max(peaks["bf16"])
-    res = {"command": " ".join(["python benchmarks/update_speed.py", *(argv if argv is not None else sys.argv[1:])]),
-           "task": args.task, "variants": variants, "peak_gflops": peak, "peak_gflops_bf16": peak16, "peaks": peaks,
-           "rounds": rounds, "block": args.block, "load": os.getloadavg(), "torch": torch.__version__,
-           "cpu": platform.processor() or platform.machine(), "results": {}}
-    lines = [f"| variant | algo | CPU ms/update | updates/s (CPU) | wall ms/update | GFLOP/update | GFLOP/s (CPU) | "
-             f"share of fp32 peak ({peak:.0f} GFLOP/s) | share of bf16 peak ({peak16:.0f} GFLOP/s) | critic_target CPU ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    res = {
+        "command": " ".join(["python benchmarks/update_speed.py", *(argv if argv is not None else sys.argv[1:])]),
+        "task": args.task,
+        "variants": variants,
+        "peak_gflops": peak,
+        "peak_gflops_bf16": peak16,
+        "peaks": peaks,
+        "rounds": rounds,
+        "block": args.block,
+        "load": os.getloadavg(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "results": {},
+    }
+    lines = [
+        f"| variant | algo | CPU ms/update | updates/s (CPU) | wall ms/update | GFLOP/update | GFLOP/s (CPU) | "
+        f"share of fp32 peak ({peak:.0f} GFLOP/s) | share of bf16 peak ({peak16:.0f} GFLOP/s) | critic_target CPU ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for (v, algo), t in times.items():
         cpu, wall = statistics.median(t["cpu"]), statistics.median(t["wall"])
         f = flops[(v, algo)]
-        r = {"variant": v, "overrides": variants[v], "algo": algo, "cpu_ms_per_update": cpu * 1e3,
-             "wall_ms_per_update": wall * 1e3, "ups_cpu": 1 / cpu, "flops_per_update": f, "gflops_cpu": f / cpu / 1e9,
-             "peak_share": f / cpu / 1e9 / peak, "peak_share_bf16": f / cpu / 1e9 / peak16, "critic_target_cpu_ms": statistics.median(targets[(v, algo)]),
-             "blocks": len(t["cpu"])}
+        r = {
+            "variant": v,
+            "overrides": variants[v],
+            "algo": algo,
+            "cpu_ms_per_update": cpu * 1e3,
+            "wall_ms_per_update": wall * 1e3,
+            "ups_cpu": 1 / cpu,
+            "flops_per_update": f,
+            "gflops_cpu": f / cpu / 1e9,
+            "peak_share": f / cpu / 1e9 / peak,
+            "peak_share_bf16": f / cpu / 1e9 / peak16,
+            "critic_target_cpu_ms": statistics.median(targets[(v, algo)]),
+            "blocks": len(t["cpu"]),
+        }
         res["results"][f"{v}/{algo}"] = r
-        lines.append(f"| {v}: {','.join(variants[v]) or 'defaults'} | {algo} | {r['cpu_ms_per_update']:.1f} | "
-                     f"{r['ups_cpu']:.1f} | {r['wall_ms_per_update']:.1f} | {f / 1e9:.2f} | {r['gflops_cpu']:.1f} | "
-                     f"{r['peak_share']:.0%} | {r['peak_share_bf16']:.0%} | {r['critic_target_cpu_ms']:.1f} |")
+        lines.append(
+            f"| {v}: {','.join(variants[v]) or 'defaults'} | {algo} | {r['cpu_ms_per_update']:.1f} | "
+            f"{r['ups_cpu']:.1f} | {r['wall_ms_per_update']:.1f} | {f / 1e9:.2f} | {r['gflops_cpu']:.1f} | "
+            f"{r['peak_share']:.0%} | {r['peak_share_bf16']:.0%} | {r['critic_target_cpu_ms']:.1f} |"
+        )
     for algo in ("matd3", "race"):
         a, b = res["results"].get(f"A/{algo}"), res["results"].get(f"B/{algo}")
         if a and b:

@@ -1,8 +1,9 @@
 """The Python API in one script: configure, train, extend the budget, evaluate, read the metrics.
 
-    python examples/api_tour.py runs/tour            # a short MATD3 run on HalfCheetah-6x1 (about 2 minutes)
-    python examples/api_tour.py runs/tour --tiny     # tiny networks and budget (seconds; what the tests run)
+python examples/api_tour.py runs/tour            # a short MATD3 run on HalfCheetah-6x1 (about 2 minutes)
+python examples/api_tour.py runs/tour --tiny     # tiny networks and budget (seconds; what the tests run)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,15 @@ import sys
 
 import racemarl
 
-TINY = {"env.max_episode_steps": 20, "net.encoder_hidden": 16, "net.embed_dim": 8, "net.critic_hidden": [16, 16],
-        "learner.batch_size": 16, "learner.start_steps": 40, "learner.buffer_size": 1000}
+TINY = {
+    "env.max_episode_steps": 20,
+    "net.encoder_hidden": 16,
+    "net.embed_dim": 8,
+    "net.critic_hidden": [16, 16],
+    "learner.batch_size": 16,
+    "learner.start_steps": 40,
+    "learner.buffer_size": 1000,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     steps = 80 if args.tiny else 4000
     overrides = TINY if args.tiny else {"env.max_episode_steps": 200, "learner.start_steps": 1000}
     # 1. a config: keyword values and dotted overrides, validated at once
-    cfg = racemarl.make_config(task="mamujoco/HalfCheetah-6x1", algo="matd3", seed=1, total_steps=steps,
-                               eval_interval=steps // 2, eval_episodes=2, overrides=overrides)
+    cfg = racemarl.make_config(
+        task="mamujoco/HalfCheetah-6x1",
+        algo="matd3",
+        seed=1,
+        total_steps=steps,
+        eval_interval=steps // 2,
+        eval_episodes=2,
+        overrides=overrides,
+    )
     # 2. train a new run (a folder holding anything else is refused)
     first = racemarl.train_run(cfg, args.run_dir, progress=False)
     print(f"trained to {first['total_env_steps']} env steps: final eval return {first['final_eval_return']:.2f}")

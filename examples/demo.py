@@ -6,6 +6,7 @@
 Uses only the public Python API (`racemarl.make_config`, `train_run`, `random_policy`, `load_run`) and
 `racemarl.experiment.plot`. Writes the usual run directory plus `learning_curve.png` and `demo.json` (both numbers).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,9 @@ import racemarl
 def main(argv: list[str] | None = None) -> int:
     root = Path(__file__).resolve().parent.parent
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(root / "configs" / "demo.yaml"), help="YAML preset (default configs/demo.yaml)")
+    p.add_argument(
+        "--config", default=str(root / "configs" / "demo.yaml"), help="YAML preset (default configs/demo.yaml)"
+    )
     p.add_argument("--out", default="runs/demo", help="run directory to create (default runs/demo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--no-progress", action="store_true")
@@ -34,22 +37,38 @@ def main(argv: list[str] | None = None) -> int:
         summary = racemarl.train_run(cfg, out, progress=not args.no_progress)
         episodes = cfg.eval_episodes
         print(f"playing {episodes} episodes of a uniformly random policy on {cfg.env.task} ...")
-        rand = racemarl.random_policy(cfg.env.task, episodes=episodes, seed=cfg.seed,
-                                      max_episode_steps=cfg.env.max_episode_steps, agent_obsk=cfg.env.agent_obsk)
+        rand = racemarl.random_policy(
+            cfg.env.task,
+            episodes=episodes,
+            seed=cfg.seed,
+            max_episode_steps=cfg.env.max_episode_steps,
+            agent_obsk=cfg.env.agent_obsk,
+        )
     except (racemarl.ConfigError, racemarl.RunDirError, racemarl.RunError) as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
     run = racemarl.load_run(out)
     last = run.rows[-1]
-    trained = {"return": last["eval_return"], "return_std": last["eval_return_std"], "win_rate": last.get("eval_win_rate")}
+    trained = {
+        "return": last["eval_return"],
+        "return_std": last["eval_return_std"],
+        "win_rate": last.get("eval_win_rate"),
+    }
     baseline = {"return": rand["mean"], "return_std": rand["std"], "win_rate": rand.get("win_rate")}
     figure = out / "learning_curve.png"
     plot_with_baseline(run, baseline["return"], figure)
-    (out / "demo.json").write_text(json.dumps({"trained": trained, "random": baseline, "episodes": episodes,
-                                               "env_steps": summary["total_env_steps"]}, indent=2) + "\n")
+    (out / "demo.json").write_text(
+        json.dumps(
+            {"trained": trained, "random": baseline, "episodes": episodes, "env_steps": summary["total_env_steps"]},
+            indent=2,
+        )
+        + "\n"
+    )
     print()
-    print(f"{cfg.env.task}, {episodes} greedy evaluation episodes each, after {summary['total_env_steps']} env steps "
-          f"({summary['wall_time'] / 60:.1f} min):")
+    print(
+        f"{cfg.env.task}, {episodes} greedy evaluation episodes each, after {summary['total_env_steps']} env steps "
+        f"({summary['wall_time'] / 60:.1f} min):"
+    )
     print(f"  {'':18}{'mean return':>14}{'std':>10}" + (f"{'win rate':>10}" if trained["win_rate"] is not None else ""))
     for name, r in (("trained (" + cfg.algo + ")", trained), ("random policy", baseline)):
         win = f"{r['win_rate']:>10.2f}" if r["win_rate"] is not None else ""

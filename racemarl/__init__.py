@@ -8,8 +8,14 @@ so `import racemarl` (and the command line) stays fast.
 __version__ = "0.1.0"
 
 _API = ("make_config", "train_run", "resume_run", "evaluate_run", "load_metrics", "load_run", "random_policy")
-_ERRORS = {"ConfigError": "racemarl.config", "RunDirError": "racemarl.records.runs", "CheckpointError": "racemarl.records.runs",
-           "RunError": "racemarl.train", "TrainingInterrupted": "racemarl.train", "Config": "racemarl.config"}
+_ERRORS = {
+    "ConfigError": "racemarl.config",
+    "RunDirError": "racemarl.records.runs",
+    "CheckpointError": "racemarl.records.runs",
+    "RunError": "racemarl.train",
+    "TrainingInterrupted": "racemarl.train",
+    "Config": "racemarl.config",
+}
 __all__ = ["__version__", *_API, *_ERRORS]
 
 

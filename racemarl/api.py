@@ -15,19 +15,25 @@ Every function validates its arguments before any work starts, like the command 
 `ConfigError`, a bad folder or checkpoint a `RunDirError` or `RunError`, each with a one-line message.
 A run stopped by Ctrl-C (SIGINT) or SIGTERM writes a checkpoint and raises `TrainingInterrupted`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from racemarl.config import Config, ConfigError, apply_dict, apply_override, build_config, from_dict, load_yaml
+from racemarl.config import Config, ConfigError, apply_override, build_config, from_dict, load_yaml
 
 __all__ = ["make_config", "train_run", "resume_run", "evaluate_run", "load_metrics", "load_run", "random_policy"]
 
 
-def make_config(preset: str | Path | None = None, *, task: str | None = None,
-                overrides: Mapping[str, Any] | Iterable[str] = (), **settings: Any) -> Config:
+def make_config(
+    preset: str | Path | None = None,
+    *,
+    task: str | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] = (),
+    **settings: Any,
+) -> Config:
     """A validated `Config`: the defaults, then a YAML `preset`, then `settings`, then `overrides`.
 
     Args:
@@ -95,17 +101,26 @@ def resume_run(run_dir: str | Path, *, total_steps: int | None = None, progress:
         if isinstance(total_steps, bool) or not isinstance(total_steps, int):
             raise ConfigError(f"total_steps must be an int, got {total_steps!r}")
         if total_steps < cfg.total_steps:
-            raise RunError(f"total_steps {total_steps} is smaller than the run's budget of {cfg.total_steps} env "
-                           "steps; a resume can only keep or extend it")
+            raise RunError(
+                f"total_steps {total_steps} is smaller than the run's budget of {cfg.total_steps} env "
+                "steps; a resume can only keep or extend it"
+            )
         cfg.total_steps = total_steps
     cfg.progress = progress
     with Trainer(cfg.validate(), run_dir, resume=True) as trainer:
         return trainer.train()
 
 
-def evaluate_run(run_dir: str | Path, *, episodes: int = 10, team: str | None = None, seed: int = 0,
-             checkpoint: str | Path | None = None, out: str | Path | None = None,
-             video: str | Path | None = None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    episodes: int = 10,
+    team: str | None = None,
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    out: str | Path | None = None,
+    video: str | Path | None = None,
+) -> dict:
     """Greedy episodes of one team of a saved run (``racemarl eval``); returns and writes the result
     (``out``, default ``run_dir/eval.json``): mean, std, min, max, per-episode returns, win rate on
     discrete tasks. `team`: ``"marl"``, ``"best"`` or a population slot ``"K"`` (default: the run's main team)."""
@@ -128,8 +143,9 @@ def load_run(run_dir: str | Path):
     return _load_run(run_dir)
 
 
-def random_policy(task: str, *, episodes: int = 10, seed: int = 0, max_episode_steps: int | None = None,
-                  agent_obsk: int = 0) -> dict:
+def random_policy(
+    task: str, *, episodes: int = 10, seed: int = 0, max_episode_steps: int | None = None, agent_obsk: int = 0
+) -> dict:
     """Returns (and win rate on discrete tasks) of uniformly random actions over `episodes` episodes, the
     baseline a trained team should beat. Episode seeds are drawn from ``numpy.random.default_rng(seed)``."""
     import numpy as np
@@ -149,8 +165,14 @@ def random_policy(task: str, *, episodes: int = 10, seed: int = 0, max_episode_s
     else:
         returns, won = _random_continuous(task, episodes, kwargs, rng)
     r = np.array(returns)
-    out = {"task": task, "episodes": episodes, "seed": seed, "mean": float(r.mean()), "std": float(r.std()),
-           "returns": [float(x) for x in returns]}
+    out = {
+        "task": task,
+        "episodes": episodes,
+        "seed": seed,
+        "mean": float(r.mean()),
+        "std": float(r.std()),
+        "returns": [float(x) for x in returns],
+    }
     if won:
         out["win_rate"] = float(np.mean(won))
     return out

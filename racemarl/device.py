@@ -4,6 +4,7 @@ The learner, its targets, optimisers and the replay buffer live on the training 
 the rollout workers and evaluation act with a CPU copy of the weights. Checkpoints hold CPU tensors only, so
 a run trained on one device resumes or is evaluated on another.
 """
+
 from __future__ import annotations
 
 import re

@@ -8,6 +8,7 @@ activations. It is a lower bound: the networks, the simulators' own state and Py
 run whose estimate exceeds the memory available to this process (MemAvailable, or a cgroup limit when lower),
 and, for what lives on a GPU, the device's free memory. RACEMARL_SKIP_MEMORY_CHECK=1 turns the check off.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,12 @@ def estimate(cfg, spec) -> dict[str, int]:
         embed = d.rnn_hidden
         per_step = n * (max_obs + max_act + 2) + state + 2  # obs, avail, action, mask per agent; state, reward, flags
         parts["replay buffer (discrete.buffer_episodes)"] = d.buffer_episodes * (limit + 1) * per_step * F32
-        parts["learner batch (discrete.batch_episodes)"] = d.batch_episodes * (limit + 1) * (
-            per_step + 4 * n * (d.rnn_hidden + max(d.critic_hidden, default=0) + max_act)) * F32
+        parts["learner batch (discrete.batch_episodes)"] = (
+            d.batch_episodes
+            * (limit + 1)
+            * (per_step + 4 * n * (d.rnn_hidden + max(d.critic_hidden, default=0) + max_act))
+            * F32
+        )
     else:
         lc = cfg.learner
         embed = cfg.net.embed_dim
@@ -110,12 +115,13 @@ def check(cfg, spec, device=None, available: int | None = None) -> dict[str, int
     if avail is not None and total > SAFETY * avail:
         raise MemoryEstimateError(
             f"this run needs at least {_gb(total)} of memory ({detail}); {_gb(avail)} are available. Lower the "
-            f"settings named there (RACEMARL_SKIP_MEMORY_CHECK=1 skips this check)")
+            f"settings named there (RACEMARL_SKIP_MEMORY_CHECK=1 skips this check)"
+        )
     free = _device_free(device)
     on_device = sum(b for name, b in parts.items() if name.startswith(("replay buffer", "learner batch")))
     if free is not None and on_device > SAFETY * free:
         raise MemoryEstimateError(
             f"this run's replay buffer and batches need at least {_gb(on_device)} on {device}; {_gb(free)} are free "
-            "there. Lower learner.buffer_size / discrete.buffer_episodes or the batch size, or use --device cpu")
+            "there. Lower learner.buffer_size / discrete.buffer_episodes or the batch size, or use --device cpu"
+        )
     return parts
-

@@ -23,6 +23,7 @@ an ARM CPU with the BF16 extension, a CUDA device of compute capability 8.0 or l
 trainer records the resolved value in the run's config.yaml; configs saved before this setting existed load as
 fp32.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,7 @@
 """The training loop: one generation = the teams play, the learner updates, the population evolves, the teams
 are evaluated, a checkpoint is written. What differs between continuous and discrete tasks is the task family's
 (`acting/families.py`); the run's checkpoints, resume and logs are `RunState`'s (`records/run_state.py`)."""
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,8 @@ from racemarl.acting.workers import RolloutError
 from racemarl.algorithms.evolution import evolve, follow_sources, inject, mutate_encoders
 from racemarl.config import Config, save_yaml
 from racemarl.device import DeviceError, resolve_device
-from racemarl.precision import resolve_precision
 from racemarl.nets.policy import init_heads
+from racemarl.precision import resolve_precision
 from racemarl.records import checkpoint as ckpt
 from racemarl.records.metrics import MetricsLogger
 from racemarl.records.run_state import (  # noqa: F401 - RunError, TrainingInterrupted, Progress: re-exported
@@ -66,7 +67,9 @@ class Trainer(RunState):
         self.evo_rng = np.random.default_rng([cfg.seed, 1])  # evolution
         self.torch_gen = torch.Generator().manual_seed(cfg.seed)  # init, target smoothing, team draws
         # Slots of a generation: the MARL team's episode, then each population team's episodes.
-        self.n_slots = int(cfg.uses_marl) + (cfg.race.pop_size * cfg.race.episodes_per_team if cfg.uses_population else 0)
+        self.n_slots = int(cfg.uses_marl) + (
+            cfg.race.pop_size * cfg.race.episodes_per_team if cfg.uses_population else 0
+        )
         self._check_memory()  # before anything large is built: a run that cannot fit is refused
         try:  # the task family: its envs, rollouts, buffer, evaluation and update schedule (`acting.families`)
             self.family = make_family(cfg, self.n_slots)
@@ -86,8 +89,9 @@ class Trainer(RunState):
         self.best_heads, self.best_encoders = self.actor.marl_heads.detach().clone(), None
         if cfg.uses_population:
             n_rows, width = self.row_mask.shape
-            self.population = init_heads(cfg.race.pop_size, n_rows, width, self.family.embed_dim(), self.row_mask,
-                                         self.torch_gen)
+            self.population = init_heads(
+                cfg.race.pop_size, n_rows, width, self.family.embed_dim(), self.row_mask, self.torch_gen
+            )
             if cfg.team_encoders:
                 self.pop_encoders = self.learner.fresh_encoder_params(cfg.race.pop_size)
             self.best_heads = self.population[0].clone()
@@ -98,8 +102,12 @@ class Trainer(RunState):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, self.run_dir / "config.yaml")
         # TensorBoard: drop only the points written after the checkpoint (a killed session's tail)
-        self.logger = MetricsLogger(self.run_dir, self.progress.rows,
-                                    purge_step=self.progress.env_steps + 1 if resume else None, tracking=cfg.logging)
+        self.logger = MetricsLogger(
+            self.run_dir,
+            self.progress.rows,
+            purge_step=self.progress.env_steps + 1 if resume else None,
+            tracking=cfg.logging,
+        )
         self._clock_start, self._clock_base = time.perf_counter(), self.progress.wall_time
 
     @property
@@ -148,7 +156,7 @@ class Trainer(RunState):
             fitness = np.array([])  # the population sat out: nothing to evolve
         elif self.short_fitness():
             assert played.results is not None  # the continuous family's, the only one with short rollouts
-            fitness = self.bootstrapped_fitness(played.results[int(self.cfg.uses_marl):])
+            fitness = self.bootstrapped_fitness(played.results[int(self.cfg.uses_marl) :])
         return fitness, played.steps
 
     def short_fitness(self) -> bool:
@@ -172,8 +180,13 @@ class Trainer(RunState):
         """Whether this generation is warm-up: the MARL team alone plays (uniformly random actions) until it
         has collected `learner.start_steps` env steps; the population neither plays nor evolves."""
         cfg = self.cfg
-        return (self.family.has_warmup and cfg.uses_marl and cfg.uses_population and not cfg.race.play_during_warmup
-                and self.progress.env_steps < cfg.learner.start_steps)
+        return (
+            self.family.has_warmup
+            and cfg.uses_marl
+            and cfg.uses_population
+            and not cfg.race.play_during_warmup
+            and self.progress.env_steps < cfg.learner.start_steps
+        )
 
     def generation_plan(self) -> GenerationPlan:
         """This generation's orders for every slot (continuous tasks): its team, exploration and random stream."""
@@ -235,7 +248,9 @@ class Trainer(RunState):
             return
         fallback = self._learner_snapshot(n)
         population = None if self.population is None else self.population.to(self.device)
-        pop_encoders = None if self.pop_encoders is None else {k: v.to(self.device) for k, v in self.pop_encoders.items()}
+        pop_encoders = (
+            None if self.pop_encoders is None else {k: v.to(self.device) for k, v in self.pop_encoders.items()}
+        )
         sums, counts = p.loss_sums, p.loss_counts
         for i in range(n):
             p.pending_updates = n - i
@@ -323,7 +338,9 @@ class Trainer(RunState):
             if wins is not None:
                 row[f"eval_win_rate_{name}"] = float(wins.mean())
         # headline: the better of the two teams (by win rate on discrete tasks, then by return)
-        best_returns, best_wins = max(results.values(), key=lambda r: (r[1].mean() if r[1] is not None else 0.0, r[0].mean()))
+        best_returns, best_wins = max(
+            results.values(), key=lambda r: (r[1].mean() if r[1] is not None else 0.0, r[0].mean())
+        )
         row["eval_return"] = float(best_returns.mean())
         row["eval_return_std"] = float(best_returns.std())
         if best_wins is not None:
@@ -332,11 +349,22 @@ class Trainer(RunState):
         row["train_return"] = float(np.mean(p.train_returns)) if p.train_returns else math.nan
         if p.last_fitness:
             f = np.array(p.last_fitness)
-            row.update(fitness_max=float(f.max()), fitness_mean=float(f.mean()), fitness_min=float(f.min()),
-                       fitness_short=float(self.draws_short_fitness(p.generation - 1)))
+            row.update(
+                fitness_max=float(f.max()),
+                fitness_mean=float(f.mean()),
+                fitness_min=float(f.min()),
+                fitness_short=float(self.draws_short_fitness(p.generation - 1)),
+            )
             row["injected_slot"] = p.last_injected
-        names = {"critic": "loss_critic", "actor": "loss_actor", "pevfa": "loss_pevfa", "value": "loss_value",
-                 "vfm": "loss_vfm", "vmm": "loss_vmm", "mi": "mi_estimate"}
+        names = {
+            "critic": "loss_critic",
+            "actor": "loss_actor",
+            "pevfa": "loss_pevfa",
+            "value": "loss_value",
+            "vfm": "loss_vfm",
+            "vmm": "loss_vmm",
+            "mi": "mi_estimate",
+        }
         loss_sums = self._loss_values(p.loss_sums)  # the device-side sums, read once per evaluation
         for k, col in names.items():
             if p.loss_counts.get(k):
@@ -364,7 +392,9 @@ class Trainer(RunState):
         finally:
             self.buffer.generator.set_state(state)
         population = None if self.population is None else self.population.to(self.device)
-        pop_encoders = None if self.pop_encoders is None else {k: v.to(self.device) for k, v in self.pop_encoders.items()}
+        pop_encoders = (
+            None if self.pop_encoders is None else {k: v.to(self.device) for k, v in self.pop_encoders.items()}
+        )
         norms = self.learner.encoder_grad_norms(batch, population, pop_encoders)
         return {f"grad_enc_{k}": v for k, v in norms.items()}
 
@@ -411,8 +441,9 @@ class Trainer(RunState):
                         self.save()
                     self.maybe_checkpoint()
                     session_time = self.elapsed() - self._clock_base
-                    bar.set_postfix(sps=f"{(p.env_steps - session_steps) / max(session_time, 1e-9):.0f}",
-                                    **_eval_postfix(last_row))
+                    bar.set_postfix(
+                        sps=f"{(p.env_steps - session_steps) / max(session_time, 1e-9):.0f}", **_eval_postfix(last_row)
+                    )
             summary = self.summary()  # written while the run's folder is still this process's
         except (TrainingInterrupted, KeyboardInterrupt):
             raise  # a checkpoint was written, or the user stopped it at once: the folder is as it was
@@ -449,17 +480,6 @@ class Trainer(RunState):
     # ------------------------------------------------------------------ checkpoints
 
 
-
-
-
-
-
-
-
-
-
-
-
 def _eval_postfix(row: dict | None) -> dict:
     """The progress bar's last evaluation: the return, and the win rate on discrete tasks."""
     if row is None:
@@ -473,8 +493,15 @@ def _eval_postfix(row: dict | None) -> dict:
 def _progress_bar(cfg: Config, initial: int):
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.total_steps, initial=initial, unit="step", disable=not cfg.progress,
-                desc=f"{cfg.algo} {cfg.env.task}", dynamic_ncols=True, smoothing=0.05)
+    return tqdm(
+        total=cfg.total_steps,
+        initial=initial,
+        unit="step",
+        disable=not cfg.progress,
+        desc=f"{cfg.algo} {cfg.env.task}",
+        dynamic_ncols=True,
+        smoothing=0.05,
+    )
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:

@@ -11,18 +11,26 @@ first `from_episode` resets of the env instance (the construction's own probe re
   terminate_on_fall) the episode ends there for everyone, else the runner plays on.
 - no fault, `delay` seconds per step: a slow simulator.
 """
+
 from __future__ import annotations
 
 import time
 
 import numpy as np
-
 from user_env import LineWalk  # a sibling file: racemarl puts the env file's folder on sys.path
 
 
 class Faulty(LineWalk):
-    def __init__(self, fault: str = "", at_step: int = 3, with_state: bool = False, end_on_fall: bool = False,
-                 from_episode: int = 0, delay: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        fault: str = "",
+        at_step: int = 3,
+        with_state: bool = False,
+        end_on_fall: bool = False,
+        from_episode: int = 0,
+        delay: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(continuous=True, scout_steps=10_000, **kwargs)
         self.fault, self.at_step, self.with_state, self.end_on_fall = fault, at_step, with_state, end_on_fall
         self.from_episode, self.episodes, self.delay = from_episode, 0, delay

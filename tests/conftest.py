@@ -34,7 +34,9 @@ def _auto_device_is_the_cpu(monkeypatch):
     import racemarl.train
     from racemarl.device import resolve_device
 
-    monkeypatch.setattr(racemarl.train, "resolve_device", lambda name: resolve_device("cpu" if name == "auto" else name))
+    monkeypatch.setattr(
+        racemarl.train, "resolve_device", lambda name: resolve_device("cpu" if name == "auto" else name)
+    )
 
 
 def poison_replay_batch(monkeypatch, at: int = 30) -> None:

@@ -1,4 +1,5 @@
 """Test doubles. Nothing here simulates a real task: they only mimic an API."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -80,7 +81,9 @@ class FakeStarCraft2Env:
         self.ally_hp = np.full(self.n_agents, float(self.ally_health_max))
         self.ally_pos = self._rng.uniform(-0.5, 0.5, (self.n_agents, 2))
         self.enemy_hp = np.full(self.n_enemies, float(self.enemy_health_max))
-        self.enemy_pos = np.column_stack([np.full(self.n_enemies, self.enemy_x), self._rng.uniform(-1, 1, self.n_enemies)])
+        self.enemy_pos = np.column_stack(
+            [np.full(self.n_enemies, self.enemy_x), self._rng.uniform(-1, 1, self.n_enemies)]
+        )
         return self.get_obs(), self.get_state()
 
     def _in_range(self, i: int, j: int) -> bool:
@@ -109,8 +112,9 @@ class FakeStarCraft2Env:
         return [self.get_obs_agent(i) for i in range(self.n_agents)]
 
     def get_state(self) -> np.ndarray:
-        return np.concatenate([self.ally_hp / self.ally_health_max, self.ally_pos[:, 0],
-                               self.enemy_hp / self.enemy_health_max]).astype(np.float32)
+        return np.concatenate(
+            [self.ally_hp / self.ally_health_max, self.ally_pos[:, 0], self.enemy_hp / self.enemy_health_max]
+        ).astype(np.float32)
 
     def step(self, actions):
         actions = [int(a) for a in actions]

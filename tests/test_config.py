@@ -9,8 +9,16 @@ def test_defaults_validate_and_round_trip():
 
 
 def test_override_nested_and_type_coercion():
-    cfg = build_config(None, ["learner.batch_size=128", "learner.lr_actor=3e-4", "race.vfm_pevfa=false",
-                              "net.critic_hidden=[64, 32]", "race.value_target_factor=0.5"])
+    cfg = build_config(
+        None,
+        [
+            "learner.batch_size=128",
+            "learner.lr_actor=3e-4",
+            "race.vfm_pevfa=false",
+            "net.critic_hidden=[64, 32]",
+            "race.value_target_factor=0.5",
+        ],
+    )
     assert cfg.learner.batch_size == 128
     assert cfg.learner.lr_actor == pytest.approx(3e-4)
     assert cfg.race.vfm_pevfa is False

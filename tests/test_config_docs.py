@@ -11,8 +11,10 @@ from racemarl.config import reference as ref
 
 def test_every_config_key_has_a_docstring():
     missing = ref.undocumented_keys()
-    assert not missing, (f"config keys without a docstring in racemarl/config/schema.py: {', '.join(missing)}; "
-                         "write one as a string literal on the line under the field")
+    assert not missing, (
+        f"config keys without a docstring in racemarl/config/schema.py: {', '.join(missing)}; "
+        "write one as a string literal on the line under the field"
+    )
 
 
 @dataclass

@@ -1,5 +1,4 @@
 """Switches whose defaults follow the reference codes (issue 20, item 4), and the legacy values of older runs."""
-import copy
 
 import pytest
 import torch
@@ -7,15 +6,22 @@ import torch
 from racemarl.config import build_config, from_dict, to_dict
 from racemarl.nets.critics import PeVFA
 from racemarl.train import Trainer
-from tests.conftest import tiny_config
 
 
 def test_defaults_follow_the_references_and_old_configs_keep_what_they_ran():
     cfg = build_config(None, [])
     assert cfg.race.pevfa_twin_embeddings is True  # ERL-Re2: one policy embedding per PeVFA twin
-    assert (cfg.discrete.pevfa_target_encoder, cfg.discrete.value_target, cfg.discrete.logit_reg) == ("online", "td_lambda", 0.0)
+    assert (cfg.discrete.pevfa_target_encoder, cfg.discrete.value_target, cfg.discrete.logit_reg) == (
+        "online",
+        "td_lambda",
+        0.0,
+    )
     data = to_dict(cfg)
-    del data["race"]["pevfa_twin_embeddings"], data["discrete"]["pevfa_target_encoder"], data["discrete"]["value_target"]
+    del (
+        data["race"]["pevfa_twin_embeddings"],
+        data["discrete"]["pevfa_target_encoder"],
+        data["discrete"]["value_target"],
+    )
     old = from_dict(data)
     assert old.race.pevfa_twin_embeddings is False
     assert (old.discrete.pevfa_target_encoder, old.discrete.value_target) == ("target", "one_step")
@@ -77,7 +83,9 @@ def test_discrete_value_target_is_the_larger_td_lambda_target(tmp_path, monkeypa
     with torch.no_grad():
         z_targ = learner.unroll(batch, target=True)
         greedy = rd.masked_logits(rd.team_logits(z_targ, learner.marl_heads_targ), batch.avail).argmax(-1)
-        q_next = learner.critic_targ(batch.obs, torch.nn.functional.one_hot(greedy, learner.n_actions).float(), batch.state)
+        q_next = learner.critic_targ(
+            batch.obs, torch.nn.functional.one_hot(greedy, learner.n_actions).float(), batch.state
+        )
     losses = learner.extra_critic_losses(batch, z_targ, q_next, trainer.population)
     y_pevfa, y_marl = seen["targets"]
     expected = torch.maximum(y_marl, y_pevfa.max(0).values)

@@ -7,6 +7,7 @@ CPU-only: the GPU checks are in tests/test_gpu.py (skipped without CUDA). Here:
   resumes exactly, and its checkpoint resumes and evaluates as a plain CPU run;
 - checkpoints hold CPU tensors and are loaded with map_location="cpu".
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,19 +37,43 @@ from tests.conftest import poison_replay_batch, tiny_config
 
 torch.set_num_threads(1)
 
-CONT_SPEC = EnvSpec(task="test/cont", n_agents=3, obs_dims=(5, 7, 4), state_dim=9, act_dims=(1, 2, 2), discrete=False,
-                    episode_limit=10, act_low=tuple(-np.ones(a, np.float32) for a in (1, 2, 2)),
-                    act_high=tuple(np.ones(a, np.float32) for a in (1, 2, 2)))
-DISC_SPEC = EnvSpec(task="test/disc", n_agents=2, obs_dims=(4, 4), state_dim=5, act_dims=(3, 3), discrete=True,
-                    episode_limit=6)
+CONT_SPEC = EnvSpec(
+    task="test/cont",
+    n_agents=3,
+    obs_dims=(5, 7, 4),
+    state_dim=9,
+    act_dims=(1, 2, 2),
+    discrete=False,
+    episode_limit=10,
+    act_low=tuple(-np.ones(a, np.float32) for a in (1, 2, 2)),
+    act_high=tuple(np.ones(a, np.float32) for a in (1, 2, 2)),
+)
+DISC_SPEC = EnvSpec(
+    task="test/disc", n_agents=2, obs_dims=(4, 4), state_dim=5, act_dims=(3, 3), discrete=True, episode_limit=6
+)
 
 
 def _cfg(algo: str):
-    return build_config(None, ["net.encoder_hidden=16", "net.embed_dim=8", "net.critic_hidden=[16,16]",
-                               "net.policy_embed_dim=8", "race.mi_hidden=8", "race.pevfa_teams_per_update=2",
-                               "learner.policy_delay=1", "discrete.rnn_hidden=8", "discrete.critic_hidden=[16]",
-                               "discrete.mixer_embed=8", "discrete.hypernet_hidden=8", "discrete.target_update=soft",
-                               "discrete.vmm_time_reduction=sum"], algo=algo, progress=False)
+    return build_config(
+        None,
+        [
+            "net.encoder_hidden=16",
+            "net.embed_dim=8",
+            "net.critic_hidden=[16,16]",
+            "net.policy_embed_dim=8",
+            "race.mi_hidden=8",
+            "race.pevfa_teams_per_update=2",
+            "learner.policy_delay=1",
+            "discrete.rnn_hidden=8",
+            "discrete.critic_hidden=[16]",
+            "discrete.mixer_embed=8",
+            "discrete.hypernet_hidden=8",
+            "discrete.target_update=soft",
+            "discrete.vmm_time_reduction=sum",
+        ],
+        algo=algo,
+        progress=False,
+    )
 
 
 def _continuous(cls, algo):
@@ -56,9 +81,15 @@ def _continuous(cls, algo):
     rng = np.random.default_rng(0)
     n, s, u = 64, CONT_SPEC.state_dim, learner.layout.joint_dim
     buf = ReplayBuffer(n, 3, learner.max_obs, s, u)
-    buf.add(obs=rng.normal(size=(n, 3, learner.max_obs)), state=rng.normal(size=(n, s)), action=rng.uniform(-1, 1, (n, u)),
-            reward=rng.normal(size=n), next_obs=rng.normal(size=(n, 3, learner.max_obs)),
-            next_state=rng.normal(size=(n, s)), terminated=(rng.random(n) < 0.1).astype(np.float32))
+    buf.add(
+        obs=rng.normal(size=(n, 3, learner.max_obs)),
+        state=rng.normal(size=(n, s)),
+        action=rng.uniform(-1, 1, (n, u)),
+        reward=rng.normal(size=n),
+        next_obs=rng.normal(size=(n, 3, learner.max_obs)),
+        next_state=rng.normal(size=(n, s)),
+        terminated=(rng.random(n) < 0.1).astype(np.float32),
+    )
     pop = init_heads(3, 3, learner.layout.max_act, 8, learner.layout.row_mask, torch.Generator().manual_seed(1))
     return learner, (lambda: buf.sample(16)), pop
 
@@ -71,9 +102,16 @@ def _discrete(cls, algo):
         length = int(rng.integers(1, 7))
         avail = np.ones((length + 1, 2, 3), bool)
         avail[:, 1, 1] = False
-        buf.add({"obs": rng.normal(size=(length + 1, 2, 4)), "state": rng.normal(size=(length + 1, 5)), "avail": avail,
-                 "actions": np.zeros((length, 2), np.int64), "reward": rng.normal(size=length),
-                 "terminated": np.eye(length)[-1] * (e % 2)})
+        buf.add(
+            {
+                "obs": rng.normal(size=(length + 1, 2, 4)),
+                "state": rng.normal(size=(length + 1, 5)),
+                "avail": avail,
+                "actions": np.zeros((length, 2), np.int64),
+                "reward": rng.normal(size=length),
+                "terminated": np.eye(length)[-1] * (e % 2),
+            }
+        )
     pop = init_heads(3, 2, 3, 8, learner.row_mask, torch.Generator().manual_seed(1))
     return learner, (lambda: buf.sample(4)), pop
 
@@ -103,11 +141,27 @@ def no_host_reads(monkeypatch):
     def forbid(name):
         def raiser(*args, **kwargs):
             raise HostRead(f"host read inside update(): Tensor.{name}")
+
         return raiser
 
     with monkeypatch.context() as m:
-        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__", "__array__",
-                     "__complex__", "nonzero", "masked_select", "unique", "argwhere", "nonzero_static"):
+        for name in (
+            "item",
+            "tolist",
+            "cpu",
+            "numpy",
+            "__bool__",
+            "__float__",
+            "__int__",
+            "__index__",
+            "__array__",
+            "__complex__",
+            "nonzero",
+            "masked_select",
+            "unique",
+            "argwhere",
+            "nonzero_static",
+        ):
             m.setattr(torch.Tensor, name, forbid(name))
         for name in ("nonzero", "masked_select", "unique", "argwhere"):
             m.setattr(torch, name, forbid(f"torch.{name}"))
@@ -116,8 +170,9 @@ def no_host_reads(monkeypatch):
         def checked_to(self, *args, **kwargs):
             # a move to the CPU written in racemarl's code (torch's own same-device `.to(device)` calls pass)
             targets = [*args, kwargs.get("device")]
-            to_cpu = any(str(a) == "cpu" or (isinstance(a, torch.device) and a.type == "cpu")
-                         for a in targets if a is not None)
+            to_cpu = any(
+                str(a) == "cpu" or (isinstance(a, torch.device) and a.type == "cpu") for a in targets if a is not None
+            )
             caller = sys._getframe(1).f_code.co_filename
             if to_cpu and caller.startswith(PACKAGE_DIR):
                 raise HostRead("host read inside update(): Tensor.to(cpu)")
@@ -146,8 +201,16 @@ def no_host_reads(monkeypatch):
 def test_the_guard_catches_host_reads(monkeypatch):
     x = torch.ones(3)
     with no_host_reads(monkeypatch):
-        for read in (lambda: x.sum().item(), lambda: float(x.sum()), lambda: bool(x.all()), lambda: x.tolist(),
-                     lambda: x[x > 0], lambda: x.nonzero(), lambda: np.asarray(x), lambda: int(x[0])):
+        for read in (
+            lambda: x.sum().item(),
+            lambda: float(x.sum()),
+            lambda: bool(x.all()),
+            lambda: x.tolist(),
+            lambda: x[x > 0],
+            lambda: x.nonzero(),
+            lambda: np.asarray(x),
+            lambda: int(x[0]),
+        ):
             with pytest.raises(HostRead):
                 read()
     assert x.sum().item() == 3.0  # restored
@@ -190,11 +253,24 @@ def _cli(*args, cwd):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-@pytest.mark.parametrize("device, needle", [("cuda", "CUDA is not available"), ("cuda:3", "CUDA is not available"),
-                                            ("gpu", "device must be")])
+@pytest.mark.parametrize(
+    "device, needle",
+    [("cuda", "CUDA is not available"), ("cuda:3", "CUDA is not available"), ("gpu", "device must be")],
+)
 def test_cli_device_errors_are_one_line_exit_2(tmp_path, device, needle):
-    res = _cli("train", "--algo", "matd3", "--total-steps", "10", "--out", str(tmp_path / "x"), "--device", device,
-               "--no-progress", cwd=tmp_path)
+    res = _cli(
+        "train",
+        "--algo",
+        "matd3",
+        "--total-steps",
+        "10",
+        "--out",
+        str(tmp_path / "x"),
+        "--device",
+        device,
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr, res.stderr

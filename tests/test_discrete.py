@@ -1,4 +1,5 @@
 """Discrete tasks: recurrent encoders, the mixed critic, TD(lambda), masking, FACMAC and RACE-discrete."""
+
 from __future__ import annotations
 
 import csv
@@ -30,9 +31,16 @@ from racemarl.train import RunError, Trainer
 from tests.fakes import FakeStarCraft2Env
 
 TINY_DISCRETE = [
-    "discrete.batch_episodes=4", "discrete.buffer_episodes=64", "discrete.rnn_hidden=16",
-    "discrete.critic_hidden=[16]", "discrete.mixer_embed=8", "discrete.hypernet_hidden=16",
-    "net.policy_embed_dim=8", "race.mi_hidden=8", "race.pop_size=2", "discrete.target_update_interval=5",
+    "discrete.batch_episodes=4",
+    "discrete.buffer_episodes=64",
+    "discrete.rnn_hidden=16",
+    "discrete.critic_hidden=[16]",
+    "discrete.mixer_embed=8",
+    "discrete.hypernet_hidden=16",
+    "net.policy_embed_dim=8",
+    "race.mi_hidden=8",
+    "race.pop_size=2",
+    "discrete.target_update_interval=5",
 ]
 
 
@@ -57,7 +65,9 @@ def fake_smac(monkeypatch):
 
 
 def fake_batch(n: int, reseed: str = "first", **kw) -> ListBatch:
-    return ListBatch([SmacEnv("3m", reseed=reseed, env_factory=lambda **k: FakeStarCraft2Env(**k, **kw)) for _ in range(n)])
+    return ListBatch(
+        [SmacEnv("3m", reseed=reseed, env_factory=lambda **k: FakeStarCraft2Env(**k, **kw)) for _ in range(n)]
+    )
 
 
 # ---------------------------------------------------------------- networks
@@ -80,7 +90,9 @@ def test_recurrent_step_matches_unroll_and_episodes_are_independent(shared):
         obs2 = obs.clone()
         obs2[..., 0, :] += 1.0
         out2 = enc(obs2, last)
-        assert torch.allclose(out2[..., 1:, :], unrolled[..., 1:, :]) and not torch.allclose(out2[..., 0, :], unrolled[..., 0, :])
+        assert torch.allclose(out2[..., 1:, :], unrolled[..., 1:, :]) and not torch.allclose(
+            out2[..., 0, :], unrolled[..., 0, :]
+        )
 
 
 def test_mixer_is_monotonic_in_every_agent_value():
@@ -101,6 +113,7 @@ def _td_lambda_reference(r, term, length, q, gamma, lam):
     """Forward view: G_t = (1 - lam) sum_n lam^(n-1) G_t^(n) + lam^(L-t-1) G_t^(L-t)."""
     out = np.zeros(len(r))
     for t in range(length):
+
         def n_step(n, t=t):
             g, disc = 0.0, 1.0
             for k in range(n):
@@ -109,8 +122,11 @@ def _td_lambda_reference(r, term, length, q, gamma, lam):
                     return g
                 disc *= gamma
             return g + disc * q[t + n]
+
         horizon = length - t
-        out[t] = sum((1 - lam) * lam ** (n - 1) * n_step(n) for n in range(1, horizon)) + lam ** (horizon - 1) * n_step(horizon)
+        out[t] = sum((1 - lam) * lam ** (n - 1) * n_step(n) for n in range(1, horizon)) + lam ** (horizon - 1) * n_step(
+            horizon
+        )
     return out
 
 
@@ -159,8 +175,15 @@ def test_rollouts_and_targets_only_use_available_actions(fake_smac):
     heads = learner.marl_heads.detach()[None].expand(4, *learner.marl_heads.shape)
     rngs = [np.random.default_rng(i) for i in range(4)]
     # rows 0-1 explore uniformly, 2 samples its softmax, 3 is greedy; the SMAC fake asserts availability
-    stats = run_discrete_episodes(envs, learner, heads, rngs, epsilon=np.array([1.0, 1.0, 0.0, 0.0]),
-                                  greedy=np.array([False, False, False, True]), buffer=buffer)
+    stats = run_discrete_episodes(
+        envs,
+        learner,
+        heads,
+        rngs,
+        epsilon=np.array([1.0, 1.0, 0.0, 0.0]),
+        greedy=np.array([False, False, False, True]),
+        buffer=buffer,
+    )
     assert len(buffer) == 4 and (stats.lengths > 0).all()
     batch = buffer.sample(8)
     taken = batch.avail[:, :-1].gather(-1, batch.actions[..., None]).squeeze(-1)
@@ -168,7 +191,10 @@ def test_rollouts_and_targets_only_use_available_actions(fake_smac):
     # the critic targets are built from the target policy's greedy actions: record what the target critic sees
     seen = []
     original = learner.critic_targ.forward
-    learner.critic_targ.forward = lambda obs, act, state, extra=None: (seen.append(act), original(obs, act, state, extra))[1]
+    learner.critic_targ.forward = lambda obs, act, state, extra=None: (
+        seen.append(act),
+        original(obs, act, state, extra),
+    )[1]
     with torch.no_grad():  # make unavailable actions the most attractive ones
         learner.marl_heads_targ[..., -1] = 100.0 * (1 - batch.avail[0, 0, 0])
     learner.update(batch)
@@ -188,8 +214,9 @@ def test_recurrent_state_restarts_with_every_episode(fake_smac):
 
     def play():
         buf = EpisodeBuffer(8, spec.episode_limit, spec.n_agents, max(spec.obs_dims), spec.state_dim, spec.act_dims[0])
-        stats = run_discrete_episodes(envs, learner, heads, [np.random.default_rng([7, i]) for i in range(3)],
-                                      epsilon=np.full(3, 0.3), buffer=buf)
+        stats = run_discrete_episodes(
+            envs, learner, heads, [np.random.default_rng([7, i]) for i in range(3)], epsilon=np.full(3, 0.3), buffer=buf
+        )
         return stats, buf
 
     (s1, b1), (s2, b2) = play(), play()
@@ -205,9 +232,13 @@ def test_race_discrete_gradients_reach_only_their_targets(fake_smac):
     cfg = discrete_config("race", extra=["race.vmm_beta=0.1"])
     envs = fake_batch(2)
     learner = RaceDiscreteLearner(envs.spec, cfg, torch.Generator().manual_seed(0))
-    buffer = EpisodeBuffer(8, envs.spec.episode_limit, envs.spec.n_agents, learner.obs_dim, envs.spec.state_dim, learner.n_actions)
+    buffer = EpisodeBuffer(
+        8, envs.spec.episode_limit, envs.spec.n_agents, learner.obs_dim, envs.spec.state_dim, learner.n_actions
+    )
     heads = learner.marl_heads.detach()[None].expand(2, *learner.marl_heads.shape)
-    run_discrete_episodes(envs, learner, heads, [np.random.default_rng(i) for i in range(2)], epsilon=np.ones(2), buffer=buffer)
+    run_discrete_episodes(
+        envs, learner, heads, [np.random.default_rng(i) for i in range(2)], epsilon=np.ones(2), buffer=buffer
+    )
     batch = buffer.sample(2)
     population = torch.randn(2, *learner.marl_heads.shape, requires_grad=True)
     z_targ = learner.unroll(batch, target=True)
@@ -225,7 +256,9 @@ def test_race_discrete_gradients_reach_only_their_targets(fake_smac):
         (losses["vfm"] + losses["vmm"]).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.encoders.parameters())
     assert learner.marl_heads.grad is None and population.grad is None  # VFM trains encoders, not heads
-    assert all(p.grad is None for p in learner.pevfa.parameters()) and all(p.grad is None for p in learner.value.parameters())
+    assert all(p.grad is None for p in learner.pevfa.parameters()) and all(
+        p.grad is None for p in learner.value.parameters()
+    )
     assert all(p.grad is not None for p in learner.mi_critic.parameters())  # T_omega ascends the same bound
 
 
@@ -259,8 +292,14 @@ def test_discrete_resume_is_exact(tmp_path):
     cfg = discrete_config("race", total_steps=160, **kw)
     resumed = Trainer(cfg, tmp_path / "b", resume=True)
     resumed.train()
-    a = [{k: v for k, v in r.items() if k not in ("wall_time", "sps")} for r in csv.DictReader((tmp_path / "a/metrics.csv").open())]
-    b = [{k: v for k, v in r.items() if k not in ("wall_time", "sps")} for r in csv.DictReader((tmp_path / "b/metrics.csv").open())]
+    a = [
+        {k: v for k, v in r.items() if k not in ("wall_time", "sps")}
+        for r in csv.DictReader((tmp_path / "a/metrics.csv").open())
+    ]
+    b = [
+        {k: v for k, v in r.items() if k not in ("wall_time", "sps")}
+        for r in csv.DictReader((tmp_path / "b/metrics.csv").open())
+    ]
     assert a == b
     torch.testing.assert_close(straight.population, resumed.population, rtol=0, atol=0)
     torch.testing.assert_close(straight.learner.marl_heads, resumed.learner.marl_heads, rtol=0, atol=0)
@@ -285,9 +324,15 @@ def _coordination_batch(gen: torch.Generator, b: int = 64, t: int = 3) -> Episod
     terminated = torch.zeros(b, t)
     terminated[:, -1] = 1
     state = torch.eye(t + 1).expand(b, t + 1, t + 1)
-    return EpisodeBatch(obs=torch.randn(b, t + 1, 2, 4, generator=gen), state=state,
-                        avail=avail, actions=actions, reward=good.sum(-1) + good.prod(-1), terminated=terminated,
-                        mask=torch.ones(b, t))
+    return EpisodeBatch(
+        obs=torch.randn(b, t + 1, 2, 4, generator=gen),
+        state=state,
+        avail=avail,
+        actions=actions,
+        reward=good.sum(-1) + good.prod(-1),
+        terminated=terminated,
+        mask=torch.ones(b, t),
+    )
 
 
 @pytest.mark.parametrize("learner_cls", [FACMAC, RaceDiscreteLearner])
@@ -295,7 +340,9 @@ def test_learners_solve_a_coordination_game_from_replayed_episodes(learner_cls):
     """Off-policy learning from episodes: the critic learns the payoffs, the MARL heads (through the
     mixed critic and Gumbel-softmax) move almost all probability to the rewarded action."""
     cfg = discrete_config("race", extra=["discrete.critic_hidden=[32]", "discrete.target_update_interval=20"])
-    spec = EnvSpec(task="game", n_agents=2, obs_dims=(4, 4), state_dim=4, act_dims=(3, 3), discrete=True, episode_limit=3)
+    spec = EnvSpec(
+        task="game", n_agents=2, obs_dims=(4, 4), state_dim=4, act_dims=(3, 3), discrete=True, episode_limit=3
+    )
     learner = learner_cls(spec, cfg, torch.Generator().manual_seed(0))
     population = torch.randn(2, *learner.marl_heads.shape) * 0.1
     gen = torch.Generator().manual_seed(1)
@@ -355,7 +402,10 @@ def test_eval_command_on_a_discrete_run(fake_smac, tmp_path):
     from racemarl.cli import main
 
     Trainer(discrete_config("race"), tmp_path / "run").train()
-    assert main(["eval", str(tmp_path / "run"), "--episodes", "3", "--team", "best", "--out", str(tmp_path / "e.json")]) == 0
+    assert (
+        main(["eval", str(tmp_path / "run"), "--episodes", "3", "--team", "best", "--out", str(tmp_path / "e.json")])
+        == 0
+    )
     import json
 
     result = json.loads((tmp_path / "e.json").read_text())

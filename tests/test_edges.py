@@ -1,7 +1,7 @@
 """Runs and folders without surprises (issue #23): one process per run folder, runs too large for memory, an
 unreachable Ray address, and the faults of a user's own environment (exceptions, observations that do not fit,
 NaN/inf, agents that leave mid-episode or appear from nowhere)."""
-import os
+
 import socket
 import subprocess
 import sys
@@ -21,8 +21,22 @@ SMALL = [s for s in TINY if not s.startswith("env.max_episode_steps")] + ["env.m
 
 
 def _train_args(out, task=BAD, steps=60, extra=()):
-    args = ["train", "--task", task, "--algo", "race", "--total-steps", str(steps), "--out", str(out),
-            "--eval-interval", "24", "--eval-episodes", "1", "--no-progress"]
+    args = [
+        "train",
+        "--task",
+        task,
+        "--algo",
+        "race",
+        "--total-steps",
+        str(steps),
+        "--out",
+        str(out),
+        "--eval-interval",
+        "24",
+        "--eval-episodes",
+        "1",
+        "--no-progress",
+    ]
     for s in SMALL + list(extra):
         args += ["--set", s]
     return args
@@ -40,9 +54,11 @@ def _one_line_error(capsys) -> str:
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
     """Another process holding RUN/.train.lock (as a running `racemarl train` does) until it is killed."""
-    code = ("import sys, time; from racemarl.records.runs import FolderLock, TRAIN_LOCK; from pathlib import Path; "
-            "FolderLock(Path(sys.argv[1]) / TRAIN_LOCK, 'racemarl train').acquire(); print('held', flush=True); "
-            "time.sleep(60)")
+    code = (
+        "import sys, time; from racemarl.records.runs import FolderLock, TRAIN_LOCK; from pathlib import Path; "
+        "FolderLock(Path(sys.argv[1]) / TRAIN_LOCK, 'racemarl train').acquire(); print('held', flush=True); "
+        "time.sleep(60)"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout.readline().strip() == "held"
@@ -148,13 +164,16 @@ def test_a_listener_that_is_not_ray_is_refused_within_the_bound(tmp_path, capsys
 # ---------------------------------------------------------------- 7-9. the environment's own faults
 
 
-@pytest.mark.parametrize("fault, words", [
-    ("step_raises", ["step()", "ZeroDivisionError", "episode step 3", "RACEMARL_TRACEBACK"]),
-    ("bad_obs", ["runner", "4 numbers", "declares 3"]),
-    ("nan_reward", ["reward of nan"]),
-    ("inf_obs", ["runner", "NaN or inf"]),
-    ("stranger", ["ghost", "possible_agents"]),
-])
+@pytest.mark.parametrize(
+    "fault, words",
+    [
+        ("step_raises", ["step()", "ZeroDivisionError", "episode step 3", "RACEMARL_TRACEBACK"]),
+        ("bad_obs", ["runner", "4 numbers", "declares 3"]),
+        ("nan_reward", ["reward of nan"]),
+        ("inf_obs", ["runner", "NaN or inf"]),
+        ("stranger", ["ghost", "possible_agents"]),
+    ],
+)
 def test_an_env_fault_is_one_line_and_leaves_no_half_written_run(tmp_path, capsys, fault, words):
     out = tmp_path / "run"
     assert main(_train_args(out, extra=[f"env.kwargs.fault={fault}"])) == 2
@@ -179,8 +198,10 @@ def test_an_env_fault_after_a_checkpoint_leaves_the_run_resumable(tmp_path, caps
 
 def test_an_env_fault_in_a_worker_process_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_train_args(out, extra=["env.kwargs.fault=step_raises", "rollout.backend=process",
-                                        "rollout.workers=1"])) == 2
+    assert (
+        main(_train_args(out, extra=["env.kwargs.fault=step_raises", "rollout.backend=process", "rollout.workers=1"]))
+        == 2
+    )
     line = _one_line_error(capsys)
     assert "ZeroDivisionError" in line and "step()" in line and not out.exists()
 
@@ -215,8 +236,12 @@ def test_a_relative_env_file_is_stored_absolute_so_eval_and_video_work_from_anyw
     assert main(["eval", str(run), "--episodes", "1"]) == 0
     # 10. a task that cannot render: one line, nothing written
     pytest.importorskip("imageio")
-    assert main(["eval", str(run), "--episodes", "1", "--video", str(tmp_path / "v.mp4"), "--out",
-                 str(tmp_path / "e.json")]) == 2
+    assert (
+        main(
+            ["eval", str(run), "--episodes", "1", "--video", str(tmp_path / "v.mp4"), "--out", str(tmp_path / "e.json")]
+        )
+        == 2
+    )
     assert "--video" in _one_line_error(capsys)
     assert not (tmp_path / "v.mp4").exists() and not (tmp_path / "e.json").exists()
 
@@ -244,8 +269,12 @@ def test_make_config_takes_mapping_entries_as_the_string_form_does():
     import racemarl
     from racemarl.config import ConfigError
 
-    a = racemarl.make_config(task="mpe/simple_spread", overrides={"env.kwargs.continuous": False, "learner.batch_size": 64})
-    b = racemarl.make_config(task="mpe/simple_spread", overrides=["env.kwargs.continuous=false", "learner.batch_size=64"])
+    a = racemarl.make_config(
+        task="mpe/simple_spread", overrides={"env.kwargs.continuous": False, "learner.batch_size": 64}
+    )
+    b = racemarl.make_config(
+        task="mpe/simple_spread", overrides=["env.kwargs.continuous=false", "learner.batch_size=64"]
+    )
     assert a.env.kwargs == b.env.kwargs == {"continuous": False} and a.learner.batch_size == 64
     with pytest.raises(ConfigError, match="unknown config key"):
         racemarl.make_config(overrides={"learner.nope": 1})
@@ -275,7 +304,9 @@ def test_a_sweep_leaves_a_run_that_another_process_trains_alone(tmp_path, capsys
     from racemarl.experiment.sweep_grid import run_name
 
     out = tmp_path / "grid"
-    sweep = ["sweep", "--tasks", BAD, "--out", str(out), "--eval-interval", "12"] + [x for s in SMALL for x in ("--set", s)]
+    sweep = ["sweep", "--tasks", BAD, "--out", str(out), "--eval-interval", "12"] + [
+        x for s in SMALL for x in ("--set", s)
+    ]
     assert main(sweep + ["--total-steps", "12"]) == 0
     run = out / run_name(BAD, "race", 1)
     before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}

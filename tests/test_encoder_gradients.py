@@ -1,4 +1,5 @@
 """grad_enc_*: the gradient norm each encoder-loss term puts on the shared encoders, logged at every evaluation."""
+
 import copy
 import math
 
@@ -16,8 +17,9 @@ def _values(rows, col):
     return [float(r[col]) for r in rows if r[col] != ""]
 
 
-@pytest.mark.parametrize("algo, terms", [("race", GRAD_COLUMNS), ("matd3", ("grad_enc_actor",)),
-                                         ("merl", ("grad_enc_actor",))])
+@pytest.mark.parametrize(
+    "algo, terms", [("race", GRAD_COLUMNS), ("matd3", ("grad_enc_actor",)), ("merl", ("grad_enc_actor",))]
+)
 def test_each_term_is_logged_once_learning_has_begun(tmp_path, algo, terms):
     train(tiny_config(algo, total_steps=200), tmp_path)
     rows = read_metrics(tmp_path / "metrics.csv")
@@ -54,7 +56,6 @@ def test_the_norms_are_the_encoder_gradients_of_each_term_alone(tmp_path):
     batch = trainer.buffer.sample(trainer._batch_size())
     norms = learner.encoder_grad_norms(batch, trainer.population)
     before = {k: v.clone() for k, v in learner.state_dict().items()}
-    gen_state = learner.generator.get_state()
     learner._teams = None
     losses = learner.encoder_losses(batch, trainer.population)
     for name, loss in losses.items():

@@ -1,4 +1,5 @@
 """Tests for racemarl.envs: the MaMuJoCo adapter, task names and the conformance checker."""
+
 from __future__ import annotations
 
 import importlib.util

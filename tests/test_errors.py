@@ -1,4 +1,5 @@
 """Every bad input is one line on stderr, exit status 2, no traceback, and nothing written."""
+
 import argparse
 import os
 import subprocess
@@ -32,25 +33,28 @@ def place(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--out", "{p}/afile"], "is a file, not a folder"),
-    (["--out", "{p}/afile/run"], "afile is a file, not a folder"),
-    (["--out", "/proc/racemarl-test/run"], "cannot write into /proc"),
-    (["--out", "{p}/r", "--seed", "-1"], "seed must be >= 0, got -1"),
-    (["--out", "{p}/r", "--set", "learner.lr_actor=-0.001"], "learner.lr_actor must be > 0"),
-    (["--out", "{p}/r", "--set", "discrete.lr_critic=0"], "discrete.lr_critic must be > 0"),
-    (["--out", "{p}/r", "--set", "net.encoder_hidden=0"], "net.encoder_hidden must be >= 1"),
-    (["--out", "{p}/r", "--set", "net.critic_hidden=[64,0]"], "net.critic_hidden must be >= 1"),
-    (["--out", "{p}/r", "--set", "discrete.critic_hidden=[]"], "must list at least one width"),
-    (["--out", "{p}/r", "--set", "learner.expl_noise=-0.1"], "learner.expl_noise must be >= 0"),
-    (["--out", "{p}/r", "--set", "race.value_target_factor=-1"], "race.value_target_factor must be >= 0"),
-    (["--out", "{p}/r", "--set", "learner.tau=.nan"], "learner.tau must be"),
-    (["--out", "{p}/r", "--set", "race.mutation_strength=.inf"], "must be a finite number"),
-    (["--out", "{p}/r", "--set", "checkpoint_minutes=-1"], "checkpoint_minutes must be >= 0"),
-    (["--out", "{p}/r", "--config", "{p}/adir"], "is not a file"),
-    (["--out", "{p}/r", "--config", "{p}/missing.yaml"], "does not exist"),
-    (["--out", "{p}/r", "--set", "env.task=smax/no_such_map"], "unknown task 'smax/no_such_map'"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--out", "{p}/afile"], "is a file, not a folder"),
+        (["--out", "{p}/afile/run"], "afile is a file, not a folder"),
+        (["--out", "/proc/racemarl-test/run"], "cannot write into /proc"),
+        (["--out", "{p}/r", "--seed", "-1"], "seed must be >= 0, got -1"),
+        (["--out", "{p}/r", "--set", "learner.lr_actor=-0.001"], "learner.lr_actor must be > 0"),
+        (["--out", "{p}/r", "--set", "discrete.lr_critic=0"], "discrete.lr_critic must be > 0"),
+        (["--out", "{p}/r", "--set", "net.encoder_hidden=0"], "net.encoder_hidden must be >= 1"),
+        (["--out", "{p}/r", "--set", "net.critic_hidden=[64,0]"], "net.critic_hidden must be >= 1"),
+        (["--out", "{p}/r", "--set", "discrete.critic_hidden=[]"], "must list at least one width"),
+        (["--out", "{p}/r", "--set", "learner.expl_noise=-0.1"], "learner.expl_noise must be >= 0"),
+        (["--out", "{p}/r", "--set", "race.value_target_factor=-1"], "race.value_target_factor must be >= 0"),
+        (["--out", "{p}/r", "--set", "learner.tau=.nan"], "learner.tau must be"),
+        (["--out", "{p}/r", "--set", "race.mutation_strength=.inf"], "must be a finite number"),
+        (["--out", "{p}/r", "--set", "checkpoint_minutes=-1"], "checkpoint_minutes must be >= 0"),
+        (["--out", "{p}/r", "--config", "{p}/adir"], "is not a file"),
+        (["--out", "{p}/r", "--config", "{p}/missing.yaml"], "does not exist"),
+        (["--out", "{p}/r", "--set", "env.task=smax/no_such_map"], "unknown task 'smax/no_such_map'"),
+    ],
+)
 def test_train_rejects_bad_input_before_any_work(place, capsys, args, needle):
     args = [a.format(p=place) for a in args]
     before = _snapshot(place)
@@ -59,11 +63,14 @@ def test_train_rejects_bad_input_before_any_work(place, capsys, args, needle):
     assert _snapshot(place) == before
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--config", "{p}/adir"], "is not a file"),
-    (["--set", "env.task=smax/no_such_map"], "unknown task 'smax/no_such_map'"),
-    (["--set", "seed=-3"], "seed must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--config", "{p}/adir"], "is not a file"),
+        (["--set", "env.task=smax/no_such_map"], "unknown task 'smax/no_such_map'"),
+        (["--set", "seed=-3"], "seed must be >= 0"),
+    ],
+)
 def test_config_command_rejects_what_train_rejects(place, capsys, args, needle):
     assert main(["config", *[a.format(p=place) for a in args]]) == 2
     _one_line_error(capsys, needle)
@@ -82,13 +89,16 @@ def test_a_yaml_list_as_config_is_refused(tmp_path, capsys):
     _one_line_error(capsys, "must hold a mapping")
 
 
-@pytest.mark.parametrize("command", [
-    ["plot", "{runs}", "--out", "{p}/afile/fig.png"],
-    ["plot", "{runs}", "--out", "{p}/adir"],
-    ["table", "{runs}", "--out", "{p}/afile/t.md"],
-    ["export", "{runs}", "--out", "{p}/adir"],
-    ["export", "{runs}", "--out", "/proc/racemarl-test/r.json"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["plot", "{runs}", "--out", "{p}/afile/fig.png"],
+        ["plot", "{runs}", "--out", "{p}/adir"],
+        ["table", "{runs}", "--out", "{p}/afile/t.md"],
+        ["export", "{runs}", "--out", "{p}/adir"],
+        ["export", "{runs}", "--out", "/proc/racemarl-test/r.json"],
+    ],
+)
 def test_report_commands_check_their_output_first(place, capsys, command):
     runs = place / "runs"
     write_fake_run(runs / "a", "race", 1, [0, 100], [0.0, 1.0])
@@ -128,12 +138,15 @@ def _resume_copy(tiny_run, tmp_path):
     return run
 
 
-@pytest.mark.parametrize("damage, needle", [
-    ("truncate", "not a readable checkpoint"),
-    ("pickle", "loading it could run code"),
-    ("foreign", "not a racemarl training checkpoint"),
-    ("text", "not a readable checkpoint"),
-])
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        ("truncate", "not a readable checkpoint"),
+        ("pickle", "loading it could run code"),
+        ("foreign", "not a racemarl training checkpoint"),
+        ("text", "not a readable checkpoint"),
+    ],
+)
 def test_a_bad_checkpoint_is_a_clear_error(tiny_run, tmp_path, capsys, damage, needle):
     run = _resume_copy(tiny_run, tmp_path)
     path = run / "checkpoints" / "latest.pt"
@@ -163,8 +176,9 @@ def test_version_and_closed_pipe(capsys):
     assert capsys.readouterr().out.strip() == f"racemarl {__version__}"
     read, write = os.pipe()
     os.close(read)  # the reader is gone before anything is written: like `racemarl ... | head` after head exits
-    res = subprocess.run([sys.executable, "-m", "racemarl", "tasks", "--names-only"], stdout=write,
-                         stderr=subprocess.PIPE, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "racemarl", "tasks", "--names-only"], stdout=write, stderr=subprocess.PIPE, text=True
+    )
     os.close(write)
     assert res.returncode == 141 and res.stderr == ""
 
@@ -192,12 +206,15 @@ def test_tasks_table_is_cached(tmp_path, monkeypatch, capsys):
     assert calls["n"] > built
 
 
-@pytest.mark.parametrize("command, needle", [
-    (["table", "{runs}", "--digits", "-1"], "--digits must be >= 0"),
-    (["eval", "{run}", "--seed", "-1"], "--seed must be >= 0"),
-    (["sweep", "--tasks", "mamujoco/HalfCheetah-6x1", "--total-steps", "10", "--out", "{p}/afile"], "is a file"),
-    (["sweep", "--tasks", "mamujoco/HalfCheetah-6x1", "--total-steps", "10", "--out", "{p}"], "not a sweep folder"),
-])
+@pytest.mark.parametrize(
+    "command, needle",
+    [
+        (["table", "{runs}", "--digits", "-1"], "--digits must be >= 0"),
+        (["eval", "{run}", "--seed", "-1"], "--seed must be >= 0"),
+        (["sweep", "--tasks", "mamujoco/HalfCheetah-6x1", "--total-steps", "10", "--out", "{p}/afile"], "is a file"),
+        (["sweep", "--tasks", "mamujoco/HalfCheetah-6x1", "--total-steps", "10", "--out", "{p}"], "not a sweep folder"),
+    ],
+)
 def test_other_commands_reject_bad_input(place, tiny_run, capsys, command, needle):
     runs = place / "runs"
     write_fake_run(runs / "a", "race", 1, [0, 100], [0.0, 1.0])

@@ -1,4 +1,5 @@
 """`racemarl eval`: rebuilding teams from checkpoints, greedy episodes, JSON output, video, errors."""
+
 import json
 import subprocess
 import sys
@@ -16,8 +17,12 @@ from tests.conftest import tiny_config
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_runs")
     out = {}
-    for name, algo, extra in [("race", "race", []), ("ea", "ea", []), ("matd3", "matd3", []),
-                              ("unshared", "race", ["race.shared_encoder=false"])]:
+    for name, algo, extra in [
+        ("race", "race", []),
+        ("ea", "ea", []),
+        ("matd3", "matd3", []),
+        ("unshared", "race", ["race.shared_encoder=false"]),
+    ]:
         train(tiny_config(algo, extra=extra), root / name)
         out[name] = root / name
     train(tiny_config("matd3", total_steps=40, env={"task": "mamujoco/Hopper-3x1"}), root / "hopper")
@@ -30,13 +35,16 @@ def _last_eval_seed(run_dir):
     return [1, 2, int(rows[-1]["env_steps"])], rows[-1]  # tiny_config runs use seed 1; seeds follow the env step
 
 
-@pytest.mark.parametrize("name, team, column", [
-    ("race", "marl", "eval_return_marl"),
-    ("race", "best", "eval_return_best_team"),
-    ("matd3", "marl", "eval_return_marl"),
-    ("ea", "best", "eval_return_best_team"),
-    ("unshared", "best", "eval_return_best_team"),  # a population team with its own encoders
-])
+@pytest.mark.parametrize(
+    "name, team, column",
+    [
+        ("race", "marl", "eval_return_marl"),
+        ("race", "best", "eval_return_best_team"),
+        ("matd3", "marl", "eval_return_marl"),
+        ("ea", "best", "eval_return_best_team"),
+        ("unshared", "best", "eval_return_best_team"),  # a population team with its own encoders
+    ],
+)
 def test_eval_replays_the_runs_last_evaluation(runs, tmp_path, name, team, column):
     """Same weights, same team, same env seeds as the trainer's last evaluation -> the same return."""
     seed, last = _last_eval_seed(runs[name])
@@ -50,8 +58,22 @@ def test_eval_cli_writes_json(runs, capsys):
     printed = capsys.readouterr().out
     assert "team marl" in printed and "mean" in printed
     data = json.loads((runs["race"] / "eval.json").read_text())
-    for key in ("run_dir", "checkpoint", "task", "algo", "team", "episodes", "seed", "env_steps",
-                "mean", "std", "min", "max", "returns", "lengths"):
+    for key in (
+        "run_dir",
+        "checkpoint",
+        "task",
+        "algo",
+        "team",
+        "episodes",
+        "seed",
+        "env_steps",
+        "mean",
+        "std",
+        "min",
+        "max",
+        "returns",
+        "lengths",
+    ):
         assert key in data, key
     assert data["team"] == "marl" and data["episodes"] == 3 and len(data["returns"]) == 3
     assert data["min"] <= data["mean"] <= data["max"]
@@ -59,11 +81,15 @@ def test_eval_cli_writes_json(runs, capsys):
 
 
 def test_eval_teams(runs, tmp_path, capsys):
-    assert main(["eval", str(runs["race"]), "--team", "best", "--episodes", "2", "--out", str(tmp_path / "b.json")]) == 0
+    assert (
+        main(["eval", str(runs["race"]), "--team", "best", "--episodes", "2", "--out", str(tmp_path / "b.json")]) == 0
+    )
     assert json.loads((tmp_path / "b.json").read_text())["team"] == "best"
     assert main(["eval", str(runs["race"]), "--team", "2", "--episodes", "2", "--out", str(tmp_path / "k.json")]) == 0
     assert json.loads((tmp_path / "k.json").read_text())["team"] == "slot 2"
-    assert main(["eval", str(runs["unshared"]), "--team", "0", "--episodes", "1", "--out", str(tmp_path / "u.json")]) == 0
+    assert (
+        main(["eval", str(runs["unshared"]), "--team", "0", "--episodes", "1", "--out", str(tmp_path / "u.json")]) == 0
+    )
     assert main(["eval", str(runs["ea"]), "--episodes", "1", "--out", str(tmp_path / "ea.json")]) == 0
     assert json.loads((tmp_path / "ea.json").read_text())["team"] == "best"  # ea's default team
 
@@ -89,7 +115,8 @@ def test_eval_errors(runs, tmp_path, capsys):
     assert "no checkpoint at" in _error(capsys, ["eval", str(runs["race"]), "--checkpoint", str(tmp_path / "x.pt")])
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert "not a readable checkpoint" in _error(
-        capsys, ["eval", str(runs["race"]), "--checkpoint", str(tmp_path / "junk.pt")])
+        capsys, ["eval", str(runs["race"]), "--checkpoint", str(tmp_path / "junk.pt")]
+    )
 
 
 def test_eval_video(runs, tmp_path):
@@ -98,8 +125,23 @@ def test_eval_video(runs, tmp_path):
     if all(reasons.values()):
         pytest.skip(f"no off-screen GL backend for MuJoCo here: {reasons}")
     video, out = tmp_path / "v.mp4", tmp_path / "v.json"
-    res = subprocess.run([sys.executable, "-m", "racemarl", "eval", str(runs["race"]), "--episodes", "2",
-                          "--video", str(video), "--out", str(out)], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "racemarl",
+            "eval",
+            str(runs["race"]),
+            "--episodes",
+            "2",
+            "--video",
+            str(video),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     assert video.stat().st_size > 1000
     data = json.loads(out.read_text())
@@ -109,4 +151,3 @@ def test_eval_video(runs, tmp_path):
 
     frames = iio.imread(video)
     assert frames.shape[0] == data["video_frames"] and frames.shape[-1] == 3
-

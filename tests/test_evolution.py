@@ -1,4 +1,5 @@
 """Tests for racemarl.algorithms.evolution: elitism, agent/row crossover, mutation, MARL injection, tournaments."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -127,8 +128,14 @@ def test_agent_mutation_changes_fraction_of_each_row_and_never_bias_or_elites(fr
     base = population(1, 3)[0]
     heads = base.expand(pop, *base.shape).clone()
     fitness = np.array([1.0, 5.0, 2.0, 4.0, 3.0])  # elite: team 1
-    cfg = cfg_with(elite_fraction=0.2, mutation_prob=1.0, mutation_frac=frac, mutate_bias=False,
-                   super_mutation_prob=0.2, reset_prob=0.2)
+    cfg = cfg_with(
+        elite_fraction=0.2,
+        mutation_prob=1.0,
+        mutation_frac=frac,
+        mutate_bias=False,
+        super_mutation_prob=0.2,
+        reset_prob=0.2,
+    )
     assert n_mutated(D, frac) == expected_per_row  # frac * d = 0.4 < 1 still mutates one weight
     rng = np.random.default_rng(3)
     for _ in range(10):
@@ -344,10 +351,10 @@ def test_merl_encoder_mutation_touches_only_mutated_agents_real_weights():
         assert torch.equal(v[1, 1], before[name][1, 1])  # agent 1 of team 1 untouched
         if not name.endswith("weight") or v.dim() != 4:
             assert torch.equal(v[1, 0], before[name][1, 0])  # biases and LayerNorm never mutated
-    l1 = (params["l1.weight"][1, 0] != before["l1.weight"][1, 0])  # [in_max=5, out=6]
+    l1 = params["l1.weight"][1, 0] != before["l1.weight"][1, 0]  # [in_max=5, out=6]
     assert torch.all(l1[:3].sum(0) == n_mutated(3, 0.5))  # per output unit, a fraction of agent 0's 3 real inputs
     assert not l1[3:].any() and torch.count_nonzero(params["l1.weight"][1, 0, 3:]) == 0  # padding stays zero
-    l2 = (params["l2.weight"][1, 0] != before["l2.weight"][1, 0])
+    l2 = params["l2.weight"][1, 0] != before["l2.weight"][1, 0]
     assert torch.all(l2.sum(0) == n_mutated(6, 0.5))
 
 

@@ -6,6 +6,7 @@
   tolerance;
 - a tiny run trains on CUDA, resumes on the CPU, and `racemarl eval` of it works on the CPU.
 """
+
 from __future__ import annotations
 
 import copy
@@ -87,6 +88,21 @@ def test_train_on_cuda_resume_and_evaluate_on_cpu(tmp_path):
     summary = Trainer(tiny_config("race", total_steps=160, device="cpu"), run, resume=True).train()
     assert summary["total_env_steps"] >= 160
     assert evaluate_run(run, episodes=1)["episodes"] == 1
-    res = subprocess.run([sys.executable, "-m", "racemarl", "train", "--resume", str(run), "--total-steps", "240",
-                          "--device", "cuda", "--no-progress"], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "racemarl",
+            "train",
+            "--resume",
+            str(run),
+            "--total-steps",
+            "240",
+            "--device",
+            "cuda",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr

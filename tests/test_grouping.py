@@ -13,8 +13,16 @@ from tests.test_plot import write_fake_run
 
 def fake(root, name, algo, seed, values, sets=(), diverged=False, **kw):
     path = write_fake_run(root / name, algo, seed, [0, 100, 200], values, **kw)
-    save_yaml(tiny_config(algo, seed=seed, total_steps=200, extra=list(sets), **({"env": {"task": kw["task"]}} if "task" in kw else {})),
-              path / "config.yaml")
+    save_yaml(
+        tiny_config(
+            algo,
+            seed=seed,
+            total_steps=200,
+            extra=list(sets),
+            **({"env": {"task": kw["task"]}} if "task" in kw else {}),
+        ),
+        path / "config.yaml",
+    )
     if diverged:
         (path / "summary.json").unlink()
         (path / "checkpoints").mkdir()

@@ -1,4 +1,5 @@
 """The package's layering: no module imports one of a higher layer (checked by parsing every import)."""
+
 import ast
 from pathlib import Path
 
@@ -8,15 +9,15 @@ ROOT = Path(racemarl.__file__).parent
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
-    ("envs",),                             # the environments import nothing of the rest
-    ("config", "device", "precision"),     # the typed config; devices and host-to-device copies; fp32/bf16
+    ("envs",),  # the environments import nothing of the rest
+    ("config", "device", "precision"),  # the typed config; devices and host-to-device copies; fp32/bf16
     ("nets",),
-    ("data",),                             # the two replay buffers
-    ("algorithms",),                       # MATD3, FACMAC, RACE (continuous, discrete), evolution
-    ("acting",),                           # rollouts and rollout workers
-    ("records",),                          # run folders, checkpoints, metrics, trackers
-    ("train",),                            # the training loop
-    ("experiment",),                       # evaluate, sweep, presets, plot, report, stats
+    ("data",),  # the two replay buffers
+    ("algorithms",),  # MATD3, FACMAC, RACE (continuous, discrete), evolution
+    ("acting",),  # rollouts and rollout workers
+    ("records",),  # run folders, checkpoints, metrics, trackers
+    ("train",),  # the training loop
+    ("experiment",),  # evaluate, sweep, presets, plot, report, stats
     ("api", "cli", "__main__", "__init__"),
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -38,7 +39,7 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
             out += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative import: resolve against the module's package
-                pkg = path.relative_to(ROOT.parent).with_suffix("").parts[:-node.level]
+                pkg = path.relative_to(ROOT.parent).with_suffix("").parts[: -node.level]
                 base = ".".join(pkg + ((node.module,) if node.module else ()))
             else:
                 base = node.module or ""
@@ -75,7 +76,14 @@ def test_no_import_runs_upwards():
 
 def test_the_root_holds_only_the_entry_points():
     root_modules = sorted(p.stem for p in ROOT.glob("*.py"))
-    assert root_modules == ["__init__", "__main__", "api", "device", "precision", "train"]  # and the config/ and cli/ packages
+    assert root_modules == [
+        "__init__",
+        "__main__",
+        "api",
+        "device",
+        "precision",
+        "train",
+    ]  # and the config/ and cli/ packages
 
 
 def test_every_folder_of_modules_is_a_package():

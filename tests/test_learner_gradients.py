@@ -7,6 +7,7 @@ What must hold (RACE, ICML 2023):
 - MATD3 targets move by tau; a non-finite batch or loss steps nothing (decided on the device) and
   `raise_if_non_finite` reports it with NonFiniteLossError.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,8 +37,17 @@ POP = 4
 def make_spec() -> EnvSpec:
     low = (np.array([-1.0], np.float32), np.array([-0.4, -0.4], np.float32), np.array([-1.0, -1.0], np.float32))
     high = tuple(-x for x in low)
-    return EnvSpec(task="test/handmade", n_agents=3, obs_dims=OBS_DIMS, state_dim=STATE_DIM, act_dims=ACT_DIMS,
-                   discrete=False, episode_limit=10, act_low=low, act_high=high)
+    return EnvSpec(
+        task="test/handmade",
+        n_agents=3,
+        obs_dims=OBS_DIMS,
+        state_dim=STATE_DIM,
+        act_dims=ACT_DIMS,
+        discrete=False,
+        episode_limit=10,
+        act_low=low,
+        act_high=high,
+    )
 
 
 def tiny_cfg(algo: str = "race", **race) -> Config:
@@ -258,7 +268,7 @@ def test_matd3_update_losses_and_soft_targets():
         keys = [k for k in before if k.startswith(targ)]
         assert keys
         for k in keys:
-            src = online + k[len(targ):]
+            src = online + k[len(targ) :]
             assert not torch.equal(before[src], after[src]), src  # online net was trained
             expected = before[k] + tau * (after[src] - before[k])
             torch.testing.assert_close(after[k], expected, rtol=1e-5, atol=1e-6)

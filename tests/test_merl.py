@@ -1,5 +1,6 @@
 """MERL (`--algo merl`): a population of whole team networks evolved on the team return, with the MATD3
 learner's team injected every generation."""
+
 import torch
 
 from racemarl.cli import main
@@ -10,12 +11,34 @@ from tests.conftest import TINY, tiny_config
 
 def test_merl_trains_from_the_cli(tmp_path, capsys):
     sets = [x for s in TINY + ["learner.start_steps=20", "learner.gamma=0.5"] for x in ("--set", s)]
-    code = main(["train", "--algo", "merl", "--total-steps", "160", "--eval-interval", "40", "--eval-episodes", "1",
-                 "--no-progress", "--out", str(tmp_path / "run"), *sets])
+    code = main(
+        [
+            "train",
+            "--algo",
+            "merl",
+            "--total-steps",
+            "160",
+            "--eval-interval",
+            "40",
+            "--eval-episodes",
+            "1",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "run"),
+            *sets,
+        ]
+    )
     assert code == 0
     last = read_metrics(tmp_path / "run" / "metrics.csv")[-1]
-    for col in ("eval_return_marl", "eval_return_best_team", "fitness_max", "injected_slot", "loss_critic",
-                "loss_actor", "q_bias_marl"):
+    for col in (
+        "eval_return_marl",
+        "eval_return_best_team",
+        "fitness_max",
+        "injected_slot",
+        "loss_critic",
+        "loss_actor",
+        "q_bias_marl",
+    ):
         assert last[col] != "", col
     for col in ("loss_pevfa", "loss_vfm", "loss_vmm"):  # no RACE representation losses
         assert last[col] == "", col

@@ -1,4 +1,5 @@
 """Tests for racemarl.nets.mi: the separable JSD MI bound (VMM) and the value weights."""
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,9 @@ def test_negatives_exclude_the_diagonal():
     # -sp(-c) - sp(c) + log 4 <= 0 for any constant c
     for c in (0.0, 1.5, -2.0):
         est = jsd_mi_per_sample(torch.full((1, b, b), c))
-        torch.testing.assert_close(est, torch.full((1, b), -F.softplus(torch.tensor(-c)).item()
-                                                   - F.softplus(torch.tensor(c)).item() + LOG4))
+        torch.testing.assert_close(
+            est, torch.full((1, b), -F.softplus(torch.tensor(-c)).item() - F.softplus(torch.tensor(c)).item() + LOG4)
+        )
         assert torch.all(est <= 1e-6)
 
 

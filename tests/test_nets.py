@@ -4,6 +4,7 @@ The central check is that every batched action path (one team, K teams, one team
 MATD3.act with one observation per team) equals a plain per-agent, per-team python-loop reference
 `tanh(z_i @ W_i^T + b_i)` scaled to each action dimension's own bounds.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,17 @@ ACT_HIGH = (np.array([1.0], np.float32), np.array([0.4, 0.4], np.float32), np.ar
 
 
 def make_spec() -> EnvSpec:
-    return EnvSpec(task="test/handmade", n_agents=3, obs_dims=OBS_DIMS, state_dim=STATE_DIM, act_dims=ACT_DIMS,
-                   discrete=False, episode_limit=10, act_low=ACT_LOW, act_high=ACT_HIGH)
+    return EnvSpec(
+        task="test/handmade",
+        n_agents=3,
+        obs_dims=OBS_DIMS,
+        state_dim=STATE_DIM,
+        act_dims=ACT_DIMS,
+        discrete=False,
+        episode_limit=10,
+        act_low=ACT_LOW,
+        act_high=ACT_HIGH,
+    )
 
 
 def tiny_cfg() -> Config:
@@ -277,7 +287,9 @@ def test_matd3_act_and_policy_equal_per_agent_per_team_reference():
             _, ref = reference_action(z[i], heads[team, i], i)
             torch.testing.assert_close(act[team, i, : ACT_DIMS[i]], ref[0])
             lo, hi = ACT_LOW[i], ACT_HIGH[i]
-            assert np.all(act[team, i, : ACT_DIMS[i]].numpy() >= lo) and np.all(act[team, i, : ACT_DIMS[i]].numpy() <= hi)
+            assert np.all(act[team, i, : ACT_DIMS[i]].numpy() >= lo) and np.all(
+                act[team, i, : ACT_DIMS[i]].numpy() <= hi
+            )
     # MATD3.policy: the flat joint action of one team on a batch
     obs_b = random_padded_obs(7, gen)
     z = learner.encoders(obs_b)

@@ -1,5 +1,6 @@
 """Bring your own environment: the PettingZoo adapter, mpe/* tasks, pettingzoo/<module>:<factory> tasks,
 `register_env`, env.kwargs, and their errors."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -75,13 +76,22 @@ def test_env_kwargs_reach_the_factory_and_discrete_mpe_has_masks():
     _, _, avail = env.reset(seed=0)
     assert [m.tolist() for m in avail] == [[1.0] * 5] * 2  # no masks in the env: all actions available
     check_env_conformance(env)
-    assert is_discrete_task(SPREAD, kwargs={"N": 2}) and not is_discrete_task(SPREAD, kwargs={"continuous_actions": True})
+    assert is_discrete_task(SPREAD, kwargs={"N": 2}) and not is_discrete_task(
+        SPREAD, kwargs={"continuous_actions": True}
+    )
 
 
 def test_user_env_masks_fallback_state_early_agent_exit(in_root):
     env = make_env(USER_TASK)
     s = env.spec
-    assert (s.n_agents, s.obs_dims, s.state_dim, s.act_dims, s.discrete, s.episode_limit) == (2, (2, 3), 5, (3, 3), True, 12)
+    assert (s.n_agents, s.obs_dims, s.state_dim, s.act_dims, s.discrete, s.episode_limit) == (
+        2,
+        (2, 3),
+        5,
+        (3, 3),
+        True,
+        12,
+    )
     check_env_conformance(env)
     obs, state, avail = env.reset(seed=0)
     np.testing.assert_array_equal(state, np.concatenate(obs))  # no state(): concatenated observations
@@ -117,18 +127,21 @@ def test_truncation_vs_termination(in_root):
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("task, match", [
-    ("pettingzoo/no_such_module_xyz:make", "cannot import module 'no_such_module_xyz'"),
-    ("pettingzoo/tests/no_file.py:make_env", "no such file"),
-    ("pettingzoo/tests/user_env.py:nope", "has no attribute 'nope'"),
-    ("pettingzoo/tests/user_env.py:not_an_env", "not a PettingZoo ParallelEnv"),
-    ("pettingzoo/tests/user_env.py:SIZE", "not a callable"),
-    ("pettingzoo/mpe2", "expected 'pettingzoo/<module>:<factory>'"),
-    ("pettingzoo/mpe2.simple_tag_v3:parallel_env", "competing teams"),
-    ("pettingzoo/mpe2.simple_crypto_v3:parallel_env", "competing teams"),
-    ("pettingzoo/mpe2.simple_spread_v3:env", "AECEnv"),
-    ("mpe/simple_tag", "valid mpe tasks"),
-])
+@pytest.mark.parametrize(
+    "task, match",
+    [
+        ("pettingzoo/no_such_module_xyz:make", "cannot import module 'no_such_module_xyz'"),
+        ("pettingzoo/tests/no_file.py:make_env", "no such file"),
+        ("pettingzoo/tests/user_env.py:nope", "has no attribute 'nope'"),
+        ("pettingzoo/tests/user_env.py:not_an_env", "not a PettingZoo ParallelEnv"),
+        ("pettingzoo/tests/user_env.py:SIZE", "not a callable"),
+        ("pettingzoo/mpe2", "expected 'pettingzoo/<module>:<factory>'"),
+        ("pettingzoo/mpe2.simple_tag_v3:parallel_env", "competing teams"),
+        ("pettingzoo/mpe2.simple_crypto_v3:parallel_env", "competing teams"),
+        ("pettingzoo/mpe2.simple_spread_v3:env", "AECEnv"),
+        ("mpe/simple_tag", "valid mpe tasks"),
+    ],
+)
 def test_bad_tasks_are_one_line_errors(task, match, in_root):
     if "mpe2" in task:
         _needs_mpe2()
@@ -195,8 +208,12 @@ def test_env_kwargs_config_entries_merge():
 def test_cli_errors_exit_2_with_one_line_and_no_run_dir(tmp_path, in_root):
     for task in ("pettingzoo/no_such_module_xyz:make", "pettingzoo/tests/user_env.py:not_an_env"):
         out = tmp_path / "run"
-        p = subprocess.run([sys.executable, "-m", "racemarl", "train", "--task", task, "--total-steps", "10",
-                            "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+        p = subprocess.run(
+            [sys.executable, "-m", "racemarl", "train", "--task", task, "--total-steps", "10", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         assert p.returncode == 2 and "Traceback" not in p.stderr
         assert p.stderr.count("\n") == 1 and p.stderr.startswith("racemarl: error: ")
         assert not out.exists()
@@ -207,9 +224,26 @@ def test_cli_errors_exit_2_with_one_line_and_no_run_dir(tmp_path, in_root):
 
 def test_third_party_env_trains_from_the_cli(tmp_path, in_root):
     _needs_mpe2()
-    args = ["train", "--task", SPREAD, "--algo", "race", "--total-steps", "120", "--eval-interval", "40",
-            "--eval-episodes", "1", "--out", str(tmp_path / "r"), "--no-progress",
-            "--set", "env.kwargs.N=2", "--set", "env.kwargs.continuous_actions=true"]
+    args = [
+        "train",
+        "--task",
+        SPREAD,
+        "--algo",
+        "race",
+        "--total-steps",
+        "120",
+        "--eval-interval",
+        "40",
+        "--eval-episodes",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+        "--set",
+        "env.kwargs.N=2",
+        "--set",
+        "env.kwargs.continuous_actions=true",
+    ]
     for s in TINY:
         args += ["--set", s]
     assert main(args + ["--set", "env.max_episode_steps=10"]) == 0
@@ -220,13 +254,31 @@ def test_third_party_env_trains_from_the_cli(tmp_path, in_root):
 
 
 def test_user_script_env_trains_from_the_cli(tmp_path, in_root, capsys):
-    args = ["train", "--task", USER_TASK, "--algo", "facmac", "--total-steps", "120", "--eval-interval", "60",
-            "--eval-episodes", "2", "--out", str(tmp_path / "r"), "--no-progress", "--set", "discrete.batch_episodes=2"]
+    args = [
+        "train",
+        "--task",
+        USER_TASK,
+        "--algo",
+        "facmac",
+        "--total-steps",
+        "120",
+        "--eval-interval",
+        "60",
+        "--eval-episodes",
+        "2",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+        "--set",
+        "discrete.batch_episodes=2",
+    ]
     for s in TINY:
         args += ["--set", s]
     assert main(args) == 0
     rows = read_metrics(tmp_path / "r" / "metrics.csv")
-    assert int(rows[-1]["updates"]) > 0 and is_discrete_task(USER_TASK)  # the discrete learner ran; PettingZoo tasks have no battles to win:
+    assert int(rows[-1]["updates"]) > 0 and is_discrete_task(
+        USER_TASK
+    )  # the discrete learner ran; PettingZoo tasks have no battles to win:
     assert rows[-1]["eval_win_rate"] in ("", None) and "win rate" not in capsys.readouterr().out
 
 
@@ -234,8 +286,12 @@ def test_user_script_env_trains_from_the_cli(tmp_path, in_root, capsys):
 def test_registered_env_trains_from_the_api(tmp_path, algo, continuous):
     register_env("mylab/line_walk", user_env.make_env, continuous=continuous)
     try:
-        cfg = tiny_config(algo, total_steps=120, extra=["discrete.batch_episodes=2", "env.kwargs.scout_steps=2"],
-                          env={"task": "mylab/line_walk"})
+        cfg = tiny_config(
+            algo,
+            total_steps=120,
+            extra=["discrete.batch_episodes=2", "env.kwargs.scout_steps=2"],
+            env={"task": "mylab/line_walk"},
+        )
         assert "mylab/line_walk" in list_tasks()
         summary = train(cfg, tmp_path / "r")
     finally:

@@ -1,4 +1,5 @@
 """`racemarl plot`: curve data (alignment, mean, bands, smoothing) on fake runs with known values, and the figure."""
+
 import csv
 import math
 
@@ -15,8 +16,9 @@ from tests.conftest import tiny_config
 T975 = {1: 12.706, 2: 4.303, 4: 2.776, 9: 2.262, 29: 2.045}
 
 
-def write_fake_run(path, algo, seed, steps, values, task="mamujoco/HalfCheetah-6x1", metric="eval_return",
-                   summary=True, extra=None):
+def write_fake_run(
+    path, algo, seed, steps, values, task="mamujoco/HalfCheetah-6x1", metric="eval_return", summary=True, extra=None
+):
     """A run directory with config.yaml and a metrics.csv holding `values` of `metric` at `steps`."""
     path.mkdir(parents=True)
     save_yaml(tiny_config(algo, seed=seed, total_steps=int(steps[-1]), env={"task": task}), path / "config.yaml")
@@ -30,10 +32,22 @@ def write_fake_run(path, algo, seed, steps, values, task="mamujoco/HalfCheetah-6
     if summary:
         import json
 
-        (path / "summary.json").write_text(json.dumps({
-            "task": task, "algo": algo, "seed": seed, "final_eval_return": values[-1],
-            "best_eval_return": max(values), "total_env_steps": int(steps[-1]), "updates": 10, "generations": len(steps),
-            "wall_time": 1.0, "mean_sps": 1.0}))
+        (path / "summary.json").write_text(
+            json.dumps(
+                {
+                    "task": task,
+                    "algo": algo,
+                    "seed": seed,
+                    "final_eval_return": values[-1],
+                    "best_eval_return": max(values),
+                    "total_env_steps": int(steps[-1]),
+                    "updates": 10,
+                    "generations": len(steps),
+                    "wall_time": 1.0,
+                    "mean_sps": 1.0,
+                }
+            )
+        )
     return path
 
 
@@ -99,8 +113,14 @@ def test_plot_cli_writes_a_figure(tmp_path, capsys):
     for task in ("mamujoco/HalfCheetah-6x1", "mamujoco/Hopper-3x1"):
         for algo in ("race", "matd3"):
             for seed in (1, 2):
-                write_fake_run(tmp_path / "runs" / f"{task[9:]}_{algo}_{seed}", algo, seed, [0, 100, 200],
-                               [0.0, 10.0 * seed, 20.0 * seed], task=task)
+                write_fake_run(
+                    tmp_path / "runs" / f"{task[9:]}_{algo}_{seed}",
+                    algo,
+                    seed,
+                    [0, 100, 200],
+                    [0.0, 10.0 * seed, 20.0 * seed],
+                    task=task,
+                )
     for name in ("fig.png", "fig.pdf"):
         assert main(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / name), "--smooth", "2"]) == 0
         assert (tmp_path / name).stat().st_size > 1000
@@ -114,10 +134,24 @@ def test_plot_baselines_are_horizontal_lines_in_every_panel(tmp_path, monkeypatc
     for task in ("mpe/simple_spread", "mpe/simple_line"):
         write_fake_run(tmp_path / "runs" / task[4:], "race", 1, [0, 100], [-25.0, -20.0], task=task)
     drawn, axhline = [], matplotlib.axes.Axes.axhline
-    monkeypatch.setattr(matplotlib.axes.Axes, "axhline",
-                        lambda self, y, **kw: drawn.append((y, kw["label"])) or axhline(self, y, **kw))
-    assert main(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "f.png"),
-                 "--baseline", "random=-25.6", "--baseline", " still = -21.7 "]) == 0
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "axhline", lambda self, y, **kw: drawn.append((y, kw["label"])) or axhline(self, y, **kw)
+    )
+    assert (
+        main(
+            [
+                "plot",
+                str(tmp_path / "runs"),
+                "--out",
+                str(tmp_path / "f.png"),
+                "--baseline",
+                "random=-25.6",
+                "--baseline",
+                " still = -21.7 ",
+            ]
+        )
+        == 0
+    )
     assert drawn == [(-25.6, "random"), (-21.7, "still")] * 2
     for bad in ("random", "=3", "random=x", "random=nan"):
         assert main(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "g.png"), "--baseline", bad]) == 2
@@ -130,7 +164,9 @@ def test_plot_errors(tmp_path, capsys):
     write_fake_run(tmp_path / "a", "race", 1, [0, 100], [0.0, 1.0])
     assert main(["plot", str(tmp_path / "a"), "--metric", "nope", "--out", str(tmp_path / "f.png")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "metric 'nope'" in err and "valid metrics: env_steps" in err and "eval_return" in err
+    assert (
+        err.count("\n") == 0 and "metric 'nope'" in err and "valid metrics: env_steps" in err and "eval_return" in err
+    )
     assert main(["plot", str(tmp_path / "a"), "--metric", "loss_vmm", "--out", str(tmp_path / "f.png")]) == 2
     assert "has no values" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "missing"), "--out", str(tmp_path / "f.png")]) == 2

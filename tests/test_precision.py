@@ -1,6 +1,7 @@
 """The learner's precision setting (`precision: auto|fp32|bf16`, racemarl/precision.py): resolution and recording,
 legacy configs, where bfloat16 is used and where float32 is kept, gradient agreement with float32 for every learner,
 and bit-identical reruns and resumes in bf16."""
+
 import copy
 
 import pytest
@@ -20,6 +21,7 @@ def _rows(path):
 
 
 # ------------------------------------------------------------------ resolution, config, legacy runs
+
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_resolves_by_the_hardware_and_the_run_records_it(tmp_path, monkeypatch, native):
@@ -63,10 +65,34 @@ def test_resume_keeps_the_runs_precision_and_refuses_another(tmp_path, capsys):
     from racemarl.cli import main
 
     out = tmp_path / "run"
-    args = ["train", "--algo", "matd3", "--total-steps", "40", "--eval-interval", "40", "--eval-episodes", "1",
-            "--no-progress", "--out", str(out), "--set", "net.encoder_hidden=16", "--set", "net.embed_dim=8",
-            "--set", "net.critic_hidden=[16,16]", "--set", "learner.batch_size=16", "--set", "learner.start_steps=20",
-            "--set", "env.max_episode_steps=20", "--precision", "fp32"]
+    args = [
+        "train",
+        "--algo",
+        "matd3",
+        "--total-steps",
+        "40",
+        "--eval-interval",
+        "40",
+        "--eval-episodes",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--set",
+        "net.encoder_hidden=16",
+        "--set",
+        "net.embed_dim=8",
+        "--set",
+        "net.critic_hidden=[16,16]",
+        "--set",
+        "learner.batch_size=16",
+        "--set",
+        "learner.start_steps=20",
+        "--set",
+        "env.max_episode_steps=20",
+        "--precision",
+        "fp32",
+    ]
     assert main(args) == 0
     assert main(["train", "--resume", str(out), "--total-steps", "60", "--no-progress"]) == 0  # auto: keeps fp32
     assert yaml.safe_load((out / "config.yaml").read_text())["precision"] == "fp32"
@@ -77,6 +103,7 @@ def test_resume_keeps_the_runs_precision_and_refuses_another(tmp_path, capsys):
 
 # ------------------------------------------------------------------ where bfloat16 is used, where float32 is kept
 
+
 def test_bf16_products_with_float32_values_losses_and_weights(tmp_path):
     trainer = Trainer(tiny_config("race", extra=["precision=bf16"]), tmp_path / "run")
     learner = trainer.learner
@@ -85,17 +112,27 @@ def test_bf16_products_with_float32_values_losses_and_weights(tmp_path):
     def watch(name, module):
         def hook(_module, _inputs, output):
             seen.setdefault(name, set()).add(output.dtype)
+
         return module.register_forward_hook(hook)
 
-    hooks = [watch("critic_hidden", learner.critic.net.net[0]), watch("encoder", learner.encoders.l2),
-             watch("critic_out", learner.critic.net.net[-1]), watch("value_out", learner.value.net.net[-1]),
-             watch("mi_scores", learner.mi_critic)]
+    hooks = [
+        watch("critic_hidden", learner.critic.net.net[0]),
+        watch("encoder", learner.encoders.l2),
+        watch("critic_out", learner.critic.net.net[-1]),
+        watch("value_out", learner.value.net.net[-1]),
+        watch("mi_scores", learner.mi_critic),
+    ]
     trainer.train()
     for h in hooks:
         h.remove()
     # (the encoders also act in the rollouts and evaluations, in float32)
-    assert seen == {"critic_hidden": {torch.bfloat16}, "encoder": {torch.bfloat16, torch.float32},
-                    "critic_out": {torch.float32}, "value_out": {torch.float32}, "mi_scores": {torch.float32}}
+    assert seen == {
+        "critic_hidden": {torch.bfloat16},
+        "encoder": {torch.bfloat16, torch.float32},
+        "critic_out": {torch.float32},
+        "value_out": {torch.float32},
+        "mi_scores": {torch.float32},
+    }
     assert all(p.dtype == torch.float32 for p in learner.parameters())
     for opt in learner.optimizers().values():
         for state in opt.state.values():
@@ -163,10 +200,17 @@ def _check_agreement(trainer: Trainer, same_zeros: bool = True) -> None:
             worst_name = name
         worst = (min(worst[0], cos), max(worst[1], rel))
         assert cos >= MIN_COSINE and rel <= MAX_NORM_ERROR, f"{name}: cosine {cos:.5f}, relative error {rel:.4f}"
-    total = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g in g32.values()]).double(),
-                                                  torch.cat([g16[k].flatten() for k in g32]).double(), dim=0).item()
+    total = torch.nn.functional.cosine_similarity(
+        torch.cat([g.flatten() for g in g32.values()]).double(),
+        torch.cat([g16[k].flatten() for k in g32]).double(),
+        dim=0,
+    ).item()
     assert total >= MIN_TOTAL_COSINE, f"all parameters: cosine {total:.5f}"
-    print(f"all parameters: cosine {total:.5f};", f"worst cosine {worst[0]:.5f}, worst relative norm error {worst[1]:.4f}", worst_name)
+    print(
+        f"all parameters: cosine {total:.5f};",
+        f"worst cosine {worst[0]:.5f}, worst relative norm error {worst[1]:.4f}",
+        worst_name,
+    )
 
 
 @pytest.mark.parametrize("algo", CONTINUOUS)
@@ -189,6 +233,7 @@ def test_bf16_gradients_agree_with_fp32_discrete(tmp_path, algo):
 
 
 # ------------------------------------------------------------------ determinism and resume in bf16
+
 
 @pytest.mark.parametrize("algo", ["matd3", "race"])
 def test_bf16_same_seed_same_metrics_and_exact_resume(tmp_path, algo):

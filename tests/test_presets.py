@@ -1,4 +1,5 @@
 """The paper's presets (configs/paper), the paper grids of `racemarl sweep --preset`, SMAX unit mixes."""
+
 import json
 import re
 
@@ -14,8 +15,16 @@ from racemarl.experiment.sweep import SweepSpec
 from tests.conftest import TINY
 
 PAPER_TASKS = {  # shared/spec/paper-results.md: Figure 2 (MA-MuJoCo) and the Figure 3 maps SMAX can build
-    "paper-mamujoco": {"mamujoco/HalfCheetah-2x3", "mamujoco/HalfCheetah-6x1", "mamujoco/Hopper-3x1", "mamujoco/Ant-2x4",
-                       "mamujoco/Ant-2x4d", "mamujoco/Ant-4x2", "mamujoco/Humanoid-9|8", "mamujoco/HumanoidStandup-9|8"},
+    "paper-mamujoco": {
+        "mamujoco/HalfCheetah-2x3",
+        "mamujoco/HalfCheetah-6x1",
+        "mamujoco/Hopper-3x1",
+        "mamujoco/Ant-2x4",
+        "mamujoco/Ant-2x4d",
+        "mamujoco/Ant-4x2",
+        "mamujoco/Humanoid-9|8",
+        "mamujoco/HumanoidStandup-9|8",
+    },
     "paper-smax": {"smax/2s3z", "smax/3s5z", "smax/3s_vs_3z"},
 }
 BUDGETS = {"smax/2s3z": 1_000_000, "smax/3s5z": 2_000_000, "smax/3s_vs_3z": 1_000_000}  # Figure 3
@@ -56,8 +65,14 @@ def test_paper_grid_algorithms_include_merl_where_it_runs(monkeypatch):
 
 def test_paper_grid_points_and_budgets_per_task():
     g = paper_grid("paper-smax")
-    spec = SweepSpec(tasks=list(g.presets), algos=["race", "facmac"], seeds=[1, 2, 3], total_steps=None, sets=[],
-                     task_configs={t: str(g.preset_path(t)) for t in g.presets})
+    spec = SweepSpec(
+        tasks=list(g.presets),
+        algos=["race", "facmac"],
+        seeds=[1, 2, 3],
+        total_steps=None,
+        sets=[],
+        task_configs={t: str(g.preset_path(t)) for t in g.presets},
+    )
     assert len(spec.points()) == 3 * 2 * 3
     assert {t: spec.steps_for(t) for t in g.presets} == BUDGETS
     spec.validate()
@@ -67,8 +82,25 @@ def test_paper_grid_points_and_budgets_per_task():
 
 def test_paper_grid_sweep_runs_at_a_tiny_budget(tmp_path, capsys):
     out = tmp_path / "grid"
-    args = ["sweep", "--preset", "paper-mamujoco", "--tasks", "mamujoco/HalfCheetah-6x1", "--algos", "race,ea",
-            "--seeds", "1", "--total-steps", "120", "--eval-episodes", "1", "--workers", "2", "--out", str(out)]
+    args = [
+        "sweep",
+        "--preset",
+        "paper-mamujoco",
+        "--tasks",
+        "mamujoco/HalfCheetah-6x1",
+        "--algos",
+        "race,ea",
+        "--seeds",
+        "1",
+        "--total-steps",
+        "120",
+        "--eval-episodes",
+        "1",
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+    ]
     for s in TINY:
         args += ["--set", s]
     assert main(args) == 0
@@ -84,12 +116,15 @@ def test_paper_grid_sweep_runs_at_a_tiny_budget(tmp_path, capsys):
     assert "skip     race" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--preset", "paper-atari"], "unknown preset 'paper-atari'; valid: paper-mamujoco, paper-smax"),
-    (["--preset", "paper-smax", "--tasks", "smax/3m"], "not in --preset paper-smax"),
-    (["--preset", "paper-smax", "--config", "configs/demo.yaml"], "drop --config"),
-    ([], "needs --tasks and --total-steps"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--preset", "paper-atari"], "unknown preset 'paper-atari'; valid: paper-mamujoco, paper-smax"),
+        (["--preset", "paper-smax", "--tasks", "smax/3m"], "not in --preset paper-smax"),
+        (["--preset", "paper-smax", "--config", "configs/demo.yaml"], "drop --config"),
+        ([], "needs --tasks and --total-steps"),
+    ],
+)
 def test_bad_preset_arguments_exit_2(extra, match, tmp_path, capsys):
     assert main(["sweep", "--out", str(tmp_path / "g"), *extra]) == 2
     err = capsys.readouterr().err
@@ -109,7 +144,9 @@ def test_unit_mix_syntax():
 
 @pytest.mark.parametrize("name", sorted(SMAX_UNBUILDABLE_PAPER_MAPS))
 def test_paper_maps_smax_cannot_build_say_why(name):
-    with pytest.raises(UnknownTaskError, match=f"SMAX has no {SMAX_UNBUILDABLE_PAPER_MAPS[name]} units; use smac/{name}"):
+    with pytest.raises(
+        UnknownTaskError, match=f"SMAX has no {SMAX_UNBUILDABLE_PAPER_MAPS[name]} units; use smac/{name}"
+    ):
         parse_task(f"smax/{name}")
 
 
@@ -124,8 +161,11 @@ def test_unit_mixes_build_the_right_units():
     names = [core.env.unit_type_names[t] for t in core.env.scenario.tolist()]
     assert names == ["stalker"] * 3 + ["zealot"] * 3
     env2 = make_env("smax/1M2m_vs_4zg")
-    assert [env2._core.env.unit_type_names[t] for t in env2._core.env.scenario.tolist()] == \
-        ["marauder", "marine", "marine"] + ["zergling"] * 4
+    assert [env2._core.env.unit_type_names[t] for t in env2._core.env.scenario.tolist()] == [
+        "marauder",
+        "marine",
+        "marine",
+    ] + ["zergling"] * 4
     obs, state, avail = env2.reset(seed=0)
     assert len(obs) == 3 and avail[0].shape == (5 + 4,)
 
@@ -141,13 +181,18 @@ def test_shipped_presets_resolve_by_name_from_any_folder(tmp_path, monkeypatch, 
     assert "demo" in names and "paper/mamujoco-hopper-3x1" in names
     # every preset file is package data, so an installed racemarl has them (not only a clone)
     patterns = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"]["racemarl"]
+        "package-data"
+    ]["racemarl"]
     for f in PRESETS_DIR.rglob("*.yaml"):
         rel = f.relative_to(PRESETS_DIR.parent).as_posix()
         assert any(fnmatch(rel, p) and rel.count("/") == p.count("/") for p in patterns), rel
     monkeypatch.chdir(tmp_path)  # no configs/ here: names and the clone's paths still find the shipped files
     hopper = PRESETS_DIR / "paper" / "mamujoco-hopper-3x1.yaml"
-    for given in ("paper/mamujoco-hopper-3x1", "paper/mamujoco-hopper-3x1.yaml", "configs/paper/mamujoco-hopper-3x1.yaml"):
+    for given in (
+        "paper/mamujoco-hopper-3x1",
+        "paper/mamujoco-hopper-3x1.yaml",
+        "configs/paper/mamujoco-hopper-3x1.yaml",
+    ):
         assert resolve_preset(given) == hopper
         assert build_config(given).env.task == "mamujoco/Hopper-3x1"
     (tmp_path / "demo.yaml").write_text("seed: 7\n")  # a file that exists wins over a shipped name
@@ -155,21 +200,36 @@ def test_shipped_presets_resolve_by_name_from_any_folder(tmp_path, monkeypatch, 
     assert main(["config", "--config", "demo"]) == 0 and "task: smax/3m" in capsys.readouterr().out
     assert main(["config", "--config", "paper/nope"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("racemarl: error: --config paper/nope does not exist; shipped presets: demo,") and "\n" not in err
+    assert (
+        err.startswith("racemarl: error: --config paper/nope does not exist; shipped presets: demo,")
+        and "\n" not in err
+    )
 
 
 def test_sweep_takes_a_shipped_preset_by_name(tmp_path, monkeypatch, capsys):
     from racemarl.config import PRESETS_DIR
 
     monkeypatch.chdir(tmp_path)
-    base = ["sweep", "--tasks", "mamujoco/HalfCheetah-6x1", "--algos", "ea", "--total-steps", "60",
-            "--eval-episodes", "1", "--workers", "1"]
+    base = [
+        "sweep",
+        "--tasks",
+        "mamujoco/HalfCheetah-6x1",
+        "--algos",
+        "ea",
+        "--total-steps",
+        "60",
+        "--eval-episodes",
+        "1",
+        "--workers",
+        "1",
+    ]
     assert main(base + ["--config", "nope", "--out", "bad"]) == 2
     assert "--config nope does not exist; shipped presets:" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert main(base + ["--config", "halfcheetah-6x1", "--set", "race.pop_size=2", "--out", "ok"]) == 0
     assert json.loads((tmp_path / "ok" / "sweep.json").read_text())["folder_config"]["config"] == str(
-        PRESETS_DIR / "halfcheetah-6x1.yaml")
+        PRESETS_DIR / "halfcheetah-6x1.yaml"
+    )
     index = json.loads((tmp_path / "ok" / "index.json").read_text())
     assert [r["status"] for r in index["runs"]] == ["finished"]
     assert load_yaml(tmp_path / "ok" / index["runs"][0]["run_dir"] / "config.yaml")["eval_interval"] == 10_000

@@ -1,4 +1,5 @@
 """Every RACE switch is a run of the same code: each combination trains end to end and logs its metrics."""
+
 import numpy as np
 import pytest
 import torch
@@ -8,8 +9,18 @@ from racemarl.records.metrics import read_metrics
 from racemarl.train import Trainer
 from tests.conftest import tiny_config
 
-RACE_METRICS = ["eval_return_marl", "eval_return_best_team", "fitness_max", "fitness_mean", "fitness_min",
-                "injected_slot", "loss_critic", "loss_actor", "loss_pevfa", "loss_value"]
+RACE_METRICS = [
+    "eval_return_marl",
+    "eval_return_best_team",
+    "fitness_max",
+    "fitness_mean",
+    "fitness_min",
+    "injected_slot",
+    "loss_critic",
+    "loss_actor",
+    "loss_pevfa",
+    "loss_value",
+]
 
 SWITCHES = [
     ([], ["loss_vfm", "loss_vmm", "mi_estimate"], []),
@@ -22,7 +33,9 @@ SWITCHES = [
 ]
 
 
-@pytest.mark.parametrize("overrides, present, absent", SWITCHES, ids=lambda v: ",".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "overrides, present, absent", SWITCHES, ids=lambda v: ",".join(v) if isinstance(v, list) else None
+)
 def test_race_switch_combination_runs_and_logs(tmp_path, overrides, present, absent):
     trainer = Trainer(tiny_config("race", total_steps=160, extra=overrides), tmp_path)
     trainer.train()

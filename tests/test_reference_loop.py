@@ -1,5 +1,6 @@
 """The loop as the reference codes run it: warm-up, champion evaluation, short PeVFA fitness, critic bias,
 LayerNorm critics, the MARL heads' initial scale, the discrete VMM weight and legacy configs."""
+
 import numpy as np
 import pytest
 import torch
@@ -76,8 +77,11 @@ def test_champion_row_matches_a_replay_with_the_scored_encoders(tmp_path):
         trainer.train()
         last = trainer.progress.rows[-1]
         trainer.progress.evals -= 1  # replay the last evaluation's env seeds
-        trainer.eval_envs = [__import__("racemarl.envs", fromlist=["make_env"]).make_env(
-            cfg.env.task, agent_obsk=cfg.env.agent_obsk, max_episode_steps=cfg.env.max_episode_steps)]
+        trainer.eval_envs = [
+            __import__("racemarl.envs", fromlist=["make_env"]).make_env(
+                cfg.env.task, agent_obsk=cfg.env.agent_obsk, max_episode_steps=cfg.env.max_episode_steps
+            )
+        ]
         returns, _ = trainer.evaluate_team(trainer.best_heads, trainer.best_encoders)
         assert float(returns.mean()) == pytest.approx(last["eval_return_best_team"], rel=1e-5, abs=1e-4)
         returns_now, _ = trainer.evaluate_team(trainer.best_heads)  # the updated shared encoders
@@ -139,7 +143,9 @@ def test_critic_bias_is_zero_for_exact_values_and_skips_the_unseen_tail():
 def test_q_bias_is_logged_for_matd3_and_race(tmp_path):
     for algo in ("matd3", "race"):
         # gamma 0.5: 7 steps of horizon, so the 20-step episodes have 13 scored steps
-        with Trainer(tiny_config(algo, extra=["learner.start_steps=20", "learner.gamma=0.5"]), tmp_path / algo) as trainer:
+        with Trainer(
+            tiny_config(algo, extra=["learner.start_steps=20", "learner.gamma=0.5"]), tmp_path / algo
+        ) as trainer:
             trainer.train()
             row = trainer.progress.rows[-1]
             assert np.isfinite(row["q_bias_marl"])
@@ -173,7 +179,9 @@ def test_generation_scalars_hold_the_fitness_vector_and_the_marl_copy(tmp_path):
         copy = acc.Scalars(f"generation/{kind}_marl_copy")
         for e in copy:  # the copy's fitness is one of that generation's team fitnesses
             assert any(abs(by_team[j][e.step] - e.value) < 1e-4 for j in by_team)
-    assert len(acc.Scalars("generation/fitness_marl_copy")) + len(acc.Scalars("generation/fitness_short_marl_copy")) >= 2
+    assert (
+        len(acc.Scalars("generation/fitness_marl_copy")) + len(acc.Scalars("generation/fitness_short_marl_copy")) >= 2
+    )
     # metrics.csv says which kind each row's fitness columns are
     for row in rows:
         if row.get("fitness_max") is not None:
@@ -262,11 +270,19 @@ def test_discrete_vmm_is_summed_over_each_episodes_steps(fake_smac):
         cfg = discrete_config("race", extra=["race.vmm_beta=0.1", f"discrete.vmm_time_reduction={mode}"])
         torch.manual_seed(0)  # the same networks for both modes
         learner = RaceDiscreteLearner(envs.spec, cfg, torch.Generator().manual_seed(0))
-        buffer = EpisodeBuffer(8, envs.spec.episode_limit, envs.spec.n_agents, learner.obs_dim, envs.spec.state_dim,
-                               learner.n_actions, seed=0)
+        buffer = EpisodeBuffer(
+            8,
+            envs.spec.episode_limit,
+            envs.spec.n_agents,
+            learner.obs_dim,
+            envs.spec.state_dim,
+            learner.n_actions,
+            seed=0,
+        )
         heads = learner.marl_heads.detach()[None].expand(3, *learner.marl_heads.shape)
-        run_discrete_episodes(envs, learner, heads, [np.random.default_rng(i) for i in range(3)],
-                              epsilon=np.ones(3), buffer=buffer)
+        run_discrete_episodes(
+            envs, learner, heads, [np.random.default_rng(i) for i in range(3)], epsilon=np.ones(3), buffer=buffer
+        )
         batch = buffer.sample(3)
         learner.rcfg.vfm_pevfa = False
         losses[mode] = float(learner.extra_encoder_losses(batch, learner.unroll(batch), None)["vmm"])

@@ -1,5 +1,6 @@
 """Runs that never lose work: TensorBoard on resume, signals, wall-clock checkpoints, evaluation seeds,
 run folders that are refused, and resume flags."""
+
 import os
 import signal
 
@@ -124,9 +125,18 @@ def test_cli_sigterm_message_names_the_run(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(train_mod.Trainer, "play_generation", play)
     out = tmp_path / "run"
-    sets = [x for s in ["env.max_episode_steps=20", "net.encoder_hidden=16", "net.embed_dim=8",
-                        "net.critic_hidden=[16,16]", "learner.batch_size=16", "learner.start_steps=20"]
-            for x in ("--set", s)]
+    sets = [
+        x
+        for s in [
+            "env.max_episode_steps=20",
+            "net.encoder_hidden=16",
+            "net.embed_dim=8",
+            "net.critic_hidden=[16,16]",
+            "learner.batch_size=16",
+            "learner.start_steps=20",
+        ]
+        for x in ("--set", s)
+    ]
     code = main(["train", "--algo", "matd3", "--total-steps", "400", "--no-progress", "--out", str(out), *sets])
     err = capsys.readouterr().err
     assert code == 143
@@ -166,10 +176,40 @@ def test_an_early_start_of_the_same_run_is_reused(tmp_path):
 
 def test_resume_flags(tmp_path, capsys):
     out = tmp_path / "run"
-    sets = ["--set", "env.max_episode_steps=20", "--set", "net.encoder_hidden=16", "--set", "net.embed_dim=8",
-            "--set", "net.critic_hidden=[16,16]", "--set", "learner.batch_size=16", "--set", "learner.start_steps=20"]
-    assert main(["train", "--algo", "matd3", "--total-steps", "40", "--eval-interval", "20", "--eval-episodes", "1",
-                 "--no-progress", "--out", str(out), *sets]) == 0
+    sets = [
+        "--set",
+        "env.max_episode_steps=20",
+        "--set",
+        "net.encoder_hidden=16",
+        "--set",
+        "net.embed_dim=8",
+        "--set",
+        "net.critic_hidden=[16,16]",
+        "--set",
+        "learner.batch_size=16",
+        "--set",
+        "learner.start_steps=20",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                "--algo",
+                "matd3",
+                "--total-steps",
+                "40",
+                "--eval-interval",
+                "20",
+                "--eval-episodes",
+                "1",
+                "--no-progress",
+                "--out",
+                str(out),
+                *sets,
+            ]
+        )
+        == 0
+    )
     config = (out / "config.yaml").read_text()
     # a smaller budget is refused, and nothing changes
     assert main(["train", "--resume", str(out), "--total-steps", "20"]) == 2
@@ -181,8 +221,24 @@ def test_resume_flags(tmp_path, capsys):
     assert "learner.batch_size=32 (the run has 16)" in err and "eval_interval=10 (the run has 20)" in err
     assert (out / "config.yaml").read_text() == config
     # the run's own flags, repeated, are accepted
-    assert main(["train", "--resume", str(out), "--total-steps", "60", "--algo", "matd3", "--eval-interval", "20",
-                 "--no-progress", *sets]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(out),
+                "--total-steps",
+                "60",
+                "--algo",
+                "matd3",
+                "--eval-interval",
+                "20",
+                "--no-progress",
+                *sets,
+            ]
+        )
+        == 0
+    )
     assert int(read_metrics(out / "metrics.csv")[-1]["env_steps"]) == 60
 
 
@@ -200,9 +256,16 @@ def test_an_evolution_report_survives_a_checkpoint(tmp_path):
     from racemarl.records.run_state import report_from_state as _report_from_state
     from racemarl.records.run_state import report_state as _report_state
 
-    report = GenerationReport(elites=[np.int64(2)], parents=[(0, 1), (3, 2)], children=[1, 4],
-                              sources=np.arange(6).reshape(3, 2), protected=[2], selected=[0, 3],
-                              mutated=[(1, 0), (4, 1)], injected_slot=np.int64(4))
+    report = GenerationReport(
+        elites=[np.int64(2)],
+        parents=[(0, 1), (3, 2)],
+        children=[1, 4],
+        sources=np.arange(6).reshape(3, 2),
+        protected=[2],
+        selected=[0, 3],
+        mutated=[(1, 0), (4, 1)],
+        injected_slot=np.int64(4),
+    )
     ckpt.save_atomic({"report": _report_state(report)}, tmp_path / "c.pt")
     back = _report_from_state(ckpt.load(tmp_path / "c.pt")["report"])
     assert back.elites == [2] and back.parents == [(0, 1), (3, 2)] and back.mutated == [(1, 0), (4, 1)]

@@ -1,4 +1,5 @@
 """`racemarl table`, `export` (marl-eval), `info`, `tasks`, and the optional W&B / MLflow logging."""
+
 import csv
 import io
 import json
@@ -85,9 +86,19 @@ def test_info_of_a_real_run(tmp_path, capsys):
     steps = train(tiny_config("race", seed=3), run)["total_env_steps"]  # the last generation may overshoot 160
     assert main(["info", str(run)]) == 0
     out = capsys.readouterr().out
-    for needle in ("mamujoco/HalfCheetah-6x1", "race", "seed         3", f"{steps} / 160 env steps ({100 * steps / 160:.1f}%)",
-                   "generation", "updates", "wall time", "eval_return=", "latest.pt (", "finished     yes",
-                   "race.pop_size=3"):
+    for needle in (
+        "mamujoco/HalfCheetah-6x1",
+        "race",
+        "seed         3",
+        f"{steps} / 160 env steps ({100 * steps / 160:.1f}%)",
+        "generation",
+        "updates",
+        "wall time",
+        "eval_return=",
+        "latest.pt (",
+        "finished     yes",
+        "race.pop_size=3",
+    ):
         assert needle in out, (needle, out)
     assert main(["info", str(run), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -107,7 +118,13 @@ def test_tasks_lists_sizes(capsys):
     assert lines[0].split()[:2] == ["task", "agents"]
     spec = make_env("mamujoco/HalfCheetah-6x1").spec
     row = next(ln.split() for ln in lines if ln.startswith("mamujoco/HalfCheetah-6x1 "))
-    assert row == ["mamujoco/HalfCheetah-6x1", "6", ",".join(map(str, spec.obs_dims)), str(spec.state_dim), "1,1,1,1,1,1"]
+    assert row == [
+        "mamujoco/HalfCheetah-6x1",
+        "6",
+        ",".join(map(str, spec.obs_dims)),
+        str(spec.state_dim),
+        "1,1,1,1,1,1",
+    ]
     mamujoco = [t for t in list_tasks() if t.startswith("mamujoco/")]
     assert sum(ln.startswith("mamujoco/") for ln in lines) == len(mamujoco)
     assert any(ln.startswith("(smac/* not shown:") and "StarCraft" in ln for ln in lines)  # SMAC is not installed here
@@ -124,13 +141,35 @@ def test_tracking_is_off_by_default(tmp_path):
 def test_tracking_without_the_package_is_a_clear_error(tmp_path, monkeypatch, capsys, pkg, key):
     monkeypatch.setitem(sys.modules, pkg, None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, f"{pkg}.tracking", None)
-    with pytest.raises(TrackingError, match=rf"{key} is on but {pkg} is not installed.*pip install 'racemarl\[tracking\]'"):
+    with pytest.raises(
+        TrackingError, match=rf"{key} is on but {pkg} is not installed.*pip install 'racemarl\[tracking\]'"
+    ):
         train(tiny_config("matd3", total_steps=40, extra=[f"{key}=true"]), tmp_path / "r")
     # and through the CLI: one line, exit 2
-    args = ["train", "--algo", "matd3", "--total-steps", "40", "--eval-interval", "40", "--eval-episodes", "1",
-            "--no-progress", "--out", str(tmp_path / "c"), "--set", f"{key}=true"]
-    for s in ["env.max_episode_steps=20", "net.encoder_hidden=16", "net.embed_dim=8", "net.critic_hidden=[16,16]",
-              "learner.batch_size=16", "learner.start_steps=20"]:
+    args = [
+        "train",
+        "--algo",
+        "matd3",
+        "--total-steps",
+        "40",
+        "--eval-interval",
+        "40",
+        "--eval-episodes",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "c"),
+        "--set",
+        f"{key}=true",
+    ]
+    for s in [
+        "env.max_episode_steps=20",
+        "net.encoder_hidden=16",
+        "net.embed_dim=8",
+        "net.critic_hidden=[16,16]",
+        "learner.batch_size=16",
+        "learner.start_steps=20",
+    ]:
         args += ["--set", s]
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -182,11 +221,23 @@ def test_table_reports_the_marl_team_beside_the_headline(tmp_path, capsys):
     """RACE's headline is the better of two teams: the table adds the MARL team alone, with its own P(X > Y)."""
     root = tmp_path / "runs"
     for seed, (head, marl) in enumerate([(50.0, 10.0), (60.0, 12.0)], start=1):
-        write_fake_run(root / f"r{seed}", "race", seed, [0, 100], [0.0, head],
-                       extra={1: {"eval_return_marl": marl}, 0: {"eval_return_marl": 0.0}})
+        write_fake_run(
+            root / f"r{seed}",
+            "race",
+            seed,
+            [0, 100],
+            [0.0, head],
+            extra={1: {"eval_return_marl": marl}, 0: {"eval_return_marl": 0.0}},
+        )
     for seed, value in enumerate([30.0, 40.0], start=1):
-        write_fake_run(root / f"m{seed}", "matd3", seed, [0, 100], [0.0, value],
-                       extra={1: {"eval_return_marl": value}, 0: {"eval_return_marl": 0.0}})
+        write_fake_run(
+            root / f"m{seed}",
+            "matd3",
+            seed,
+            [0, 100],
+            [0.0, value],
+            extra={1: {"eval_return_marl": value}, 0: {"eval_return_marl": 0.0}},
+        )
     assert main(["table", str(root)]) == 0
     out = capsys.readouterr().out
     head, marl = out.split("The MARL team alone (`eval_return_marl`)")
@@ -197,8 +248,12 @@ def test_table_reports_the_marl_team_beside_the_headline(tmp_path, capsys):
     assert "| matd3 | race | 1 | 1.00 |" in marl  # the MARL team alone: below MATD3 in every pair
     assert main(["table", str(root), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert {(r["algo"], r["metric"]) for r in rows} == {("race", "eval_return"), ("matd3", "eval_return"),
-                                                        ("race", "eval_return_marl"), ("matd3", "eval_return_marl")}
+    assert {(r["algo"], r["metric"]) for r in rows} == {
+        ("race", "eval_return"),
+        ("matd3", "eval_return"),
+        ("race", "eval_return_marl"),
+        ("matd3", "eval_return_marl"),
+    }
 
 
 def test_table_without_a_population_method_has_no_marl_block(fake_runs, tmp_path, capsys):

@@ -5,6 +5,7 @@ A 2 x 2 grid (race, matd3 x seeds 1, 2) on a slow fake simulator: one task is ca
 (scancel: SIGTERM), another gets Slurm's preemption/time-limit notice (USR2) and is requeued. The preempted one
 continues by itself from its checkpoint; the cancelled one when the same sweep command runs again. Skipped only
 where Slurm cannot be installed (not root, no apt-get)."""
+
 import json
 import os
 import subprocess
@@ -18,9 +19,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "slurm" / "cluster.sh"
 CLUSTER_DIR = Path(os.environ.get("RACEMARL_TEST_SLURM_DIR", "/tmp/racemarl-test-slurm"))
 TASK = f"pettingzoo/{ROOT / 'tests' / 'bad_env.py'}:make_env"
-SETS = ["env.max_episode_steps=12", "env.kwargs.delay=0.03", "net.encoder_hidden=16", "net.embed_dim=8",
-        "net.critic_hidden=[16,16]", "net.policy_embed_dim=8", "race.mi_hidden=8", "learner.batch_size=16",
-        "learner.start_steps=24", "learner.buffer_size=1000", "race.pop_size=2"]
+SETS = [
+    "env.max_episode_steps=12",
+    "env.kwargs.delay=0.03",
+    "net.encoder_hidden=16",
+    "net.embed_dim=8",
+    "net.critic_hidden=[16,16]",
+    "net.policy_embed_dim=8",
+    "race.mi_hidden=8",
+    "learner.batch_size=16",
+    "learner.start_steps=24",
+    "learner.buffer_size=1000",
+    "race.pop_size=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +58,32 @@ def slurm_cluster():
 
 
 def _sweep_cmd(out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "racemarl", "sweep", "--backend", "slurm", "--tasks", TASK, "--algos", "race,matd3",
-           "--seeds", "1-2", "--total-steps", "240", "--out", str(out), "--eval-interval", "48", "--eval-episodes",
-           "1", "--slurm-time", "15", "--slurm-option", "comment=racemarl-test"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "racemarl",
+        "sweep",
+        "--backend",
+        "slurm",
+        "--tasks",
+        TASK,
+        "--algos",
+        "race,matd3",
+        "--seeds",
+        "1-2",
+        "--total-steps",
+        "240",
+        "--out",
+        str(out),
+        "--eval-interval",
+        "48",
+        "--eval-episodes",
+        "1",
+        "--slurm-time",
+        "15",
+        "--slurm-option",
+        "comment=racemarl-test",
+    ]
     for s in SETS:
         cmd += ["--set", s]
     return cmd
@@ -78,6 +112,7 @@ def _scancel(*args: str) -> None:
 
 def _start_now_once_requeued(job: str, proc: subprocess.Popen) -> None:
     """Slurm holds a requeued task back for a couple of minutes (its BeginTime); a test has no time to spare."""
+
     def pending() -> bool:
         r = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
         return r.stdout.strip() == "PENDING"
@@ -99,13 +134,17 @@ def test_a_grid_on_slurm_survives_a_cancelled_and_a_preempted_task(slurm_cluster
     out = tmp_path / "grid"
     proc = subprocess.Popen(_sweep_cmd(out), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        jobs = _wait_for("the submission", lambda: (out / "slurm" / "jobs.json").is_file()
-                         and json.loads((out / "slurm" / "jobs.json").read_text()), proc=proc)
+        jobs = _wait_for(
+            "the submission",
+            lambda: (out / "slurm" / "jobs.json").is_file() and json.loads((out / "slurm" / "jobs.json").read_text()),
+            proc=proc,
+        )
         names = sorted(jobs)
         cancelled = next(n for n in names if "__race__s1" in n)
         preempted = next(n for n in names if "__race__s2" in n)
-        _wait_for("both race runs in the middle", lambda: _mid_run(out / cancelled) and _mid_run(out / preempted),
-                  proc=proc)
+        _wait_for(
+            "both race runs in the middle", lambda: _mid_run(out / cancelled) and _mid_run(out / preempted), proc=proc
+        )
         _scancel("--signal=USR2", jobs[preempted])  # the notice of a preemption or time limit: checkpoint, requeue
         _scancel(jobs[cancelled])  # SIGTERM: the run checkpoints, the task ends
         _start_now_once_requeued(jobs[preempted], proc)
@@ -133,8 +172,9 @@ def test_a_grid_on_slurm_survives_a_cancelled_and_a_preempted_task(slurm_cluster
         steps = _eval_steps(out / name)
         assert steps == sorted(set(steps)) and steps[-1] >= 240
         assert json.loads((out / name / "summary.json").read_text())["total_env_steps"] >= 240
-    table = subprocess.run([sys.executable, "-m", "racemarl", "table", str(out)], cwd=ROOT, capture_output=True,
-                           text=True, timeout=120)
+    table = subprocess.run(
+        [sys.executable, "-m", "racemarl", "table", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert table.returncode == 0 and "race" in table.stdout and "matd3" in table.stdout, table.stderr
 
 
@@ -143,10 +183,12 @@ def test_slurm_options_are_checked_before_anything_is_written(tmp_path, capsys):
 
     out = tmp_path / "grid"
     base = ["sweep", "--tasks", "mpe/simple_spread", "--total-steps", "100", "--out", str(out)]
-    for extra, words in ((["--backend", "slurm", "--slurm-time", "1:xx"], "--slurm-time"),
-                         (["--backend", "slurm", "--slurm-mem", "lots"], "--slurm-mem"),
-                         (["--backend", "slurm", "--slurm-cpus", "0"], "--slurm-cpus"),
-                         (["--slurm-partition", "gpu"], "only with --backend slurm")):
+    for extra, words in (
+        (["--backend", "slurm", "--slurm-time", "1:xx"], "--slurm-time"),
+        (["--backend", "slurm", "--slurm-mem", "lots"], "--slurm-mem"),
+        (["--backend", "slurm", "--slurm-cpus", "0"], "--slurm-cpus"),
+        (["--slurm-partition", "gpu"], "only with --backend slurm"),
+    ):
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
@@ -157,7 +199,14 @@ def test_slurm_time_formats():
     from racemarl.config import ConfigError
     from racemarl.experiment.slurm import parse_time
 
-    assert [parse_time(t) for t in ("90", "1:30", "2:00:00", "1-00:00:00", "0:00:30", "1-2")] == [90, 2, 120, 1440, 1, 1560]
+    assert [parse_time(t) for t in ("90", "1:30", "2:00:00", "1-00:00:00", "0:00:30", "1-2")] == [
+        90,
+        2,
+        120,
+        1440,
+        1,
+        1560,
+    ]
     with pytest.raises(ConfigError):
         parse_time("0")
 
@@ -169,7 +218,9 @@ def test_without_sbatch_the_slurm_backend_is_one_line(tmp_path, capsys, monkeypa
 
     monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
     out = tmp_path / "grid"
-    assert main(["sweep", "--tasks", "mpe/simple_spread", "--total-steps", "100", "--out", str(out),
-                 "--backend", "slurm"]) == 2
+    assert (
+        main(["sweep", "--tasks", "mpe/simple_spread", "--total-steps", "100", "--out", str(out), "--backend", "slurm"])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sbatch" in err[0] and not out.exists()

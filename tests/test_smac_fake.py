@@ -1,4 +1,5 @@
 """The SMAC adapter against a FAKE StarCraft2Env (tests/fakes.py); no StarCraft II needed."""
+
 from __future__ import annotations
 
 import sys
@@ -173,8 +174,24 @@ def test_seeding_recreate():
 
 def test_smac_tasks_listed_and_parsed():
     tasks = list_tasks()
-    for m in ["3m", "8m", "2s3z", "3s5z", "MMM", "MMM2", "2s_vs_1sc", "2c_vs_64zg", "so_many_baneling",
-              "3s_vs_3z", "5m_vs_6m", "27m_vs_30m", "corridor", "6h_vs_8z", "3s5z_vs_3s6z", "1c3s5z"]:
+    for m in [
+        "3m",
+        "8m",
+        "2s3z",
+        "3s5z",
+        "MMM",
+        "MMM2",
+        "2s_vs_1sc",
+        "2c_vs_64zg",
+        "so_many_baneling",
+        "3s_vs_3z",
+        "5m_vs_6m",
+        "27m_vs_30m",
+        "corridor",
+        "6h_vs_8z",
+        "3s5z_vs_3s6z",
+        "1c3s5z",
+    ]:
         assert f"smac/{m}" in tasks
         assert parse_task(f"smac/{m}") == ("smac", m, None)
     assert sum(t.startswith("smac/") for t in tasks) == len(SMAC_MAPS)
@@ -216,4 +233,3 @@ def test_make_env_uses_starcraft2env(monkeypatch):
     assert env.spec.task == "smac/3m" and env.spec.episode_limit == 60 and made[0]["map_name"] == "3m"
     env = make_env("smac/3m", max_episode_steps=10)
     assert env.spec.episode_limit == 10
-

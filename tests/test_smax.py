@@ -1,4 +1,5 @@
 """The SMAX adapter (JaxMARL). Environments are module fixtures: each map/limit compiles once."""
+
 from __future__ import annotations
 
 import sys
@@ -260,7 +261,10 @@ def test_batch_equals_single_envs(env3m):
             np.testing.assert_array_equal(r.avail_actions[b], np.stack(s.avail_actions))
             assert r.reward[b] == np.float32(s.reward)
             assert (r.terminated[b], r.truncated[b], r.battle_won[b]) == (
-                s.terminated, s.truncated, s.info["battle_won"])
+                s.terminated,
+                s.truncated,
+                s.info["battle_won"],
+            )
             assert r.episode_step[b] == s.info["episode_step"]
             if s.terminated or s.truncated:
                 running[b] = False

@@ -1,6 +1,7 @@
 """The faster code paths compute what the plain formulas compute (issue #5: speed without changing
 what is learned). Each test keeps the earlier formula as the reference and checks values and
 gradients on random inputs."""
+
 from __future__ import annotations
 
 import copy
@@ -109,8 +110,15 @@ def test_buffer_sample_equals_per_field_gather():
     n_agents, max_obs, state_dim, act_dim = 3, 5, 4, 6
     buf = ReplayBuffer(50, n_agents, max_obs, state_dim, act_dim, seed=7)
     rng = np.random.default_rng(0)
-    shapes = {"obs": (n_agents, max_obs), "state": (state_dim,), "action": (act_dim,), "reward": (),
-              "next_obs": (n_agents, max_obs), "next_state": (state_dim,), "terminated": ()}
+    shapes = {
+        "obs": (n_agents, max_obs),
+        "state": (state_dim,),
+        "action": (act_dim,),
+        "reward": (),
+        "next_obs": (n_agents, max_obs),
+        "next_state": (state_dim,),
+        "terminated": (),
+    }
     stored = {k: [] for k in shapes}
     for n in (30, 30):  # wraps around the ring
         rows = {k: rng.standard_normal((n, *s)).astype(np.float32) for k, s in shapes.items()}
@@ -175,9 +183,16 @@ def test_update_targets_is_soft_update_of_every_pair(algo):
         for p in learner.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p))
-    pairs = [("critic_targ", "critic"), ("encoders_targ", "encoders")] + ([("pevfa_targ", "pevfa")] if algo == "race" else [])
-    expected = {t: [a.detach().clone().lerp_(b.detach(), learner.lcfg.tau)
-                    for a, b in zip(getattr(learner, t).parameters(), getattr(learner, s).parameters())] for t, s in pairs}
+    pairs = [("critic_targ", "critic"), ("encoders_targ", "encoders")] + (
+        [("pevfa_targ", "pevfa")] if algo == "race" else []
+    )
+    expected = {
+        t: [
+            a.detach().clone().lerp_(b.detach(), learner.lcfg.tau)
+            for a, b in zip(getattr(learner, t).parameters(), getattr(learner, s).parameters())
+        ]
+        for t, s in pairs
+    }
     heads = learner.marl_heads_targ.clone().lerp_(learner.marl_heads.detach(), learner.lcfg.tau)
     learner.update_targets()
     for t, _ in pairs:

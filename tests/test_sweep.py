@@ -1,4 +1,5 @@
 """`racemarl sweep`: a grid of tiny runs, skipping finished runs, surviving kills, the ray backend."""
+
 import json
 import os
 import signal
@@ -19,8 +20,26 @@ TASK = "mamujoco/HalfCheetah-6x1"
 
 
 def sweep_args(out, algos="race,matd3", seeds="1", steps=160, workers=2, extra=()):
-    args = ["sweep", "--tasks", TASK, "--algos", algos, "--seeds", seeds, "--total-steps", str(steps),
-            "--out", str(out), "--workers", str(workers), "--eval-interval", "40", "--eval-episodes", "1", *extra]
+    args = [
+        "sweep",
+        "--tasks",
+        TASK,
+        "--algos",
+        algos,
+        "--seeds",
+        seeds,
+        "--total-steps",
+        str(steps),
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+        "--eval-interval",
+        "40",
+        "--eval-episodes",
+        "1",
+        *extra,
+    ]
     for s in TINY:
         args += ["--set", s]
     return args
@@ -52,7 +71,10 @@ def test_sweep_runs_the_grid_and_skips_finished_runs(tmp_path):
     res = _cli(sweep_args(out))
     assert res.returncode == 0, res.stdout + res.stderr
     index = json.loads((out / "index.json").read_text())
-    assert [(e["algo"], e["seed"], e["status"]) for e in index["runs"]] == [("race", 1, "finished"), ("matd3", 1, "finished")]
+    assert [(e["algo"], e["seed"], e["status"]) for e in index["runs"]] == [
+        ("race", 1, "finished"),
+        ("matd3", 1, "finished"),
+    ]
     for e in index["runs"]:
         assert e["task"] == TASK and e["env_steps"] >= 160
         assert e["final_eval_return"] is not None and e["best_eval_return"] >= e["final_eval_return"]

@@ -1,4 +1,5 @@
 """End-to-end behaviour of the training loop on tiny runs: outputs, seeding, resume, failure modes."""
+
 import json
 import subprocess
 import sys
@@ -31,12 +32,25 @@ def test_run_directory_holds_every_output(tmp_path, algo):
     assert on_disk == summary
     for key in ("final_eval_return", "best_eval_return", "total_env_steps", "wall_time", "mean_sps"):
         assert on_disk[key] is not None
-    assert on_disk["best_eval_return"] == max(float(r["eval_return"]) for r in rows) or \
-        abs(on_disk["best_eval_return"] - max(float(r["eval_return"]) for r in rows)) < 1e-3
+    assert (
+        on_disk["best_eval_return"] == max(float(r["eval_return"]) for r in rows)
+        or abs(on_disk["best_eval_return"] - max(float(r["eval_return"]) for r in rows)) < 1e-3
+    )
     if algo == "race":
         last = rows[-1]
-        for col in ("eval_return_marl", "eval_return_best_team", "fitness_max", "injected_slot", "loss_pevfa",
-                    "loss_vfm", "loss_vmm", "loss_value", "mi_estimate", "loss_critic", "loss_actor"):
+        for col in (
+            "eval_return_marl",
+            "eval_return_best_team",
+            "fitness_max",
+            "injected_slot",
+            "loss_pevfa",
+            "loss_vfm",
+            "loss_vmm",
+            "loss_value",
+            "mi_estimate",
+            "loss_critic",
+            "loss_actor",
+        ):
             assert last[col] != "", col
         assert float(last["eval_return"]) == max(float(last["eval_return_marl"]), float(last["eval_return_best_team"]))
     if algo == "ea":
@@ -104,12 +118,15 @@ def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "racemarl", *args], capture_output=True, text=True, cwd=cwd)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--task", "mamujoco/HalfCheetah-7x1"], "6x1"),
-    (["--task", "mujoco/Foo"], "mamujoco"),
-    (["--set", "learner.batchsize=3"], "learner.batch_size"),
-    (["--set", "learner.batch_size=big"], "expected int"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--task", "mamujoco/HalfCheetah-7x1"], "6x1"),
+        (["--task", "mujoco/Foo"], "mamujoco"),
+        (["--set", "learner.batchsize=3"], "learner.batch_size"),
+        (["--set", "learner.batch_size=big"], "expected int"),
+    ],
+)
 def test_cli_errors_are_one_line_exit_2(tmp_path, args, needle):
     res = _cli("train", "--algo", "matd3", "--total-steps", "10", "--out", str(tmp_path / "x"), *args, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
@@ -125,10 +142,34 @@ def test_cli_resume_of_a_non_run(tmp_path):
 
 def test_cli_train_and_resume(tmp_path):
     out = tmp_path / "run"
-    sets = [x for s in ["env.max_episode_steps=20", "net.encoder_hidden=16", "net.embed_dim=8", "net.critic_hidden=[16,16]",
-                        "learner.batch_size=16", "learner.start_steps=20"] for x in ("--set", s)]
-    res = _cli("train", "--algo", "matd3", "--total-steps", "40", "--eval-interval", "20", "--eval-episodes", "1",
-               "--no-progress", "--out", str(out), *sets, cwd=tmp_path)
+    sets = [
+        x
+        for s in [
+            "env.max_episode_steps=20",
+            "net.encoder_hidden=16",
+            "net.embed_dim=8",
+            "net.critic_hidden=[16,16]",
+            "learner.batch_size=16",
+            "learner.start_steps=20",
+        ]
+        for x in ("--set", s)
+    ]
+    res = _cli(
+        "train",
+        "--algo",
+        "matd3",
+        "--total-steps",
+        "40",
+        "--eval-interval",
+        "20",
+        "--eval-episodes",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        *sets,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert "run finished" in res.stdout
     res = _cli("train", "--resume", str(out), "--algo", "race", "--total-steps", "80", cwd=tmp_path)

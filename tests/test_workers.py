@@ -1,4 +1,5 @@
 """Rollout workers: every backend and worker count trains bit-identically; killed workers are replayed."""
+
 import logging
 import os
 import signal
@@ -23,8 +24,9 @@ STEPS = 320  # 4 generations of 4 slots (MARL team + 3 population teams) x 20 st
 
 
 def _config(backend="inline", workers=0, extra=()):
-    return tiny_config("race", total_steps=STEPS,
-                       extra=[f"rollout.backend={backend}", f"rollout.workers={workers}", *extra])
+    return tiny_config(
+        "race", total_steps=STEPS, extra=[f"rollout.backend={backend}", f"rollout.workers={workers}", *extra]
+    )
 
 
 def _train(cfg, run_dir):
@@ -54,11 +56,15 @@ def _children() -> list[str]:
     """Live (non-zombie) worker processes started by this process: spawned multiprocessing children,
     not multiprocessing's resource tracker (it exits with the driver) nor helpers of other libraries
     that earlier tests may have left (e.g. wandb's service)."""
-    out = subprocess.run(["ps", "-ww", "-o", "pid=,stat=,args=", "--ppid", str(os.getpid())], capture_output=True, text=True,
-                         check=False).stdout
+    out = subprocess.run(
+        ["ps", "-ww", "-o", "pid=,stat=,args=", "--ppid", str(os.getpid())], capture_output=True, text=True, check=False
+    ).stdout
     rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
-    return [" ".join(r) for r in rows if len(r) == 3 and not r[1].startswith("Z") and "spawn_main" in r[2]
-            and "resource_tracker" not in r[2]]
+    return [
+        " ".join(r)
+        for r in rows
+        if len(r) == 3 and not r[1].startswith("Z") and "spawn_main" in r[2] and "resource_tracker" not in r[2]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +85,20 @@ def test_an_episode_does_not_depend_on_the_slots_beside_it():
     here with the unshared-encoder ablation, exploration noise and random warm-up actions."""
     torch.manual_seed(0)
     n_slots, n_agents, d = 4, 6, 8
-    setup = RunnerSetup("mamujoco/HalfCheetah-6x1", {"agent_obsk": 0, "max_episode_steps": 15}, 16, d, n_slots,
-                        tuple(range(n_slots)))
+    setup = RunnerSetup(
+        "mamujoco/HalfCheetah-6x1", {"agent_obsk": 0, "max_episode_steps": 15}, 16, d, n_slots, tuple(range(n_slots))
+    )
     whole = EnvRunner(setup)
     names = dict(whole.actor.encoders.named_parameters())
     plan = GenerationPlan(
-        slots=tuple(range(n_slots)), heads=torch.randn(n_slots, n_agents, 1, d + 1), encoders={},
+        slots=tuple(range(n_slots)),
+        heads=torch.randn(n_slots, n_agents, 1, d + 1),
+        encoders={},
         team_encoders={k: torch.randn(n_slots, *v.shape) * 0.3 for k, v in names.items()},
-        noise_std=np.array([0.2, 0.0, 0.1, 0.0]), random_actions=np.array([True, False, False, False]),
-        streams=[(7, 0, 3, t) for t in range(n_slots)])
+        noise_std=np.array([0.2, 0.0, 0.1, 0.0]),
+        random_actions=np.array([True, False, False, False]),
+        streams=[(7, 0, 3, t) for t in range(n_slots)],
+    )
     expected = whole.run(plan)
     got = []
     for block in assign_slots(n_slots, 3):
@@ -119,8 +130,17 @@ def test_slot_actor_is_the_learners_policy(shared):
     obs = torch.randn(n_slots, spec.n_agents, learner.max_obs)
     actor = SlotActor(spec, cfg.net.encoder_hidden, cfg.net.embed_dim, n_slots)
     assert actor.lean
-    actor.load(GenerationPlan(tuple(range(n_slots)), heads, learner.encoders.state_dict(), team, np.zeros(n_slots),
-                              np.zeros(n_slots, bool), [()] * n_slots))
+    actor.load(
+        GenerationPlan(
+            tuple(range(n_slots)),
+            heads,
+            learner.encoders.state_dict(),
+            team,
+            np.zeros(n_slots),
+            np.zeros(n_slots, bool),
+            [()] * n_slots,
+        )
+    )
     torch.testing.assert_close(actor(obs), learner.act(obs, heads, team), rtol=1e-5, atol=1e-6)
 
 
@@ -170,8 +190,11 @@ def test_a_worker_that_keeps_failing_stops_the_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ProcessWorkers, "_dispatch", killing_dispatch)
     cfg = _config("process", 1, ["rollout.max_restarts=1"])
-    with pytest.raises(RunError, match=r"rollout worker 0 \(slots 0-3\) failed 2 times in a row, last: was killed by "
-                                       r"SIGKILL.*rollout.max_restarts=1"):
+    with pytest.raises(
+        RunError,
+        match=r"rollout worker 0 \(slots 0-3\) failed 2 times in a row, last: was killed by "
+        r"SIGKILL.*rollout.max_restarts=1",
+    ):
         _train(cfg, tmp_path)
     assert _children() == []
 
@@ -192,28 +215,68 @@ def test_workers_stop_when_the_run_fails_between_generations(tmp_path, monkeypat
 
 def test_cli_process_backend_and_resume_inline(tmp_path):
     out = tmp_path / "run"
-    sets = [x for s in ["env.max_episode_steps=20", "net.encoder_hidden=16", "net.embed_dim=8", "net.critic_hidden=[16,16]",
-                        "learner.batch_size=16", "learner.start_steps=20"] for x in ("--set", s)]
+    sets = [
+        x
+        for s in [
+            "env.max_episode_steps=20",
+            "net.encoder_hidden=16",
+            "net.embed_dim=8",
+            "net.critic_hidden=[16,16]",
+            "learner.batch_size=16",
+            "learner.start_steps=20",
+        ]
+        for x in ("--set", s)
+    ]
     base = [sys.executable, "-m", "racemarl", "train"]
-    res = subprocess.run([*base, "--algo", "matd3", "--total-steps", "40", "--eval-interval", "20", "--eval-episodes", "1",
-                          "--no-progress", "--out", str(out), "--backend", "process", "--workers", "2", *sets],
-                         capture_output=True, text=True, cwd=tmp_path, check=False)
+    res = subprocess.run(
+        [
+            *base,
+            "--algo",
+            "matd3",
+            "--total-steps",
+            "40",
+            "--eval-interval",
+            "20",
+            "--eval-episodes",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+            "--backend",
+            "process",
+            "--workers",
+            "2",
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     assert (out / "config.yaml").read_text().count("backend: process") == 1
-    res = subprocess.run([*base, "--resume", str(out), "--total-steps", "80", "--backend", "inline", "--no-progress"],
-                         capture_output=True, text=True, cwd=tmp_path, check=False)
+    res = subprocess.run(
+        [*base, "--resume", str(out), "--total-steps", "80", "--backend", "inline", "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     assert int(read_metrics(out / "metrics.csv")[-1]["env_steps"]) == 80
 
 
-@pytest.mark.parametrize("sets, needle", [
-    (["rollout.backend=threads"], "rollout.backend"),
-    (["rollout.workers=-1"], "rollout.workers must be >= 0"),
-    (["rollout.workers=2"], "needs rollout.backend process or ray"),
-    (["rollout.backend=process", "rollout.ray_address=10.0.0.1:6379"], "only used with rollout.backend ray"),
-    (["rollout.backend=process", "rollout.worker_timeout=0"], "worker_timeout must be positive"),
-    (["rollout.max_restarts=-1"], "max_restarts must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "sets, needle",
+    [
+        (["rollout.backend=threads"], "rollout.backend"),
+        (["rollout.workers=-1"], "rollout.workers must be >= 0"),
+        (["rollout.workers=2"], "needs rollout.backend process or ray"),
+        (["rollout.backend=process", "rollout.ray_address=10.0.0.1:6379"], "only used with rollout.backend ray"),
+        (["rollout.backend=process", "rollout.worker_timeout=0"], "worker_timeout must be positive"),
+        (["rollout.max_restarts=-1"], "max_restarts must be >= 0"),
+    ],
+)
 def test_bad_rollout_config(sets, needle):
     with pytest.raises(ConfigError, match=needle):
         tiny_config("race", extra=sets)
@@ -223,8 +286,22 @@ def test_ray_backend_without_ray_is_a_one_line_error(tmp_path, monkeypatch, caps
     from racemarl.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    code = main(["train", "--algo", "matd3", "--total-steps", "40", "--out", str(tmp_path / "r"), "--no-progress",
-                 "--ray-address", "10.0.0.1:6379", "--set", "env.max_episode_steps=20"])
+    code = main(
+        [
+            "train",
+            "--algo",
+            "matd3",
+            "--total-steps",
+            "40",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "--ray-address",
+            "10.0.0.1:6379",
+            "--set",
+            "env.max_episode_steps=20",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.strip()]

@@ -9,6 +9,7 @@ Discrete actions (0 left, 1 stay, 2 right) with action masks in the observation 
 {"observation", "action_mask"} convention; moving off the line is masked), or continuous velocities
 in [-1, 1] with `continuous=True`. No `state()`: racemarl concatenates the observations.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@
 `Trainer` holds one (`make_family`) and calls it without asking which one it has. A family's methods that act
 read the run (`run`: the trainer) for its config, progress, acting copy, population and buffer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -78,8 +79,10 @@ def _check_finite_transitions(rows: dict[str, np.ndarray], task: str | None) -> 
     for key in ("reward", "obs", "state", "next_obs", "next_state"):
         values = rows.get(key)
         if values is not None and values.size and not np.isfinite(values).all():
-            raise EnvFailure(f"{task or 'the environment'}: a non-finite {key.replace('_', ' ')} (NaN or inf) in this "
-                             "generation's episodes; rewards, observations and states must be finite numbers")
+            raise EnvFailure(
+                f"{task or 'the environment'}: a non-finite {key.replace('_', ' ')} (NaN or inf) in this "
+                "generation's episodes; rewards, observations and states must be finite numbers"
+            )
 
 
 def make_family(cfg: Config, n_slots: int) -> ContinuousFamily | DiscreteFamily:
@@ -121,8 +124,15 @@ class ContinuousFamily:
 
     def make_buffer(self, learner, device: torch.device) -> ReplayBuffer:
         cfg, spec = self.cfg, self.spec
-        return ReplayBuffer(cfg.learner.buffer_size, spec.n_agents, learner.max_obs, spec.state_dim,
-                            learner.layout.joint_dim, seed=cfg.seed, device=device)
+        return ReplayBuffer(
+            cfg.learner.buffer_size,
+            spec.n_agents,
+            learner.max_obs,
+            spec.state_dim,
+            learner.layout.joint_dim,
+            seed=cfg.seed,
+            device=device,
+        )
 
     # ---------------------------------------------------------------- playing and learning
     def play(self, run) -> Played:
@@ -146,10 +156,15 @@ class ContinuousFamily:
         elif run.short_fitness():
             limit[first:] = cfg.race.fitness_steps
         return GenerationPlan(
-            slots=tuple(range(n)), heads=heads,
+            slots=tuple(range(n)),
+            heads=heads,
             encoders=run.actor.encoders.state_dict() if team_encoders is None else {},
-            team_encoders=team_encoders, noise_std=noise, random_actions=random_act,
-            streams=[slot_stream(cfg.seed, p.generation, t) for t in range(n)], step_limit=limit)
+            team_encoders=team_encoders,
+            noise_std=noise,
+            random_actions=random_act,
+            streams=[slot_stream(cfg.seed, p.generation, t) for t in range(n)],
+            step_limit=limit,
+        )
 
     @staticmethod
     def store(buffer: ReplayBuffer, results: list[SlotResult], task: str | None = None) -> None:
@@ -203,11 +218,17 @@ class ContinuousFamily:
         return policy
 
     def eval_episodes(self, run, heads: torch.Tensor, encoders: dict | None = None, record: bool = False):
-        rng = np.random.default_rng([self.cfg.seed, 2, run.progress.env_steps])  # same episodes at a step, however reached
+        rng = np.random.default_rng(
+            [self.cfg.seed, 2, run.progress.env_steps]
+        )  # same episodes at a step, however reached
         n = len(self.eval_envs)
         tiled_enc = None if encoders is None else {k: v.expand(n, *v.shape[1:]) for k, v in encoders.items()}
-        return run_episodes(self.eval_envs, self.team_policy(run.actor, heads[None].expand(n, *heads.shape), tiled_enc),
-                            rng, record=record)
+        return run_episodes(
+            self.eval_envs,
+            self.team_policy(run.actor, heads[None].expand(n, *heads.shape), tiled_enc),
+            rng,
+            record=record,
+        )
 
     def evaluate_team(self, run, heads: torch.Tensor, encoders: dict | None = None) -> tuple[np.ndarray, None]:
         return self.eval_episodes(run, heads, encoders).returns, None
@@ -221,8 +242,11 @@ class ContinuousFamily:
         with torch.no_grad():
             for ep in stats.episodes:
                 obs = torch.from_numpy(ep["obs"]).transpose(0, 1)  # [N, T, max_obs]
-                q_values.append(actor.actor_values(actor.critic, obs, torch.from_numpy(ep["state"]),
-                                                   torch.from_numpy(ep["action"])).numpy())
+                q_values.append(
+                    actor.actor_values(
+                        actor.critic, obs, torch.from_numpy(ep["state"]), torch.from_numpy(ep["action"])
+                    ).numpy()
+                )
         bias = critic_bias(stats.episodes, q_values, self.cfg.learner.gamma)
         row.update(q_marl=bias["q"], mc_return_marl=bias["mc"], q_bias_marl=bias["bias"])
         return stats.returns, None
@@ -265,14 +289,20 @@ class DiscreteFamily:
     def config_problem(cfg: Config) -> str | None:
         """Why this config cannot run on a discrete task, or None."""
         if cfg.algo == "matd3":
-            return (f"{cfg.env.task} is a discrete task: MATD3 is for continuous tasks; use --algo facmac "
-                    "(or race, whose discrete learner is built on FACMAC)")
+            return (
+                f"{cfg.env.task} is a discrete task: MATD3 is for continuous tasks; use --algo facmac "
+                "(or race, whose discrete learner is built on FACMAC)"
+            )
         if cfg.rollout.backend != "inline":
-            return (f"rollout.backend={cfg.rollout.backend}: on discrete tasks all teams already step together in "
-                    "one batched environment in the driver process; use the inline backend")
+            return (
+                f"rollout.backend={cfg.rollout.backend}: on discrete tasks all teams already step together in "
+                "one batched environment in the driver process; use the inline backend"
+            )
         if cfg.algo == "merl":
-            return (f"{cfg.env.task} is a discrete task: MERL is implemented for continuous tasks (its MATD3 "
-                    "version, as in the RACE paper's MA-MuJoCo figures)")
+            return (
+                f"{cfg.env.task} is a discrete task: MERL is implemented for continuous tasks (its MATD3 "
+                "version, as in the RACE paper's MA-MuJoCo figures)"
+            )
         if cfg.uses_population and not cfg.race.shared_encoder:
             return "race.shared_encoder=false (each team its own encoders) is implemented for continuous tasks only"
         return None
@@ -288,8 +318,16 @@ class DiscreteFamily:
 
     def make_buffer(self, learner, device: torch.device) -> EpisodeBuffer:
         dc, spec = self.cfg.discrete, self.spec
-        return EpisodeBuffer(dc.buffer_episodes, spec.episode_limit, spec.n_agents, learner.obs_dim, spec.state_dim,
-                             learner.n_actions, seed=self.cfg.seed, device=device)
+        return EpisodeBuffer(
+            dc.buffer_episodes,
+            spec.episode_limit,
+            spec.n_agents,
+            learner.obs_dim,
+            spec.state_dim,
+            learner.n_actions,
+            seed=self.cfg.seed,
+            device=device,
+        )
 
     # ---------------------------------------------------------------- playing and learning
     def play(self, run) -> Played:
@@ -336,8 +374,13 @@ class DiscreteFamily:
     def evaluate_team(self, run, heads: torch.Tensor, encoders: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Greedy returns and battle_won flags of one team, with fixed seeds per evaluation."""
         n = self.eval_envs.batch_size
-        stats = run_discrete_episodes(self.eval_envs, run.actor, heads[None].expand(n, *heads.shape),
-                                      self._eval_rngs(run), greedy=np.ones(n, bool))
+        stats = run_discrete_episodes(
+            self.eval_envs,
+            run.actor,
+            heads[None].expand(n, *heads.shape),
+            self._eval_rngs(run),
+            greedy=np.ones(n, bool),
+        )
         return stats.returns, self._wins(self.eval_envs, stats.won)
 
     def evaluate_marl(self, run, row: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -345,17 +388,28 @@ class DiscreteFamily:
         Q_tot(s_t, u_t) - discounted return on them."""
         n, spec, learner = self.eval_envs.batch_size, self.spec, run.actor
         heads = learner.marl_heads.detach()
-        episodes = EpisodeBuffer(n, spec.episode_limit, spec.n_agents, learner.obs_dim, spec.state_dim,
-                                 learner.n_actions)
-        stats = run_discrete_episodes(self.eval_envs, learner, heads[None].expand(n, *heads.shape),
-                                      self._eval_rngs(run), greedy=np.ones(n, bool), buffer=episodes)
+        episodes = EpisodeBuffer(
+            n, spec.episode_limit, spec.n_agents, learner.obs_dim, spec.state_dim, learner.n_actions
+        )
+        stats = run_discrete_episodes(
+            self.eval_envs,
+            learner,
+            heads[None].expand(n, *heads.shape),
+            self._eval_rngs(run),
+            greedy=np.ones(n, bool),
+            buffer=episodes,
+        )
         batch = episodes.batch(torch.arange(n))
         t = batch.reward.shape[1]
         with torch.no_grad():
-            q = learner.critic(batch.obs[:, :t], F.one_hot(batch.actions, learner.n_actions).float(), batch.state[:, :t])
+            q = learner.critic(
+                batch.obs[:, :t], F.one_hot(batch.actions, learner.n_actions).float(), batch.state[:, :t]
+            )
         lengths = batch.mask.sum(1).long().tolist()
-        eps = [{"reward": batch.reward[b, :n_b].numpy(), "terminated": batch.terminated[b, :n_b].numpy()}
-               for b, n_b in enumerate(lengths)]
+        eps = [
+            {"reward": batch.reward[b, :n_b].numpy(), "terminated": batch.terminated[b, :n_b].numpy()}
+            for b, n_b in enumerate(lengths)
+        ]
         bias = critic_bias(eps, [q[b, :n_b].numpy() for b, n_b in enumerate(lengths)], self.cfg.discrete.gamma)
         row.update(q_marl=bias["q"], mc_return_marl=bias["mc"], q_bias_marl=bias["bias"])
         return stats.returns, self._wins(self.eval_envs, stats.won)

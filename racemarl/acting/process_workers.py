@@ -1,5 +1,6 @@
 """Rollout workers of the `process` backend: one local process per block of slots, each with a pipe to the driver
 (multiprocessing, spawn context). See `racemarl.acting.workers` for the interface, restarts and timeouts."""
+
 from __future__ import annotations
 
 import contextlib
@@ -95,8 +96,9 @@ class ProcessWorkers(RolloutWorkers):
 
     def _spawn(self, i: int) -> _Proc:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_process_main, args=(child, self.setup(self.blocks[i])),
-                                    name=f"racemarl-rollout-{i}", daemon=True)
+        process = self._ctx.Process(
+            target=_process_main, args=(child, self.setup(self.blocks[i])), name=f"racemarl-rollout-{i}", daemon=True
+        )
         process.start()
         child.close()
         return _Proc(process, parent)
@@ -127,7 +129,9 @@ class ProcessWorkers(RolloutWorkers):
 
     def _play(self, plan: GenerationPlan) -> dict[int, list[SlotResult]]:
         timeout = self.cfg.rollout.worker_timeout
-        jobs = {i: pickle.dumps(plan.part(block), protocol=pickle.HIGHEST_PROTOCOL) for i, block in enumerate(self.blocks)}
+        jobs = {
+            i: pickle.dumps(plan.part(block), protocol=pickle.HIGHEST_PROTOCOL) for i, block in enumerate(self.blocks)
+        }
         deadline = {}
         for i, job in jobs.items():
             self._dispatch(i, job)
@@ -159,8 +163,9 @@ class ProcessWorkers(RolloutWorkers):
                 if kind == "env_error":
                     raise EnvFailure(payload[0], detail=payload[1])
                 if kind == "error":
-                    raise RolloutError(f"rollout worker {i} ({_block_label(self.blocks[i])}) raised an exception:\n"
-                                       f"{payload.rstrip()}")
+                    raise RolloutError(
+                        f"rollout worker {i} ({_block_label(self.blocks[i])}) raised an exception:\n{payload.rstrip()}"
+                    )
                 results[i] = payload
                 self.failures[i] = 0
                 pending.discard(i)

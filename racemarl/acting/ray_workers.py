@@ -1,5 +1,6 @@
 """Rollout workers of the `ray` backend: Ray actors, on a local Ray instance or on a cluster joined with
 `rollout.ray_address`. See `racemarl.acting.workers` for the interface, restarts and timeouts."""
+
 from __future__ import annotations
 
 import contextlib
@@ -48,7 +49,9 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
     try:  # name resolution has no timeout of its own: bounded here
         infos = pool.submit(socket.getaddrinfo, host, int(port_text), type=socket.SOCK_STREAM).result(timeout)
     except concurrent.futures.TimeoutError:
-        raise RolloutError(f"--ray-address {address}: the host name {host!r} did not resolve within {timeout:g} s") from None
+        raise RolloutError(
+            f"--ray-address {address}: the host name {host!r} did not resolve within {timeout:g} s"
+        ) from None
     except OSError as e:
         raise RolloutError(f"--ray-address {address}: unknown host {host!r} ({e.strerror or e})") from None
     finally:
@@ -63,9 +66,15 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
         except OSError as e:
             last = e
     else:
-        why = "timed out" if isinstance(last, TimeoutError | socket.timeout) else (getattr(last, "strerror", None) or last)
-        raise RolloutError(f"--ray-address {address}: no Ray cluster answers there ({why}); start one with "
-                           f"`ray start --head` or check the address")
+        why = (
+            "timed out"
+            if isinstance(last, TimeoutError | socket.timeout)
+            else (getattr(last, "strerror", None) or last)
+        )
+        raise RolloutError(
+            f"--ray-address {address}: no Ray cluster answers there ({why}); start one with "
+            f"`ray start --head` or check the address"
+        )
     _probe_ray(address, float(os.environ.get("RACEMARL_RAY_CONNECT_TIMEOUT", 30)))
 
 
@@ -75,17 +84,26 @@ def _probe_ray(address: str, timeout: float) -> None:
     import subprocess
     import sys
 
-    code = ("import sys, ray\n"
-            "try:\n    ray.init(address=sys.argv[1], log_to_driver=False, logging_level='error')\n"
-            "except Exception as e:\n    print(type(e).__name__ + ': ' + str(e).splitlines()[0] if str(e) else '')\n"
-            "    sys.exit(1)\nray.shutdown()\n")
+    code = (
+        "import sys, ray\n"
+        "try:\n    ray.init(address=sys.argv[1], log_to_driver=False, logging_level='error')\n"
+        "except Exception as e:\n    print(type(e).__name__ + ': ' + str(e).splitlines()[0] if str(e) else '')\n"
+        "    sys.exit(1)\nray.shutdown()\n"
+    )
     try:
-        out = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            [sys.executable, "-c", code, address],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
-        raise RolloutError(f"--ray-address {address}: no Ray cluster answered within {timeout:g} s (something listens "
-                           "there, but not Ray's head node?); check the address "
-                           "(RACEMARL_RAY_CONNECT_TIMEOUT=S waits longer)") from None
+        raise RolloutError(
+            f"--ray-address {address}: no Ray cluster answered within {timeout:g} s (something listens "
+            "there, but not Ray's head node?); check the address "
+            "(RACEMARL_RAY_CONNECT_TIMEOUT=S waits longer)"
+        ) from None
     if out.returncode != 0:
         why = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else f"exit {out.returncode}"
         raise RolloutError(f"--ray-address {address}: cannot join a Ray cluster there ({why[:200]})")
@@ -177,8 +195,9 @@ class RayWorkers(RolloutWorkers):
                     cause = getattr(e, "cause", None)
                     if isinstance(cause, EnvFailure):
                         raise EnvFailure(str(cause), detail=str(e)) from None
-                    raise RolloutError(f"rollout worker {i} ({_block_label(self.blocks[i])}) raised an exception:\n"
-                                       f"{e}") from None
+                    raise RolloutError(
+                        f"rollout worker {i} ({_block_label(self.blocks[i])}) raised an exception:\n{e}"
+                    ) from None
                 except RayError as e:  # the actor died, or its node
                     self._restart(i, f"failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
                     pending[self._dispatch(i, jobs[i])] = i
@@ -203,4 +222,3 @@ class RayWorkers(RolloutWorkers):
             _kill_actor(ray, actor)
         if self._owns_ray:
             ray.shutdown()
-

@@ -4,6 +4,7 @@
 played slot by slot with one stream per slot (`EnvRunner`, `play_slots`), so that they can be split
 over rollout workers (`racemarl.acting.workers`) without changing a single number.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -22,14 +23,17 @@ from racemarl.nets.policy import ActionLayout, AgentEncoders, pad_obs
 class EpisodeStats:
     returns: np.ndarray  # [T] undiscounted return of each env's episode
     lengths: np.ndarray  # [T]
-    episodes: list[dict[str, np.ndarray]] | None = None  # with `record`: each env's obs, state, action, reward, terminated
+    episodes: list[dict[str, np.ndarray]] | None = (
+        None  # with `record`: each env's obs, state, action, reward, terminated
+    )
 
 
 Policy = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 
 
-def run_episodes(envs: Sequence[MultiAgentEnv], policy: Policy, rng: np.random.Generator,
-                 record: bool = False) -> EpisodeStats:
+def run_episodes(
+    envs: Sequence[MultiAgentEnv], policy: Policy, rng: np.random.Generator, record: bool = False
+) -> EpisodeStats:
     """Evaluation: play one greedy episode in every env, all envs stepping in lockstep; `rng` draws the
     env seeds.
 
@@ -50,8 +54,9 @@ def run_episodes(envs: Sequence[MultiAgentEnv], policy: Policy, rng: np.random.G
     returns = np.zeros(n_env)
     lengths = np.zeros(n_env, np.int64)
     active = np.ones(n_env, bool)
-    steps: list[dict[str, list]] = [{k: [] for k in ("obs", "state", "action", "reward", "terminated")}
-                                    for _ in range(n_env if record else 0)]
+    steps: list[dict[str, list]] = [
+        {k: [] for k in ("obs", "state", "action", "reward", "terminated")} for _ in range(n_env if record else 0)
+    ]
     state = first_state
     while active.any():
         idx = np.flatnonzero(active)
@@ -142,11 +147,15 @@ class GenerationPlan:
             return {k: np.array(v, copy=True) for k, v in d.items()}
 
         return GenerationPlan(
-            slots=tuple(slots), heads=take(self.heads), encoders=arrays(self.encoders),
+            slots=tuple(slots),
+            heads=take(self.heads),
+            encoders=arrays(self.encoders),
             team_encoders=None if self.team_encoders is None else {k: take(v) for k, v in self.team_encoders.items()},
-            noise_std=take(self.noise_std), random_actions=take(self.random_actions),
+            noise_std=take(self.noise_std),
+            random_actions=take(self.random_actions),
             streams=[self.streams[r] for r in rows],
-            step_limit=None if self.step_limit is None else take(self.step_limit))
+            step_limit=None if self.step_limit is None else take(self.step_limit),
+        )
 
     def limit(self, r: int) -> int:
         """Row r's step limit (-1 = none)."""
@@ -177,7 +186,9 @@ class SlotActor(torch.nn.Module):
 
     # The encoder layers `forward` evaluates itself (functionally, without module calls: a step's batch is tiny
     # and per-call overhead matters); any other encoder structure is run through the module.
-    LEAN_PARAMS = frozenset({"l1.weight", "l1.bias", "n1.weight", "n1.bias", "l2.weight", "l2.bias", "n2.weight", "n2.bias"})
+    LEAN_PARAMS = frozenset(
+        {"l1.weight", "l1.bias", "n1.weight", "n1.bias", "l2.weight", "l2.bias", "n2.weight", "n2.bias"}
+    )
 
     def __init__(self, spec: EnvSpec, encoder_hidden: int, embed_dim: int, n_slots: int):
         super().__init__()
@@ -335,18 +346,29 @@ def play_slots(envs: list[MultiAgentEnv], actor: SlotActor, plan: GenerationPlan
             else:
                 obs[t] = next_obs
                 state[r] = next_state
-    return [SlotResult(slot=int(plan.slots[r]),
-                       transitions={f: _stack(v, f, spec, max_obs) for f, v in records[r].items()},
-                       episode_return=float(returns[r]), length=int(lengths[r]), cut=bool(cut[r]))
-            for r in range(k)]
+    return [
+        SlotResult(
+            slot=int(plan.slots[r]),
+            transitions={f: _stack(v, f, spec, max_obs) for f, v in records[r].items()},
+            episode_return=float(returns[r]),
+            length=int(lengths[r]),
+            cut=bool(cut[r]),
+        )
+        for r in range(k)
+    ]
 
 
 def _stack(values: list, name: str, spec: EnvSpec, max_obs: int) -> np.ndarray:
     """One field of a slot's transitions as a float32 array (the right empty shape for a slot that sat out)."""
     if values:
         return np.asarray(values, np.float32)
-    width = {"obs": (spec.n_agents, max_obs), "next_obs": (spec.n_agents, max_obs), "state": (spec.state_dim,),
-             "next_state": (spec.state_dim,), "action": (sum(spec.act_dims),)}.get(name, ())
+    width = {
+        "obs": (spec.n_agents, max_obs),
+        "next_obs": (spec.n_agents, max_obs),
+        "state": (spec.state_dim,),
+        "next_state": (spec.state_dim,),
+        "action": (sum(spec.act_dims),),
+    }.get(name, ())
     return np.zeros((0, *width), np.float32)
 
 

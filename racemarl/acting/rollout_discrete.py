@@ -10,6 +10,7 @@ Unavailable actions have probability exactly 0 and are never chosen. Every row d
 and its action samples from its own generator, so a row's episode does not depend on the others.
 Whole episodes go to the `EpisodeBuffer` in row order once the batch is done.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,9 +37,16 @@ def sample_actions(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (cum < u[:, None]).sum(-1)
 
 
-def run_discrete_episodes(envs: EnvBatch, learner, heads: torch.Tensor, rngs: list[np.random.Generator], *,
-                          epsilon: np.ndarray | None = None, greedy: np.ndarray | None = None,
-                          buffer: EpisodeBuffer | None = None) -> DiscreteEpisodeStats:
+def run_discrete_episodes(
+    envs: EnvBatch,
+    learner,
+    heads: torch.Tensor,
+    rngs: list[np.random.Generator],
+    *,
+    epsilon: np.ndarray | None = None,
+    greedy: np.ndarray | None = None,
+    buffer: EpisodeBuffer | None = None,
+) -> DiscreteEpisodeStats:
     """Play one episode in every row of `envs` (rows = teams; heads `[B, N, A, h+1]`).
 
     `learner` provides `encoders` (`RecurrentEncoders`) and `act_step`; `rngs[b]` seeds row b's env
@@ -51,7 +59,9 @@ def run_discrete_episodes(envs: EnvBatch, learner, heads: torch.Tensor, rngs: li
     obs, state, avail = envs.reset([int(r.integers(2**31)) for r in rngs])
     hidden = learner.encoders.initial_state(b_size)
     last = torch.zeros(b_size, n, n_act)
-    record: dict[str, list[list]] = {k: [[] for _ in range(b_size)] for k in ("obs", "state", "avail", "actions", "reward", "terminated")}
+    record: dict[str, list[list]] = {
+        k: [[] for _ in range(b_size)] for k in ("obs", "state", "avail", "actions", "reward", "terminated")
+    }
     for b in range(b_size):
         record["obs"][b].append(obs[b])
         record["state"][b].append(state[b])

@@ -25,6 +25,7 @@ twice. After `rollout.max_restarts` restarts of one worker in a row the run stop
 Worker processes are started with the spawn method, which imports the main module again: a script
 that trains with the process backend needs the `if __name__ == "__main__":` guard.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,11 @@ class RolloutError(RuntimeError):
 
 def env_kwargs(cfg: Config) -> dict:
     """The keyword arguments of `make_env` for a config's training and evaluation environments."""
-    return {"agent_obsk": cfg.env.agent_obsk, "max_episode_steps": cfg.env.max_episode_steps, "kwargs": dict(cfg.env.kwargs)}
+    return {
+        "agent_obsk": cfg.env.agent_obsk,
+        "max_episode_steps": cfg.env.max_episode_steps,
+        "kwargs": dict(cfg.env.kwargs),
+    }
 
 
 def assign_slots(n_slots: int, n_workers: int) -> list[tuple[int, ...]]:
@@ -94,8 +99,14 @@ class RolloutWorkers:
 
     def setup(self, slots: tuple[int, ...]) -> RunnerSetup:
         cfg = self.cfg
-        return RunnerSetup(task=cfg.env.task, env_kwargs=env_kwargs(cfg), encoder_hidden=cfg.net.encoder_hidden,
-                           embed_dim=cfg.net.embed_dim, n_slots=self.n_slots, slots=slots)
+        return RunnerSetup(
+            task=cfg.env.task,
+            env_kwargs=env_kwargs(cfg),
+            encoder_hidden=cfg.net.encoder_hidden,
+            embed_dim=cfg.net.embed_dim,
+            n_slots=self.n_slots,
+            slots=slots,
+        )
 
     def start(self) -> None:
         """Create the workers (done by the first `play`)."""
@@ -138,10 +149,19 @@ class RolloutWorkers:
     def _give_up_or_warn(self, i: int, failures: int, why: str, where: str) -> None:
         limit = self.cfg.rollout.max_restarts
         if failures > limit:
-            raise RolloutError(f"rollout worker {i} ({_block_label(self.blocks[i])}) failed {failures} times in a row, "
-                               f"last: {why}; giving up (rollout.max_restarts={limit})")
-        log.warning("rollout worker %d (%s%s) %s; restarting it and replaying its episodes (restart %d of at most %d "
-                    "in a row)", i, _block_label(self.blocks[i]), where, why, failures, limit)
+            raise RolloutError(
+                f"rollout worker {i} ({_block_label(self.blocks[i])}) failed {failures} times in a row, "
+                f"last: {why}; giving up (rollout.max_restarts={limit})"
+            )
+        log.warning(
+            "rollout worker %d (%s%s) %s; restarting it and replaying its episodes (restart %d of at most %d in a row)",
+            i,
+            _block_label(self.blocks[i]),
+            where,
+            why,
+            failures,
+            limit,
+        )
         self.restarts += 1
 
 

@@ -1,4 +1,5 @@
 """What every learner shares: applying a loss to a set of optimizers, and its checkpoint state."""
+
 from __future__ import annotations
 
 import contextlib
@@ -60,8 +61,9 @@ class Learner(nn.Module):
     opt_encoder: torch.optim.Optimizer
     _guard_record: dict[str, torch.Tensor] | None
 
-    def update(self, batch, population: torch.Tensor | None = None,
-               pop_encoders: dict | None = None) -> dict[str, torch.Tensor]:
+    def update(
+        self, batch, population: torch.Tensor | None = None, pop_encoders: dict | None = None
+    ) -> dict[str, torch.Tensor]:
         """One gradient update on `batch`; the losses as 0-dim tensors on the device (each learner's own)."""
         raise NotImplementedError
 
@@ -93,8 +95,9 @@ class Learner(nn.Module):
         return autocast(self.precision, self.marl_heads.device)
 
     # ---------------------------------------------------------------- hooks (RACE adds losses and networks)
-    def extra_critic_losses(self, batch, z_next: torch.Tensor, q_next: torch.Tensor,
-                            population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def extra_critic_losses(
+        self, batch, z_next: torch.Tensor, q_next: torch.Tensor, population: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         """More value functions trained with the critic at every update (RACE: PeVFA and V_zeta)."""
         return {}
 
@@ -112,8 +115,15 @@ class Learner(nn.Module):
     def encoder_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.opt_actor, self.opt_encoder]
 
-    def apply_loss(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor],
-                   grad_clip: float = 0.0, label: str = "step", ok: torch.Tensor | None = None) -> torch.Tensor:
+    def apply_loss(
+        self,
+        loss: torch.Tensor,
+        optimizers: list[torch.optim.Optimizer],
+        parts: dict[str, torch.Tensor],
+        grad_clip: float = 0.0,
+        label: str = "step",
+        ok: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Backpropagate `loss` (the sum of `parts`) and step `optimizers`, each with its gradients clipped
         to norm `grad_clip` (0 = no clipping). Without a host read: when `loss` is not finite, or `ok` (what
         the update found so far, a 0-dim bool tensor) is false, the steps are skipped on the device (fused
@@ -143,8 +153,9 @@ class Learner(nn.Module):
         """The named terms of the encoder loss on `batch` (the learner's own: MATD3, FACMAC)."""
         raise NotImplementedError
 
-    def encoder_grad_norms(self, batch, population: torch.Tensor | None = None,
-                           pop_encoders: dict | None = None) -> dict[str, float]:
+    def encoder_grad_norms(
+        self, batch, population: torch.Tensor | None = None, pop_encoders: dict | None = None
+    ) -> dict[str, float]:
         """The norm of the gradient each term of the encoder loss (`encoder_losses`: the MARL actor term, RACE's VFM
         and beta * VMM) puts on the shared encoders' parameters, each term alone, on `batch`, at the learner's
         precision. Changes nothing: no parameter, optimiser state or `.grad` is touched, and the learner's random
@@ -176,8 +187,10 @@ class Learner(nn.Module):
         device = self.marl_heads.device
         rec = getattr(self, "_guard_record", None)
         if rec is None or rec["first"].device != device:
-            rec = {"first": torch.full((), self._NO_BAD, dtype=torch.int64, device=device),
-                   "batch": torch.zeros((), dtype=torch.bool, device=device)}
+            rec = {
+                "first": torch.full((), self._NO_BAD, dtype=torch.int64, device=device),
+                "batch": torch.zeros((), dtype=torch.bool, device=device),
+            }
             self._guard_record = rec
         return rec
 

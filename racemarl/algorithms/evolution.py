@@ -16,6 +16,7 @@ cloned into protected slots, tournament winners survive with mutation only, cros
 unselected slots, and every slot but the protected clones mutates. The MARL team is then copied into
 the slot whose team had the worst fitness, never a protected clone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -110,8 +111,9 @@ def mutate_team_rows(team: torch.Tensor, row_mask: torch.Tensor, cfg: RaceConfig
     team[real[:, 0], real[:, 1], :n_cols] = flat.view(len(real), n_cols)
 
 
-def evolve(heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg: RaceConfig,
-           rng: np.random.Generator) -> tuple[torch.Tensor, GenerationReport]:
+def evolve(
+    heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg: RaceConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, GenerationReport]:
     """One generation of selection, crossover and mutation. Returns new heads and what happened.
 
     `cfg.parents_survive` (default) follows the reference code (ERL-Re2 / official RACE `mod_neuro_evo`);
@@ -142,8 +144,9 @@ def _mutate(team: torch.Tensor, row_mask: torch.Tensor, cfg: RaceConfig, rng: np
     return []
 
 
-def mutate_encoders(params: dict[str, torch.Tensor], mutated: list[tuple[int, int]], obs_dims, cfg: RaceConfig,
-                    rng: np.random.Generator) -> None:
+def mutate_encoders(
+    params: dict[str, torch.Tensor], mutated: list[tuple[int, int]], obs_dims, cfg: RaceConfig, rng: np.random.Generator
+) -> None:
     """MERL: whole-network mutation. For every (team, agent) in `mutated`, perturb that agent's own encoder in
     place, `params` `{name: [P, N, ...]}`: in each weight matrix (grouped layout `[in, out]`), for every output
     unit a fraction `mutation_frac` of its real inputs (at least one), with one draw per unit of the kind of
@@ -170,12 +173,12 @@ def _perturb_columns(w: torch.Tensor, n_in: int, cfg: RaceConfig, rng: np.random
     new = vals + noise * strength[None, :] * np.abs(vals)
     reset = (u >= cfg.super_mutation_prob) & (u < cfg.super_mutation_prob + cfg.reset_prob)
     new = np.where(reset[None, :], noise, new)
-    w[rows, cols] = torch.from_numpy(
-        np.clip(new, -WEIGHT_CLIP, WEIGHT_CLIP).astype(np.float32))
+    w[rows, cols] = torch.from_numpy(np.clip(new, -WEIGHT_CLIP, WEIGHT_CLIP).astype(np.float32))
 
 
-def _reference_generation(heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg: RaceConfig,
-                          rng: np.random.Generator) -> tuple[torch.Tensor, GenerationReport]:
+def _reference_generation(
+    heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg: RaceConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, GenerationReport]:
     """The reference scheme:
 
     1. elites = the top `elite_fraction`; `pop - elites` tournament draws, duplicates removed, are the
@@ -217,14 +220,24 @@ def _reference_generation(heads: torch.Tensor, fitness: np.ndarray, row_mask: to
             if slot not in children:
                 children.append(slot)
                 parents.append((int(sources[pa][0]), int(sources[pb][0])))
-    mutated = [(slot, i) for slot in range(pop) if slot not in protected for i in _mutate(new[slot], row_mask, cfg, rng)]
-    report = GenerationReport(elites=elites, parents=parents, children=children, sources=sources,
-                              protected=protected, selected=selected, mutated=mutated)
+    mutated = [
+        (slot, i) for slot in range(pop) if slot not in protected for i in _mutate(new[slot], row_mask, cfg, rng)
+    ]
+    report = GenerationReport(
+        elites=elites,
+        parents=parents,
+        children=children,
+        sources=sources,
+        protected=protected,
+        selected=selected,
+        mutated=mutated,
+    )
     return new, report
 
 
-def _children_generation(heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg: RaceConfig,
-                         rng: np.random.Generator) -> tuple[torch.Tensor, GenerationReport]:
+def _children_generation(
+    heads: torch.Tensor, fitness: np.ndarray, row_mask: torch.Tensor, cfg: RaceConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, GenerationReport]:
     """Elites keep their slots unchanged; every other slot gets a crossover child of two tournament
     winners, which then mutates (`race.parents_survive=false`)."""
     pop = heads.shape[0]
@@ -244,8 +257,9 @@ def _children_generation(heads: torch.Tensor, fitness: np.ndarray, row_mask: tor
             sources[slot] = src
             parents.append((pa, pb))
     mutated = [(slot, i) for slot in children for i in _mutate(new[slot], row_mask, cfg, rng)]
-    report = GenerationReport(elites=elites, parents=parents, children=children, sources=sources, protected=elites,
-                              mutated=mutated)
+    report = GenerationReport(
+        elites=elites, parents=parents, children=children, sources=sources, protected=elites, mutated=mutated
+    )
     return new, report
 
 

@@ -13,6 +13,7 @@ Two learners share the mixed critic (`racemarl.nets.mixer.MixedCritic`):
   mixed critic on (o_i, u_i) and no target policy smoothing (FACMAC is DDPG-style); the actor delay
   stays `learner.policy_delay`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -64,8 +65,9 @@ def gumbel_straight_through(logits: torch.Tensor, generator: torch.Generator, ta
     return hard - soft.detach() + soft
 
 
-def td_lambda_targets(reward: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor, q_next: torch.Tensor,
-                      gamma: float, lam: float) -> torch.Tensor:
+def td_lambda_targets(
+    reward: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor, q_next: torch.Tensor, gamma: float, lam: float
+) -> torch.Tensor:
     """TD(lambda) returns over episodes, computed backwards.
 
     reward, terminated, mask `[..., T]`; q_next `[..., T+1]` the target values of every stored step
@@ -87,8 +89,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.expand_as(x).sum().clamp(min=1)
 
 
-def hard_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tensor,
-                ok: torch.Tensor | None = None) -> None:
+def hard_update(
+    target: nn.Module | torch.Tensor, source: nn.Module | torch.Tensor, ok: torch.Tensor | None = None
+) -> None:
     """Copy `source` into `target`; where `ok` (a 0-dim bool tensor) is false, keep `target` (decided on the device)."""
     with torch.no_grad():
         if isinstance(target, torch.Tensor):
@@ -126,8 +129,9 @@ class FACMAC(Learner):
         heads = init_heads(1, n, self.n_actions, dc.rnn_hidden, row_mask, generator)[0]
         self.marl_heads = nn.Parameter(heads)  # [N, A, h+1]
         self.register_buffer("marl_heads_targ", heads.clone())
-        self.critic = MixedCritic(n, self.obs_dim, self.n_actions, spec.state_dim, dc.critic_hidden,
-                                  dc.mixer_embed, dc.hypernet_hidden)
+        self.critic = MixedCritic(
+            n, self.obs_dim, self.n_actions, spec.state_dim, dc.critic_hidden, dc.mixer_embed, dc.hypernet_hidden
+        )
         self.critic_targ = copy.deepcopy(self.critic).requires_grad_(False)
         self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=dc.lr_critic, fused=True)
         self.opt_actor = torch.optim.Adam([self.marl_heads], lr=dc.lr_actor, fused=True)
@@ -140,8 +144,14 @@ class FACMAC(Learner):
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
-    def act_step(self, obs: torch.Tensor, last_actions: torch.Tensor, hidden: torch.Tensor, heads: torch.Tensor,
-                 avail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def act_step(
+        self,
+        obs: torch.Tensor,
+        last_actions: torch.Tensor,
+        hidden: torch.Tensor,
+        heads: torch.Tensor,
+        avail: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of B envs, env b driven by team heads[b]: obs `[B, N, O]`, last actions one-hot
         `[B, N, A]`, hidden `[B, N, h]`, heads `[B, N, A, h+1]`, avail `[B, N, A]` ->
         (masked logits `[B, N, A]`, new hidden)."""
@@ -156,8 +166,9 @@ class FACMAC(Learner):
         last = torch.cat([torch.zeros_like(onehot[:, :1]), onehot], dim=1)
         return (self.encoders_targ if target else self.encoders)(batch.obs, last)
 
-    def update(self, batch: EpisodeBatch, population: torch.Tensor | None = None,
-               pop_encoders: dict | None = None) -> dict[str, torch.Tensor]:
+    def update(
+        self, batch: EpisodeBatch, population: torch.Tensor | None = None, pop_encoders: dict | None = None
+    ) -> dict[str, torch.Tensor]:
         """One update on a batch of episodes; no host synchronisation (see `Learner`): losses returned as
         detached 0-dim tensors, a non-finite batch or loss skips the steps and targets on the device."""
         del pop_encoders  # unshared encoders are a continuous-task ablation only
@@ -169,7 +180,7 @@ class FACMAC(Learner):
         ok = self.batch_ok([t for t in batch.tensors() if t.is_floating_point()])
         t_max = batch.reward.shape[1]
         actions = F.one_hot(batch.actions, self.n_actions).float()
-        obs, state, avail, mask = batch.obs[:, :t_max], batch.state[:, :t_max], batch.avail[:, :t_max], batch.mask
+        obs, state, mask = batch.obs[:, :t_max], batch.state[:, :t_max], batch.mask
         with torch.no_grad():
             z_targ = self.unroll(batch, target=True)  # [B, T+1, N, h]
             greedy = masked_logits(team_logits(z_targ, self.marl_heads_targ), batch.avail).argmax(-1)
@@ -199,16 +210,26 @@ class FACMAC(Learner):
         pi = gumbel_straight_through(masked_logits(logits, avail), self.generator)
         q_pi = self.critic(obs, pi, state)
         reg = masked_mean((logits * avail).pow(2).mean(-1), mask[..., None])
-        return {"actor": -masked_mean(q_pi, mask) + self.dcfg.logit_reg * reg,
-                **self.extra_encoder_losses(batch, z, population)}
+        return {
+            "actor": -masked_mean(q_pi, mask) + self.dcfg.logit_reg * reg,
+            **self.extra_encoder_losses(batch, z, population),
+        }
 
-    def _step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor],
-              ok: torch.Tensor | None = None) -> torch.Tensor:
+    def _step(
+        self,
+        loss: torch.Tensor,
+        optimizers: list[torch.optim.Optimizer],
+        parts: dict[str, torch.Tensor],
+        ok: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.apply_loss(loss, optimizers, parts, self.dcfg.grad_clip, ok=ok)
 
     def target_pairs(self) -> list[tuple]:
-        return [(self.critic_targ, self.critic), (self.encoders_targ, self.encoders),
-                (self.marl_heads_targ, self.marl_heads.detach())]
+        return [
+            (self.critic_targ, self.critic),
+            (self.encoders_targ, self.encoders),
+            (self.marl_heads_targ, self.marl_heads.detach()),
+        ]
 
     def update_targets(self, ok: torch.Tensor | None = None) -> None:
         """Soft (Polyak) or periodic hard target updates; no move where `ok` (0-dim bool: the update was finite)
@@ -229,12 +250,21 @@ class FacmacContinuous(MATD3):
     def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
         super().__init__(spec, cfg, generator)
         dc = cfg.discrete
-        self.critic = MixedCritic(spec.n_agents, self.max_obs, self.layout.max_act, spec.state_dim,
-                                  cfg.net.critic_hidden, dc.mixer_embed, dc.hypernet_hidden)
+        self.critic = MixedCritic(
+            spec.n_agents,
+            self.max_obs,
+            self.layout.max_act,
+            spec.state_dim,
+            cfg.net.critic_hidden,
+            dc.mixer_embed,
+            dc.hypernet_hidden,
+        )
         self.critic_targ = copy.deepcopy(self.critic).requires_grad_(False)  # type: ignore[assignment]  # not a twin
         self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=cfg.learner.lr_critic, fused=True)
 
-    def critic_values(self, critic: nn.Module, obs: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def critic_values(
+        self, critic: nn.Module, obs: torch.Tensor, state: torch.Tensor, action: torch.Tensor
+    ) -> torch.Tensor:
         """One mixed value `[1, B]`: obs `[N, B, O]`, state `[B, S]`, flat joint action `[B, U]`."""
         per_agent = self.layout.unflatten(action).transpose(0, 1)  # [B, N, A]
         return critic(obs.transpose(0, 1), per_agent, state)[None]

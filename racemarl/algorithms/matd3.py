@@ -6,6 +6,7 @@ The actors are built from the parts RACE uses (shared encoders + linear team hea
 `extra_critic_losses` (more value functions trained each update) and `extra_encoder_losses`
 (more terms in the encoder loss at each delayed actor update).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -96,15 +97,17 @@ class MATD3(Learner):
         self.generator = generator  # target-smoothing noise
         self.layout = ActionLayout(spec)
         self.max_obs = max(spec.obs_dims)
-        self.encoders = AgentEncoders(spec.obs_dims, cfg.net.encoder_hidden, cfg.net.embed_dim,
-                                      fast_tanh=cfg.net.fast_tanh)
+        self.encoders = AgentEncoders(
+            spec.obs_dims, cfg.net.encoder_hidden, cfg.net.embed_dim, fast_tanh=cfg.net.fast_tanh
+        )
         self.encoders_targ = copy.deepcopy(self.encoders).requires_grad_(False)
         heads = init_heads(1, spec.n_agents, self.layout.max_act, cfg.net.embed_dim, self.layout.row_mask, generator)[0]
         heads = heads * cfg.learner.marl_head_init_scale
         self.marl_heads = nn.Parameter(heads)  # [N, A, d+1]
         self.register_buffer("marl_heads_targ", heads.clone())
-        self.critic = TwinCritic(spec.state_dim, self.layout.joint_dim, cfg.net.critic_hidden,
-                                 layer_norm=cfg.net.critic_layer_norm)
+        self.critic = TwinCritic(
+            spec.state_dim, self.layout.joint_dim, cfg.net.critic_hidden, layer_norm=cfg.net.critic_layer_norm
+        )
         self.critic_targ = copy.deepcopy(self.critic).requires_grad_(False)
         lc = self.lcfg
         self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=lc.lr_critic, fused=True)
@@ -117,7 +120,9 @@ class MATD3(Learner):
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, heads: torch.Tensor, encoders: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def act(
+        self, obs: torch.Tensor, heads: torch.Tensor, encoders: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Deterministic actions of T teams, each on its own observation.
 
         obs `[T, N, max_obs]`, heads `[T, N, A, d+1]` -> padded actions `[T, N, A]`. `encoders`
@@ -141,10 +146,14 @@ class MATD3(Learner):
 
     def fresh_encoder_params(self, n_teams: int) -> dict[str, torch.Tensor]:
         """Newly initialised encoders for `n_teams` teams, stacked `{name: [n_teams, N, ...]}`."""
-        fresh = [AgentEncoders(self.spec.obs_dims, self.cfg.net.encoder_hidden, self.cfg.net.embed_dim)
-                 for _ in range(n_teams)]
-        return {name: torch.stack([dict(e.named_parameters())[name].detach() for e in fresh])
-                for name, _ in self.encoders.named_parameters()}
+        fresh = [
+            AgentEncoders(self.spec.obs_dims, self.cfg.net.encoder_hidden, self.cfg.net.embed_dim)
+            for _ in range(n_teams)
+        ]
+        return {
+            name: torch.stack([dict(e.named_parameters())[name].detach() for e in fresh])
+            for name, _ in self.encoders.named_parameters()
+        }
 
     def encoder_params(self) -> dict[str, torch.Tensor]:
         """The MARL team's encoder parameters as a one-team stack `{name: [1, N, ...]}` (detached)."""
@@ -162,8 +171,9 @@ class MATD3(Learner):
         return self.layout.flatten(self.layout.clamp(a + noise))
 
     # ------------------------------------------------------------------ learning
-    def update(self, batch: Batch, population: torch.Tensor | None = None,
-               pop_encoders: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def update(
+        self, batch: Batch, population: torch.Tensor | None = None, pop_encoders: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """One gradient update. `population` `[P, N, A, d+1]` holds the evolved teams' heads and
         `pop_encoders` their own encoders when encoders are not shared (both used by RACE only), on the
         learner's device.
@@ -216,8 +226,14 @@ class MATD3(Learner):
             actor_loss = -self.actor_values(self.critic, batch.obs, batch.state, a).mean()
         return {"actor": actor_loss, **self.extra_encoder_losses(batch, z, population)}
 
-    def _step(self, loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parts: dict[str, torch.Tensor],
-              label: str = "step", ok: torch.Tensor | None = None) -> torch.Tensor:
+    def _step(
+        self,
+        loss: torch.Tensor,
+        optimizers: list[torch.optim.Optimizer],
+        parts: dict[str, torch.Tensor],
+        label: str = "step",
+        ok: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.apply_loss(loss, optimizers, parts, self.lcfg.grad_clip, label, ok)
 
     def update_targets(self, ok: torch.Tensor | None = None) -> None:
@@ -239,8 +255,11 @@ class MATD3(Learner):
 
     def target_pairs(self) -> list[tuple[nn.Module | torch.Tensor, nn.Module | torch.Tensor]]:
         """(target, online) modules or tensors that `update_targets` moves towards the online ones."""
-        return [(self.critic_targ, self.critic), (self.encoders_targ, self.encoders),
-                (self.marl_heads_targ, self.marl_heads)]
+        return [
+            (self.critic_targ, self.critic),
+            (self.encoders_targ, self.encoders),
+            (self.marl_heads_targ, self.marl_heads),
+        ]
 
     def _critic_params(self) -> list[nn.Parameter]:
         """The parameters of `critic_modules()`, listed once."""
@@ -249,12 +268,16 @@ class MATD3(Learner):
         return self._critic_param_list
 
     # ------------------------------------------------------------------ hooks for FACMAC and RACE
-    def critic_values(self, critic: nn.Module, obs: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def critic_values(
+        self, critic: nn.Module, obs: torch.Tensor, state: torch.Tensor, action: torch.Tensor
+    ) -> torch.Tensor:
         """Q values `[heads, B]` of joint actions `[B, U]`; the centralised twin critic reads the state only
         (FACMAC's mixed per-agent critics also read each agent's observation `[N, B, max_obs]`)."""
         return critic(state, action)
 
-    def actor_values(self, critic: nn.Module, obs: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def actor_values(
+        self, critic: nn.Module, obs: torch.Tensor, state: torch.Tensor, action: torch.Tensor
+    ) -> torch.Tensor:
         """`critic_values(...)[0]`, `[B]`, the value the actor loss reads. With the twin critic (critic_values
         not overridden) only the first twin is computed: the same values at half the work."""
         if type(self).critic_values is MATD3.critic_values and isinstance(critic, TwinCritic):

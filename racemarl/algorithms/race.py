@@ -10,6 +10,7 @@ Per update, on one batch of the shared buffer:
   where the first term is also the MARL heads' loss, W_j is detached, and the MI critic T_omega
   ascends the same bound. Critics are only read by these terms, never updated by them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,9 @@ class RaceParts(Learner):
     opt_value: torch.optim.Optimizer
     opt_mi: torch.optim.Optimizer
 
-    def update(self, batch, population: torch.Tensor | None = None,
-               pop_encoders: dict | None = None) -> dict[str, torch.Tensor]:
+    def update(
+        self, batch, population: torch.Tensor | None = None, pop_encoders: dict | None = None
+    ) -> dict[str, torch.Tensor]:
         losses = super().update(batch, population, pop_encoders)
         if "vmm" in losses:  # report L_VMM itself, not beta * L_VMM (divided in double precision, as reported before)
             losses["vmm"] = losses["vmm"].double() / self.rcfg.vmm_beta
@@ -68,9 +70,17 @@ class RaceLearner(RaceParts, MATD3):
         super().__init__(spec, cfg, generator)
         rc, net = cfg.race, cfg.net
         self.rcfg = rc
-        self.pevfa = PeVFA(spec.state_dim, self.layout.joint_dim, net.critic_hidden, spec.n_agents,
-                           net.embed_dim + 1, self.layout.row_mask, net.policy_embed_dim, net.critic_layer_norm,
-                           twin_embeddings=rc.pevfa_twin_embeddings)
+        self.pevfa = PeVFA(
+            spec.state_dim,
+            self.layout.joint_dim,
+            net.critic_hidden,
+            spec.n_agents,
+            net.embed_dim + 1,
+            self.layout.row_mask,
+            net.policy_embed_dim,
+            net.critic_layer_norm,
+            twin_embeddings=rc.pevfa_twin_embeddings,
+        )
         self.pevfa_targ = copy.deepcopy(self.pevfa).requires_grad_(False)
         self.value = StateValue(spec.state_dim)
         self.mi_critic = SeparableCritic(spec.state_dim, net.embed_dim, spec.n_agents, rc.mi_hidden)
@@ -85,16 +95,18 @@ class RaceLearner(RaceParts, MATD3):
         with unshared encoders, each drawn team's encoder parameters `{name: [K, N, ...]}`."""
         marl = self.marl_heads.detach()[None]
         pool = marl if population is None or len(population) == 0 else torch.cat([population, marl])
-        idx = torch.randint(0, len(pool), (self.rcfg.pevfa_teams_per_update,), generator=self.generator,
-                            device=pool.device)
+        idx = torch.randint(
+            0, len(pool), (self.rcfg.pevfa_teams_per_update,), generator=self.generator, device=pool.device
+        )
         if self.pop_encoders is None:
             return pool[idx].detach(), None
         marl_enc = self.encoder_params()
         encoders = {k: torch.cat([v, marl_enc[k]])[idx] for k, v in self.pop_encoders.items()}
         return pool[idx].detach(), encoders
 
-    def extra_critic_losses(self, batch: Batch, z_next: torch.Tensor, q_next: torch.Tensor,
-                            population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def extra_critic_losses(
+        self, batch: Batch, z_next: torch.Tensor, q_next: torch.Tensor, population: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         teams, encoders = self.draw_teams(population)
         self._teams = teams
         k = teams.shape[0]
@@ -122,15 +134,22 @@ class RaceLearner(RaceParts, MATD3):
         return {"pevfa": pevfa_loss, "value": value_loss}
 
     @torch.no_grad()
-    def pevfa_value(self, obs: torch.Tensor, state: torch.Tensor, heads: torch.Tensor,
-                    encoders: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def pevfa_value(
+        self,
+        obs: torch.Tensor,
+        state: torch.Tensor,
+        heads: torch.Tensor,
+        encoders: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """min of the PeVFA twins at each team's own greedy action: team k at obs `[K, N, max_obs]`, state
         `[K, S]`, heads `[K, N, A, d+1]` (encoders: the unshared ablation's `{name: [K, N, ...]}`) -> `[K]`."""
         a = self.act(obs, heads, encoders)  # [K, N, A] padded, squashed
         joint = self.layout.flatten(a[:, :, None, :])  # [K, 1, U]
         return self.pevfa(state[:, None], joint, heads).min(0).values[:, 0]
 
-    def extra_encoder_losses(self, batch: Batch, z: torch.Tensor, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def extra_encoder_losses(
+        self, batch: Batch, z: torch.Tensor, population: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if self.rcfg.vfm_pevfa:
             with section("vfm_loss"):
@@ -150,4 +169,3 @@ class RaceLearner(RaceParts, MATD3):
                 self.last_mi = mi.detach().mean()
                 out["vmm"] = -self.rcfg.vmm_beta * (w * mi).mean()
         return out
-

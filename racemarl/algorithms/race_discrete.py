@@ -13,6 +13,7 @@ encoder, with every loss averaged over real (unpadded) steps:
   beta * L_VMM = -beta E[w(s) I_JSD(z_i; s)] on up to `MI_SAMPLES` real steps drawn from the batch
   (negatives are other drawn steps, never another agent of the same step).
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,14 +43,26 @@ MI_SAMPLES = 256  # real steps per update in the MI bound (its cost is quadratic
 class DiscretePeVFA(torch.nn.Module):
     """Q_theta(s, o, u, W_j) = MixedCritic(o, u, s, e(W_j)), e = summed per-agent policy embedding."""
 
-    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, state_dim: int, cfg: Config, row_mask: torch.Tensor):
+    def __init__(
+        self, n_agents: int, obs_dim: int, n_actions: int, state_dim: int, cfg: Config, row_mask: torch.Tensor
+    ):
         super().__init__()
         dc = cfg.discrete
         self.embedding = PolicyEmbedding(n_agents, dc.rnn_hidden + 1, row_mask, cfg.net.policy_embed_dim, combine="sum")
-        self.critic = MixedCritic(n_agents, obs_dim, n_actions, state_dim, dc.critic_hidden, dc.mixer_embed,
-                                  dc.hypernet_hidden, extra_dim=self.embedding.out_dim)
+        self.critic = MixedCritic(
+            n_agents,
+            obs_dim,
+            n_actions,
+            state_dim,
+            dc.critic_hidden,
+            dc.mixer_embed,
+            dc.hypernet_hidden,
+            extra_dim=self.embedding.out_dim,
+        )
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, state: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, obs: torch.Tensor, actions: torch.Tensor, state: torch.Tensor, heads: torch.Tensor
+    ) -> torch.Tensor:
         """K teams: obs `[B, T, N, O]`, actions `[K, B, T, N, A]`, state `[B, T, S]`, heads `[K, N, A, h+1]` -> `[K, B, T]`."""
         e = self.embedding(heads.detach())  # [K, E]
         k = e.shape[0]
@@ -76,12 +89,14 @@ class RaceDiscreteLearner(RaceParts, FACMAC):
         """K teams drawn uniformly from population + MARL team, heads `[K, N, A, h+1]` (detached)."""
         marl = self.marl_heads.detach()[None]
         pool = marl if population is None or len(population) == 0 else torch.cat([population, marl])
-        idx = torch.randint(0, len(pool), (self.rcfg.pevfa_teams_per_update,), generator=self.generator,
-                            device=pool.device)
+        idx = torch.randint(
+            0, len(pool), (self.rcfg.pevfa_teams_per_update,), generator=self.generator, device=pool.device
+        )
         return pool[idx].detach()
 
-    def extra_critic_losses(self, batch: EpisodeBatch, z_targ: torch.Tensor, q_next: torch.Tensor,
-                            population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def extra_critic_losses(
+        self, batch: EpisodeBatch, z_targ: torch.Tensor, q_next: torch.Tensor, population: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         dc = self.dcfg
         teams = self._teams = self.draw_teams(population)
         t_max = batch.reward.shape[1]
@@ -100,15 +115,18 @@ class RaceDiscreteLearner(RaceParts, FACMAC):
                 f_target = batch.reward + factor * (1 - batch.terminated) * best_next
         actions = F.one_hot(batch.actions, self.n_actions).float()
         qt = self.pevfa(batch.obs[:, :t_max], actions.expand(len(teams), *actions.shape), batch.state[:, :t_max], teams)
-        return {"pevfa": masked_mean((qt - y).pow(2), mask),
-                "value": masked_mean((self.state_values(batch.state[:, :t_max]) - f_target).pow(2), mask)}
+        return {
+            "pevfa": masked_mean((qt - y).pow(2), mask),
+            "value": masked_mean((self.state_values(batch.state[:, :t_max]) - f_target).pow(2), mask),
+        }
 
     def state_values(self, state: torch.Tensor) -> torch.Tensor:
         """V_zeta on states of any leading shape `[..., S]` -> `[...]`."""
         return self.value(state.reshape(-1, state.shape[-1])).view(state.shape[:-1])
 
-    def extra_encoder_losses(self, batch: EpisodeBatch, z: torch.Tensor,
-                             population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def extra_encoder_losses(
+        self, batch: EpisodeBatch, z: torch.Tensor, population: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         t_max = batch.reward.shape[1]
         mask = batch.mask

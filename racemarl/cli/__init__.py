@@ -1,5 +1,6 @@
 """The `racemarl` command line: the parser and `main` (errors that are the user's to fix print one line and
 exit 2). The commands themselves are in `commands.py`."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,11 @@ from racemarl.records.runs import RunDirError
 def build_parser() -> argparse.ArgumentParser:
     from racemarl import __version__
 
-    p = argparse.ArgumentParser(prog="racemarl", description="RACE (evolutionary MARL with shared encoders) and its "
-                                "baselines MATD3, FACMAC, EA and MERL: train, evaluate, sweep, plot.")
+    p = argparse.ArgumentParser(
+        prog="racemarl",
+        description="RACE (evolutionary MARL with shared encoders) and its "
+        "baselines MATD3, FACMAC, EA and MERL: train, evaluate, sweep, plot.",
+    )
     p.add_argument("--version", action="version", version=f"racemarl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -28,34 +32,69 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help=f"seeds every random draw of the run (default {d.seed})")
     t.add_argument("--total-steps", type=int, help=f"env steps of all teams together (default {d.total_steps})")
     t.add_argument("--out", help="run directory to create")
-    t.add_argument("--config", help="a YAML file or a shipped preset's name: demo, halfcheetah-6x1, paper/mamujoco-hopper-3x1, ... (configs/)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, dotted keys for nested ones, e.g. learner.batch_size=128")
-    t.add_argument("--eval-interval", type=int, metavar="STEPS",
-                   help="env steps between two evaluations (each writes a metrics.csv row and a checkpoint; default "
-                        f"{d.eval_interval})")
-    t.add_argument("--eval-episodes", type=int, metavar="N", help=f"greedy episodes per evaluation (default {d.eval_episodes})")
-    t.add_argument("--backend", choices=ROLLOUT_BACKENDS,
-                   help="where the training episodes are played: inline (in this process, default), process "
-                        "(local worker processes), ray (Ray actors); never changes what is learned")
-    t.add_argument("--workers", type=int, metavar="N",
-                   help="rollout workers of --backend process or ray (default there: one per CPU core, at most one "
-                        "per episode of a generation); --backend inline plays in this process")
-    t.add_argument("--ray-address", metavar="HOST:PORT",
-                   help="join this Ray cluster (implies --backend ray); default: a local Ray instance")
+    t.add_argument(
+        "--config",
+        help="a YAML file or a shipped preset's name: demo, halfcheetah-6x1, paper/mamujoco-hopper-3x1, ... (configs/)",
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, dotted keys for nested ones, e.g. learner.batch_size=128",
+    )
+    t.add_argument(
+        "--eval-interval",
+        type=int,
+        metavar="STEPS",
+        help="env steps between two evaluations (each writes a metrics.csv row and a checkpoint; default "
+        f"{d.eval_interval})",
+    )
+    t.add_argument(
+        "--eval-episodes", type=int, metavar="N", help=f"greedy episodes per evaluation (default {d.eval_episodes})"
+    )
+    t.add_argument(
+        "--backend",
+        choices=ROLLOUT_BACKENDS,
+        help="where the training episodes are played: inline (in this process, default), process "
+        "(local worker processes), ray (Ray actors); never changes what is learned",
+    )
+    t.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="rollout workers of --backend process or ray (default there: one per CPU core, at most one "
+        "per episode of a generation); --backend inline plays in this process",
+    )
+    t.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="join this Ray cluster (implies --backend ray); default: a local Ray instance",
+    )
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--device", help="where the learner and the replay buffer live: auto (default: CUDA when available), "
-                                    "cpu, cuda, cuda:N; may change on --resume")
-    t.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="the learner's arithmetic: fp32 (default), bf16 (bfloat16 autocast, float32 weights and losses) "
-                        "or auto (bf16 where the device multiplies bfloat16 natively); a resumed run keeps its own")
+    t.add_argument(
+        "--device",
+        help="where the learner and the replay buffer live: auto (default: CUDA when available), "
+        "cpu, cuda, cuda:N; may change on --resume",
+    )
+    t.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        help="the learner's arithmetic: fp32 (default), bf16 (bfloat16 autocast, float32 weights and losses) "
+        "or auto (bf16 where the device multiplies bfloat16 natively); a resumed run keeps its own",
+    )
     t.set_defaults(func=_train)
 
     c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- --set) as YAML")
     c.add_argument("--config", help="a YAML file or a shipped preset's name (as for train)")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (as for train), e.g. learner.batch_size=128; repeatable")
+    c.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (as for train), e.g. learner.batch_size=128; repeatable",
+    )
     c.set_defaults(func=_config)
 
     k = sub.add_parser("tasks", help="list the tasks with their agents, observation, state and action sizes")
@@ -74,31 +113,57 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_eval)
 
     w = sub.add_parser("sweep", help="train a grid of tasks x algos x seeds as subprocesses; restartable")
-    w.add_argument("--preset", metavar="GRID",
-                   help="a paper grid: paper-mamujoco (Figure 2's 8 tasks) or paper-smax (Figure 3's maps SMAX can "
-                        "build); each task runs with its preset under configs/paper/ and its budget; --tasks, --algos, "
-                        "--seeds and --total-steps narrow or change it")
+    w.add_argument(
+        "--preset",
+        metavar="GRID",
+        help="a paper grid: paper-mamujoco (Figure 2's 8 tasks) or paper-smax (Figure 3's maps SMAX can "
+        "build); each task runs with its preset under configs/paper/ and its budget; --tasks, --algos, "
+        "--seeds and --total-steps narrow or change it",
+    )
     w.add_argument("--tasks", help="comma-separated task names (required without --preset)")
     w.add_argument("--algos", help="comma-separated, e.g. race,matd3 (default race; with --preset the paper's)")
     w.add_argument("--seeds", help="1-5 or 1,3,7 (default 1; with --preset 1-5)")
     w.add_argument("--total-steps", type=int, help="env steps of each run (required without --preset)")
     w.add_argument("--out", required=True, help="sweep folder (one run directory per grid point)")
-    w.add_argument("--workers", type=int, help="runs at a time (default: number of CPU cores; with --backend slurm: "
-                                               "as many array tasks as Slurm grants)")
-    w.add_argument("--backend", choices=("local", "ray", "slurm"), default="local",
-                   help="local subprocesses (default), Ray tasks, or one Slurm job-array task per run (docs/slurm.md)")
+    w.add_argument(
+        "--workers",
+        type=int,
+        help="runs at a time (default: number of CPU cores; with --backend slurm: as many array tasks as Slurm grants)",
+    )
+    w.add_argument(
+        "--backend",
+        choices=("local", "ray", "slurm"),
+        default="local",
+        help="local subprocesses (default), Ray tasks, or one Slurm job-array task per run (docs/slurm.md)",
+    )
     w.add_argument("--slurm-partition", metavar="NAME", help="Slurm partition of the array tasks (default: Slurm's)")
-    w.add_argument("--slurm-time", metavar="TIME", help="time limit of each task: minutes or [D-]HH:MM[:SS]; a task "
-                                                        "that reaches it checkpoints and is requeued")
+    w.add_argument(
+        "--slurm-time",
+        metavar="TIME",
+        help="time limit of each task: minutes or [D-]HH:MM[:SS]; a task that reaches it checkpoints and is requeued",
+    )
     w.add_argument("--slurm-cpus", type=int, default=1, metavar="N", help="CPUs per task (default 1)")
     w.add_argument("--slurm-mem", metavar="SIZE", help="memory per task, e.g. 8G (default: Slurm's)")
     w.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per task (default 0)")
-    w.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="another sbatch option for every task, e.g. account=my_lab or qos=high (repeatable)")
-    w.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
-                   help="a shell line run before each task, e.g. 'module load cuda' (repeatable)")
-    w.add_argument("--no-wait", action="store_true",
-                   help="--backend slurm: submit and return; the same command run later follows and collects")
+    w.add_argument(
+        "--slurm-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another sbatch option for every task, e.g. account=my_lab or qos=high (repeatable)",
+    )
+    w.add_argument(
+        "--slurm-setup",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="a shell line run before each task, e.g. 'module load cuda' (repeatable)",
+    )
+    w.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="--backend slurm: submit and return; the same command run later follows and collects",
+    )
     w.add_argument("--config", help="a YAML file or a shipped preset's name, for every run")
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     w.add_argument("--eval-interval", type=int, metavar="STEPS", help="as for train (default: the config's)")
@@ -106,26 +171,41 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=_sweep)
 
     def add_dirs(q: argparse.ArgumentParser) -> None:
-        q.add_argument("dirs", nargs="+", metavar="DIR", help="run directories or folders holding them (searched recursively)")
+        q.add_argument(
+            "dirs", nargs="+", metavar="DIR", help="run directories or folders holding them (searched recursively)"
+        )
         q.add_argument("--metric", default="eval_return", help="a numeric metrics.csv column (default eval_return)")
 
     g = sub.add_parser("plot", help="learning curves: a panel per task, a line per algo, mean and CI over seeds")
     add_dirs(g)
     g.add_argument("--out", required=True, metavar="FIG.png|.pdf|.svg")
-    g.add_argument("--smooth", type=int, default=1, metavar="W", help="moving average over W evaluations (default 1 = none)")
-    g.add_argument("--ci", choices=("t", "bootstrap"), default="t", help="band: Student-t interval (default) or bootstrap")
+    g.add_argument(
+        "--smooth", type=int, default=1, metavar="W", help="moving average over W evaluations (default 1 = none)"
+    )
+    g.add_argument(
+        "--ci", choices=("t", "bootstrap"), default="t", help="band: Student-t interval (default) or bootstrap"
+    )
     g.add_argument("--level", type=float, default=0.95, help="confidence level of the band (default 0.95)")
     g.add_argument("--title")
-    g.add_argument("--baseline", action="append", default=[], metavar="LABEL=VALUE",
-                   help="a dashed horizontal line in every panel, e.g. random=-25.6 (repeatable)")
+    g.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="LABEL=VALUE",
+        help="a dashed horizontal line in every panel, e.g. random=-25.6 (repeatable)",
+    )
     g.set_defaults(func=_plot)
 
     b = sub.add_parser("table", help="final and best return per task and algo (mean ± s.e. over seeds)")
     add_dirs(b)
     b.add_argument("--format", choices=("md", "csv"), default="md")
     b.add_argument("--digits", type=int, default=1, help="decimals in the Markdown table (default 1)")
-    b.add_argument("--max-steps", type=int, metavar="N",
-                   help="use only evaluations made up to N env steps (a budget; RACE generations may overshoot it)")
+    b.add_argument(
+        "--max-steps",
+        type=int,
+        metavar="N",
+        help="use only evaluations made up to N env steps (a budget; RACE generations may overshoot it)",
+    )
     b.add_argument("--out", metavar="FILE", help="write to a file instead of printing")
     b.set_defaults(func=_table)
 

@@ -1,4 +1,5 @@
 """`python -m racemarl.cli`, the same as `racemarl`."""
+
 import sys
 
 from racemarl.cli import main

@@ -1,5 +1,6 @@
 """The commands of `racemarl`: one function per subcommand (`_train`, `_eval`, `_sweep`, ...), called by `main`
 with the parsed arguments. The parser and the error handling are in `racemarl/cli/__init__.py`."""
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,13 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
     wanted = from_dict(load_yaml(run_dir / "config.yaml"))
     if args.config:
         apply_dict(wanted, load_yaml(check_preset_file(args.config, "--config")))
-    top = {"algo": args.algo, "seed": args.seed, "eval_interval": args.eval_interval,
-           "eval_episodes": args.eval_episodes, "env": {"task": args.task} if args.task is not None else {}}
+    top = {
+        "algo": args.algo,
+        "seed": args.seed,
+        "eval_interval": args.eval_interval,
+        "eval_episodes": args.eval_episodes,
+        "env": {"task": args.task} if args.task is not None else {},
+    }
     apply_dict(wanted, {k: v for k, v in top.items() if v is not None})
     for assignment in args.set:
         apply_override(wanted, assignment)
@@ -49,16 +55,23 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
     if wanted.precision == "auto":  # auto on a resume: the run keeps the precision it resolved when it started
         wanted.precision = cfg.precision
     saved_flat, wanted_flat = experiment_settings(cfg), experiment_settings(wanted)
-    changed = [f"{k}={wanted_flat[k]} (the run has {saved_flat[k]})" for k in saved_flat
-               if k != "total_steps" and wanted_flat[k] != saved_flat[k]]
+    changed = [
+        f"{k}={wanted_flat[k]} (the run has {saved_flat[k]})"
+        for k in saved_flat
+        if k != "total_steps" and wanted_flat[k] != saved_flat[k]
+    ]
     if changed:
-        raise RunError(f"--resume keeps the run's settings; these differ: {'; '.join(changed)}. Only a larger "
-                       "--total-steps, --device and where the episodes are played (--backend, --workers, "
-                       "--ray-address) may change")
+        raise RunError(
+            f"--resume keeps the run's settings; these differ: {'; '.join(changed)}. Only a larger "
+            "--total-steps, --device and where the episodes are played (--backend, --workers, "
+            "--ray-address) may change"
+        )
     if args.total_steps is not None:
         if args.total_steps < cfg.total_steps:
-            raise RunError(f"--total-steps {args.total_steps} is smaller than the run's budget of {cfg.total_steps} "
-                           "env steps; a resume can only keep or extend it")
+            raise RunError(
+                f"--total-steps {args.total_steps} is smaller than the run's budget of {cfg.total_steps} "
+                "env steps; a resume can only keep or extend it"
+            )
         cfg.total_steps = args.total_steps
     cfg.checkpoint_minutes = wanted.checkpoint_minutes  # never changes what is learned
     cfg.device = args.device if args.device is not None else wanted.device  # checkpoints are device-independent
@@ -100,8 +113,11 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out)
         preset = _config_file(args.config)
         top = {
-            "algo": args.algo, "seed": args.seed, "total_steps": args.total_steps,
-            "eval_interval": args.eval_interval, "eval_episodes": args.eval_episodes,
+            "algo": args.algo,
+            "seed": args.seed,
+            "total_steps": args.total_steps,
+            "eval_interval": args.eval_interval,
+            "eval_episodes": args.eval_episodes,
             "env": {"task": args.task} if args.task is not None else {},
         }
         if args.no_progress:
@@ -117,29 +133,42 @@ def _train(args: argparse.Namespace) -> int:
         summary = train(cfg, run_dir, resume=bool(args.resume))
     except EnvFailure as e:  # the env's own failure: say what became of the run's folder
         ckpt = run_dir / "checkpoints" / "latest.pt"
-        after = (f"the run can continue from its last checkpoint with `racemarl train --resume {run_dir}` once the "
-                 "environment is fixed" if ckpt.is_file() else "no checkpoint had been written, so nothing of the run "
-                 "was kept")
+        after = (
+            f"the run can continue from its last checkpoint with `racemarl train --resume {run_dir}` once the "
+            "environment is fixed"
+            if ckpt.is_file()
+            else "no checkpoint had been written, so nothing of the run was kept"
+        )
         raise EnvFailure(f"{e}; {after}", detail=e.detail) from e
     except TrainingInterrupted as e:
         print(f"racemarl: {e}", file=sys.stderr)
         return 130 if e.signal_name == "SIGINT" else 143
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
         has_ckpt = (run_dir / "checkpoints" / "latest.pt").is_file()
-        print("racemarl: interrupted; " + (f"resume from the last checkpoint with `racemarl train --resume {run_dir}`"
-              if has_ckpt else f"no checkpoint was written yet; start again (the folder {run_dir} can be reused)"),
-              file=sys.stderr)
+        print(
+            "racemarl: interrupted; "
+            + (
+                f"resume from the last checkpoint with `racemarl train --resume {run_dir}`"
+                if has_ckpt
+                else f"no checkpoint was written yet; start again (the folder {run_dir} can be reused)"
+            ),
+            file=sys.stderr,
+        )
         return 130
     print(f"run finished: {run_dir}  (metrics.csv, summary.json, tb/, checkpoints/)")
     win = f", final win rate {summary['final_eval_win_rate']:.2f}" if "final_eval_win_rate" in summary else ""
-    print(f"final eval return {_num(summary['final_eval_return'])}, best {_num(summary['best_eval_return'])}{win}, "
-          f"{summary['total_env_steps']} env steps in {summary['wall_time']:.0f} s")
+    print(
+        f"final eval return {_num(summary['final_eval_return'])}, best {_num(summary['best_eval_return'])}{win}, "
+        f"{summary['total_env_steps']} env steps in {summary['wall_time']:.0f} s"
+    )
     if cfg.uses_marl and not summary.get("updates"):
         from racemarl.envs import is_discrete_task
 
-        why = (f"fewer than discrete.batch_episodes={cfg.discrete.batch_episodes} episodes were collected"
-               if is_discrete_task(cfg.env.task, **_env_kwargs(cfg)) else
-               f"it ended before learner.start_steps={cfg.learner.start_steps} env steps")
+        why = (
+            f"fewer than discrete.batch_episodes={cfg.discrete.batch_episodes} episodes were collected"
+            if is_discrete_task(cfg.env.task, **_env_kwargs(cfg))
+            else f"it ended before learner.start_steps={cfg.learner.start_steps} env steps"
+        )
         _warn([f"the learner made no updates: {why}; the result is that of an untrained team (raise --total-steps)"])
     return 0
 
@@ -196,7 +225,9 @@ def _task_rows(agent_obsk: int) -> tuple[list[tuple[str, ...]], dict[str, str]]:
             continue
         s = env.spec
         env.close()
-        rows.append((t, str(s.n_agents), ",".join(map(str, s.obs_dims)), str(s.state_dim), ",".join(map(str, s.act_dims))))
+        rows.append(
+            (t, str(s.n_agents), ",".join(map(str, s.obs_dims)), str(s.state_dim), ",".join(map(str, s.act_dims)))
+        )
     try:  # a cache that cannot be written only costs time
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
@@ -235,12 +266,23 @@ def _warn(lines: list[str]) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from racemarl.experiment.evaluate import evaluate_run
 
-    r = evaluate_run(args.run_dir, checkpoint=args.checkpoint, episodes=args.episodes, team=args.team,
-                     seed=args.seed, video=args.video, out=args.out)
-    print(f"{r['algo']} on {r['task']}, team {r['team']}, checkpoint at {r['env_steps']} env steps "
-          f"(generation {r['generation']})")
-    print(f"return over {r['episodes']} greedy episodes: mean {r['mean']:.2f} ± {r['std']:.2f} (std), "
-          f"min {r['min']:.2f}, max {r['max']:.2f}" + (f", win rate {r['win_rate']:.2f}" if "win_rate" in r else ""))
+    r = evaluate_run(
+        args.run_dir,
+        checkpoint=args.checkpoint,
+        episodes=args.episodes,
+        team=args.team,
+        seed=args.seed,
+        video=args.video,
+        out=args.out,
+    )
+    print(
+        f"{r['algo']} on {r['task']}, team {r['team']}, checkpoint at {r['env_steps']} env steps "
+        f"(generation {r['generation']})"
+    )
+    print(
+        f"return over {r['episodes']} greedy episodes: mean {r['mean']:.2f} ± {r['std']:.2f} (std), "
+        f"min {r['min']:.2f}, max {r['max']:.2f}" + (f", win rate {r['win_rate']:.2f}" if "win_rate" in r else "")
+    )
     if "video" in r:
         print(f"video of the first episode ({r['video_frames']} frames): {r['video']}")
     print(f"written: {r['out']}")
@@ -262,7 +304,9 @@ def _sweep(args: argparse.Namespace) -> int:
         tasks = parse_names(args.tasks, "tasks") if args.tasks else list(grid.presets)
         outside = [t for t in tasks if t not in grid.presets]
         if outside:
-            raise ConfigError(f"--tasks: {', '.join(outside)} not in --preset {grid.name}; its tasks: {', '.join(grid.presets)}")
+            raise ConfigError(
+                f"--tasks: {', '.join(outside)} not in --preset {grid.name}; its tasks: {', '.join(grid.presets)}"
+            )
         task_configs = {t: str(grid.preset_path(t)) for t in tasks}
         algos = parse_names(args.algos, "algos") if args.algos else grid.available_algos()
         seeds = parse_seeds(args.seeds or grid.seeds)
@@ -271,21 +315,50 @@ def _sweep(args: argparse.Namespace) -> int:
         missing = [flag for flag, v in (("--tasks", args.tasks), ("--total-steps", args.total_steps)) if v is None]
         if missing:
             raise ConfigError(f"racemarl sweep needs {' and '.join(missing)} (or --preset with one of the paper grids)")
-        tasks, algos, seeds = parse_names(args.tasks, "tasks"), parse_names(args.algos or "race", "algos"), parse_seeds(args.seeds or "1")
-    spec = SweepSpec(tasks=tasks, algos=algos, seeds=seeds, total_steps=args.total_steps, sets=list(args.set),
-                     config=config, eval_interval=args.eval_interval, eval_episodes=args.eval_episodes,
-                     task_configs=task_configs, preset=args.preset)
+        tasks, algos, seeds = (
+            parse_names(args.tasks, "tasks"),
+            parse_names(args.algos or "race", "algos"),
+            parse_seeds(args.seeds or "1"),
+        )
+    spec = SweepSpec(
+        tasks=tasks,
+        algos=algos,
+        seeds=seeds,
+        total_steps=args.total_steps,
+        sets=list(args.set),
+        config=config,
+        eval_interval=args.eval_interval,
+        eval_episodes=args.eval_episodes,
+        task_configs=task_configs,
+        preset=args.preset,
+    )
     slurm = None
-    given = [f for f, v in (("--slurm-partition", args.slurm_partition), ("--slurm-time", args.slurm_time),
-                            ("--slurm-cpus", args.slurm_cpus != 1), ("--slurm-mem", args.slurm_mem),
-                            ("--slurm-gpus", args.slurm_gpus), ("--slurm-option", args.slurm_option),
-                            ("--slurm-setup", args.slurm_setup), ("--no-wait", args.no_wait)) if v]
+    given = [
+        f
+        for f, v in (
+            ("--slurm-partition", args.slurm_partition),
+            ("--slurm-time", args.slurm_time),
+            ("--slurm-cpus", args.slurm_cpus != 1),
+            ("--slurm-mem", args.slurm_mem),
+            ("--slurm-gpus", args.slurm_gpus),
+            ("--slurm-option", args.slurm_option),
+            ("--slurm-setup", args.slurm_setup),
+            ("--no-wait", args.no_wait),
+        )
+        if v
+    ]
     if args.backend == "slurm":
         from racemarl.experiment.slurm import SlurmOptions
 
-        slurm = SlurmOptions(partition=args.slurm_partition, time=args.slurm_time, cpus=args.slurm_cpus,
-                             mem=args.slurm_mem, gpus=args.slurm_gpus, options=list(args.slurm_option),
-                             setup=list(args.slurm_setup))
+        slurm = SlurmOptions(
+            partition=args.slurm_partition,
+            time=args.slurm_time,
+            cpus=args.slurm_cpus,
+            mem=args.slurm_mem,
+            gpus=args.slurm_gpus,
+            options=list(args.slurm_option),
+            setup=list(args.slurm_setup),
+        )
         slurm.validate()
     elif given:
         raise ConfigError(f"{', '.join(given)}: only with --backend slurm")
@@ -302,8 +375,16 @@ def _plot(args: argparse.Namespace) -> int:
     runs = load_runs(args.dirs)
     _warn(duplicate_seeds(runs))
     curves = learning_curves(runs, args.metric, smooth=args.smooth, ci=args.ci, level=args.level)
-    out = plot_curves(curves, args.out, metric=args.metric, ci=args.ci, level=args.level, smooth=args.smooth,
-                      title=args.title, baselines=baselines)
+    out = plot_curves(
+        curves,
+        args.out,
+        metric=args.metric,
+        ci=args.ci,
+        level=args.level,
+        smooth=args.smooth,
+        title=args.title,
+        baselines=baselines,
+    )
     for (task, algo), c in curves.items():
         last = f"{c.mean[-1]:.1f} at {int(c.x[-1])} env steps" if len(c.x) else "no common range"
         print(f"{task} {algo}: {c.n_seeds} seed(s), last mean {last}")

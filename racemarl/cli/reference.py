@@ -59,9 +59,18 @@ def markdown(parser: argparse.ArgumentParser | None = None) -> str:
     helps = _help(parser)
     lines = []
     for name, sub in subcommands(parser).items():
-        lines += [f"## `racemarl {name}`", "", _cell(helps.get(name, "")), "", "```text",
-                  " ".join(sub.format_usage().split()).removeprefix("usage: "), "```", "",
-                  "| argument | default | meaning |", "|---|---|---|"]
+        lines += [
+            f"## `racemarl {name}`",
+            "",
+            _cell(helps.get(name, "")),
+            "",
+            "```text",
+            " ".join(sub.format_usage().split()).removeprefix("usage: "),
+            "```",
+            "",
+            "| argument | default | meaning |",
+            "|---|---|---|",
+        ]
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):
                 continue

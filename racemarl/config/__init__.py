@@ -6,6 +6,7 @@ keys. The resolved config is written to every run directory as `config.yaml`.
 
 The schema (the dataclasses and their validation) is in `schema.py`; dicts, YAML and overrides in `io.py`.
 """
+
 from racemarl.config.io import (
     LEGACY_DEFAULTS,
     PRESETS_DIR,
@@ -39,8 +40,31 @@ from racemarl.config.schema import (
 )
 
 __all__ = [
-    "ALGOS", "LEGACY_DEFAULTS", "MAX_SEED", "PRESETS_DIR", "ROLLOUT_BACKENDS", "SESSION_KEYS", "Config",
-    "ConfigError", "DiscreteConfig", "EnvConfig", "LearnerConfig", "LoggingConfig", "NetConfig", "RaceConfig",
-    "RolloutConfig", "apply_dict", "apply_override", "build_config", "check_ranges", "from_dict", "load_yaml",
-    "resolve_preset", "save_yaml", "shipped_presets", "to_dict", "valid_keys", "_unknown_key",
+    "ALGOS",
+    "LEGACY_DEFAULTS",
+    "MAX_SEED",
+    "PRESETS_DIR",
+    "ROLLOUT_BACKENDS",
+    "SESSION_KEYS",
+    "Config",
+    "ConfigError",
+    "DiscreteConfig",
+    "EnvConfig",
+    "LearnerConfig",
+    "LoggingConfig",
+    "NetConfig",
+    "RaceConfig",
+    "RolloutConfig",
+    "apply_dict",
+    "apply_override",
+    "build_config",
+    "check_ranges",
+    "from_dict",
+    "load_yaml",
+    "resolve_preset",
+    "save_yaml",
+    "shipped_presets",
+    "to_dict",
+    "valid_keys",
+    "_unknown_key",
 ]

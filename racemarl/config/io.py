@@ -1,5 +1,6 @@
 """Reading and writing the config: the valid keys, `--set dotted.key=value` overrides with type coercion, dicts
 and YAML files, the defaults of runs written before a key existed (`LEGACY_DEFAULTS`), and `build_config`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -183,8 +184,11 @@ def from_dict(data: dict, check_task: bool = True) -> Config:
     """A saved config: keys it lacks take their `LEGACY_DEFAULTS` value if they have one, else the default.
     `check_task=False`: the task need not be one this process can build (reading a run's records)."""
     cfg = Config()
-    legacy = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-              for k, v in LEGACY_DEFAULTS.items() if not _has_key(data, k)]
+    legacy = [
+        f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for k, v in LEGACY_DEFAULTS.items()
+        if not _has_key(data, k)
+    ]
     for assignment in legacy:
         apply_override(cfg, assignment)
     apply_dict(cfg, data)

@@ -40,9 +40,13 @@ def field_docstrings(cls: type) -> dict[str, str]:
     body = tree.body[0].body  # type: ignore[attr-defined]
     out = {}
     for node, after in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                and isinstance(after.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
             out[node.target.id] = " ".join(after.value.value.split())
     return out
 
@@ -173,7 +177,9 @@ def markdown(cls: type = Config) -> str:
             lines += [intro, ""]
         lines += ["| key | type | default | allowed | what it does |", "|---|---|---|---|---|"]
         for k in rows:
-            lines.append(f"| `{k.key}` | `{_cell(k.type)}` | `{_cell(_yaml_value(k.default))}` | "
-                         f"{_cell(k.constraint)} | {_cell(k.doc)} |")
+            lines.append(
+                f"| `{k.key}` | `{_cell(k.type)}` | `{_cell(_yaml_value(k.default))}` | "
+                f"{_cell(k.constraint)} | {_cell(k.doc)} |"
+            )
         lines.append("")
     return "\n".join(lines)

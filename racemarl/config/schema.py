@@ -1,5 +1,6 @@
 """The config's schema: one dataclass per section, the whole `Config`, and its validation (`Config.validate`,
 `check_ranges`). Reading and writing it (dicts, YAML, `--set` overrides, old runs' defaults) is in `io.py`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -311,7 +312,10 @@ class Config:
             (self.race.tournament_size >= 1, "race.tournament_size must be >= 1"),
             (0 <= self.race.mutation_prob <= 1, "race.mutation_prob must be in [0, 1]"),
             (0 < self.race.mutation_frac <= 1, "race.mutation_frac must be in (0, 1]"),
-            (self.race.super_mutation_prob + self.race.reset_prob <= 1, "race.super_mutation_prob + race.reset_prob must be <= 1"),
+            (
+                self.race.super_mutation_prob + self.race.reset_prob <= 1,
+                "race.super_mutation_prob + race.reset_prob must be <= 1",
+            ),
             (self.race.operators in ("agent", "row"), "race.operators must be 'agent' or 'row'"),
             (self.race.injection_interval >= 0, "race.injection_interval must be >= 0"),
             (self.race.episodes_per_team >= 1, "race.episodes_per_team must be >= 1"),
@@ -321,38 +325,56 @@ class Config:
             (self.race.fitness_steps >= 1, "race.fitness_steps must be >= 1"),
             (self.learner.marl_head_init_scale > 0, "learner.marl_head_init_scale must be positive"),
             (self.learner.grad_clip >= 0, "learner.grad_clip must be >= 0 (0 = no clipping)"),
-            (self.env.max_episode_steps is None or self.env.max_episode_steps > 0,
-             "env.max_episode_steps must be positive (or null for the task's own limit)"),
+            (
+                self.env.max_episode_steps is None or self.env.max_episode_steps > 0,
+                "env.max_episode_steps must be positive (or null for the task's own limit)",
+            ),
             (0 <= self.discrete.gamma <= 1, "discrete.gamma must be in [0, 1]"),
             (0 <= self.discrete.td_lambda <= 1, "discrete.td_lambda must be in [0, 1]"),
             (self.discrete.batch_episodes >= 1, "discrete.batch_episodes must be >= 1"),
-            (self.discrete.buffer_episodes >= self.discrete.batch_episodes,
-             "discrete.buffer_episodes must be >= discrete.batch_episodes"),
+            (
+                self.discrete.buffer_episodes >= self.discrete.batch_episodes,
+                "discrete.buffer_episodes must be >= discrete.batch_episodes",
+            ),
             (self.discrete.updates_per_episode >= 0, "discrete.updates_per_episode must be >= 0"),
             (self.discrete.target_update_interval >= 1, "discrete.target_update_interval must be >= 1"),
             (0 < self.discrete.tau <= 1, "discrete.tau must be in (0, 1]"),
-            (0 <= self.discrete.epsilon_finish <= self.discrete.epsilon_start <= 1,
-             "discrete epsilons must satisfy 0 <= epsilon_finish <= epsilon_start <= 1"),
+            (
+                0 <= self.discrete.epsilon_finish <= self.discrete.epsilon_start <= 1,
+                "discrete epsilons must satisfy 0 <= epsilon_finish <= epsilon_start <= 1",
+            ),
             (self.discrete.epsilon_anneal_steps >= 1, "discrete.epsilon_anneal_steps must be >= 1"),
             (self.discrete.rnn_hidden >= 1, "discrete.rnn_hidden must be >= 1"),
             (self.env.agent_obsk >= 0, "env.agent_obsk must be >= 0"),
             (self.rollout.backend in ROLLOUT_BACKENDS, f"rollout.backend must be one of {', '.join(ROLLOUT_BACKENDS)}"),
             (self.rollout.workers >= 0, "rollout.workers must be >= 0"),
-            (self.rollout.backend != "inline" or self.rollout.workers <= 1,
-             (f"rollout.workers={self.rollout.workers} needs rollout.backend process or ray "
-              "(inline plays in the driver process: workers 0 or 1)")),
-            (self.rollout.ray_address is None or self.rollout.backend == "ray",
-             "rollout.ray_address is only used with rollout.backend ray"),
-            (self.rollout.ray_address is None or self.rollout.ray_address.strip() != "",
-             "rollout.ray_address must be HOST:PORT (or null for a local Ray instance)"),
+            (
+                self.rollout.backend != "inline" or self.rollout.workers <= 1,
+                (
+                    f"rollout.workers={self.rollout.workers} needs rollout.backend process or ray "
+                    "(inline plays in the driver process: workers 0 or 1)"
+                ),
+            ),
+            (
+                self.rollout.ray_address is None or self.rollout.backend == "ray",
+                "rollout.ray_address is only used with rollout.backend ray",
+            ),
+            (
+                self.rollout.ray_address is None or self.rollout.ray_address.strip() != "",
+                "rollout.ray_address must be HOST:PORT (or null for a local Ray instance)",
+            ),
             (self.rollout.worker_timeout > 0, "rollout.worker_timeout must be positive"),
             (self.rollout.max_restarts >= 0, "rollout.max_restarts must be >= 0"),
         ]
         if self.algo in ("race", "ea", "merl"):
             checks.append((self.race.pop_size >= 2, f"algo {self.algo} needs race.pop_size >= 2"))
         checks.append((self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"))
-        checks.append((isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
-                       "device must be auto, cpu, cuda or cuda:N"))
+        checks.append(
+            (
+                isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+                "device must be auto, cpu, cuda or cuda:N",
+            )
+        )
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
@@ -382,17 +404,32 @@ class Config:
 # (dotted key, lower bound, whether the bound itself is allowed); every numeric value not listed must
 # only be finite. Lists (hidden widths) are checked item by item and must not be empty.
 _RANGES: list[tuple[str, float, bool]] = [
-    ("seed", 0, True), ("checkpoint_minutes", 0, True),
-    ("net.encoder_hidden", 1, True), ("net.embed_dim", 1, True), ("net.critic_hidden", 1, True),
+    ("seed", 0, True),
+    ("checkpoint_minutes", 0, True),
+    ("net.encoder_hidden", 1, True),
+    ("net.embed_dim", 1, True),
+    ("net.critic_hidden", 1, True),
     ("net.policy_embed_dim", 1, True),
-    ("learner.lr_actor", 0, False), ("learner.lr_critic", 0, False), ("learner.lr_encoder", 0, False),
-    ("learner.policy_noise", 0, True), ("learner.noise_clip", 0, True), ("learner.expl_noise", 0, True),
-    ("learner.start_steps", 0, True), ("learner.grad_clip", 0, True),
-    ("discrete.lr_actor", 0, False), ("discrete.lr_critic", 0, False), ("discrete.grad_clip", 0, True),
-    ("discrete.critic_hidden", 1, True), ("discrete.mixer_embed", 1, True), ("discrete.hypernet_hidden", 1, True),
+    ("learner.lr_actor", 0, False),
+    ("learner.lr_critic", 0, False),
+    ("learner.lr_encoder", 0, False),
+    ("learner.policy_noise", 0, True),
+    ("learner.noise_clip", 0, True),
+    ("learner.expl_noise", 0, True),
+    ("learner.start_steps", 0, True),
+    ("learner.grad_clip", 0, True),
+    ("discrete.lr_actor", 0, False),
+    ("discrete.lr_critic", 0, False),
+    ("discrete.grad_clip", 0, True),
+    ("discrete.critic_hidden", 1, True),
+    ("discrete.mixer_embed", 1, True),
+    ("discrete.hypernet_hidden", 1, True),
     ("discrete.logit_reg", 0, True),
-    ("race.mutation_strength", 0, True), ("race.super_mutation_prob", 0, True),
-    ("race.super_mutation_strength", 0, True), ("race.reset_prob", 0, True), ("race.value_target_factor", 0, True),
+    ("race.mutation_strength", 0, True),
+    ("race.super_mutation_prob", 0, True),
+    ("race.super_mutation_strength", 0, True),
+    ("race.reset_prob", 0, True),
+    ("race.value_target_factor", 0, True),
     ("race.mi_hidden", 1, True),
 ]
 MAX_SEED = 2**63 - 1

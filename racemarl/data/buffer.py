@@ -1,4 +1,5 @@
 """The shared replay buffer every team writes into (a ring buffer of torch tensors on the training device)."""
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,16 @@ class Batch:
 class ReplayBuffer:
     FIELDS = ("obs", "state", "action", "reward", "next_obs", "next_state", "terminated")
 
-    def __init__(self, capacity: int, n_agents: int, max_obs: int, state_dim: int, joint_act_dim: int, seed: int = 0,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        capacity: int,
+        n_agents: int,
+        max_obs: int,
+        state_dim: int,
+        joint_act_dim: int,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ):
         self.capacity = capacity
         self.device = torch.device(device)
         shapes = {

@@ -4,6 +4,7 @@ Episode e of length L stores L + 1 observations, states and action masks (the la
 episode ended, used to bootstrap truncated episodes) and L actions, rewards and termination flags.
 A sampled batch is cut to the longest episode in it; `mask[b, t]` marks real steps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -33,8 +34,17 @@ class EpisodeBatch:
 class EpisodeBuffer:
     FIELDS = ("obs", "state", "avail", "actions", "reward", "terminated")
 
-    def __init__(self, capacity: int, episode_limit: int, n_agents: int, obs_dim: int, state_dim: int,
-                 n_actions: int, seed: int = 0, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        capacity: int,
+        episode_limit: int,
+        n_agents: int,
+        obs_dim: int,
+        state_dim: int,
+        n_actions: int,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ):
         self.capacity, self.limit = capacity, episode_limit
         self.device = torch.device(device)
         t = episode_limit
@@ -83,15 +93,24 @@ class EpisodeBuffer:
         d, dev = self.data, self.device
         idx, mask, real = to_device(idx, dev), to_device(mask, dev), to_device(real, dev)
         return EpisodeBatch(
-            obs=d["obs"][idx, : t + 1], state=d["state"][idx, : t + 1], avail=d["avail"][idx, : t + 1].float(),
-            actions=d["actions"][idx, :t], reward=d["reward"][idx, :t], terminated=d["terminated"][idx, :t],
-            mask=mask, real=real,
+            obs=d["obs"][idx, : t + 1],
+            state=d["state"][idx, : t + 1],
+            avail=d["avail"][idx, : t + 1].float(),
+            actions=d["actions"][idx, :t],
+            reward=d["reward"][idx, :t],
+            terminated=d["terminated"][idx, :t],
+            mask=mask,
+            real=real,
         )
 
     def state_dict(self) -> dict:
-        return {"data": {k: v[: self.size].clone() for k, v in self.data.items()},
-                "lengths": self.lengths[: self.size].clone(), "size": self.size, "pos": self.pos,
-                "rng": self.generator.get_state()}
+        return {
+            "data": {k: v[: self.size].clone() for k, v in self.data.items()},
+            "lengths": self.lengths[: self.size].clone(),
+            "size": self.size,
+            "pos": self.pos,
+            "rng": self.generator.get_state(),
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         size = int(sd["size"])

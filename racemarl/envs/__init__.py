@@ -7,6 +7,7 @@ cooperative particle tasks), ``pettingzoo/<module>:<factory>`` (any cooperative 
 ParallelEnv) or a name registered with `register_env`. Simulator packages are imported only by
 `make_env`, so this module imports without them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -98,7 +99,9 @@ def _make_mamujoco(
 # ---------------------------------------------------------------- family: smax (JaxMARL)
 
 
-def _map_family(maps, task_name, config_error) -> tuple[Callable[[], list[str]], Callable[[str, str], tuple[str, None]]]:
+def _map_family(
+    maps, task_name, config_error
+) -> tuple[Callable[[], list[str]], Callable[[str, str], tuple[str, None]]]:
     """`list` and `parse` functions of a family of named maps (SMAX, SMAC): `<family>/<map>`, no partition."""
 
     def list_maps() -> list[str]:
@@ -166,8 +169,10 @@ def _make_smac(
 
 def _no_kwargs(task: str, kwargs: dict[str, Any]) -> None:
     if kwargs:
-        raise BadTaskError(f"{task}: env.kwargs ({', '.join(kwargs)}) are only for mpe/*, pettingzoo/* and registered "
-                           "tasks; this family takes its settings from env.* keys")
+        raise BadTaskError(
+            f"{task}: env.kwargs ({', '.join(kwargs)}) are only for mpe/*, pettingzoo/* and registered "
+            "tasks; this family takes its settings from env.* keys"
+        )
 
 
 # ---------------------------------------------------------------- families: mpe (mpe2), pettingzoo (any ParallelEnv)
@@ -175,18 +180,34 @@ def _no_kwargs(task: str, kwargs: dict[str, Any]) -> None:
 
 def _parse_mpe(task: str, rest: str) -> tuple[str, None]:
     if rest not in MPE_TASKS:
-        raise UnknownTaskError(f"unknown task {task!r}: valid mpe tasks: {', '.join(f'mpe/{t}' for t in MPE_TASKS)} "
-                               "(others: pettingzoo/mpe2.<module>:parallel_env)")
+        raise UnknownTaskError(
+            f"unknown task {task!r}: valid mpe tasks: {', '.join(f'mpe/{t}' for t in MPE_TASKS)} "
+            "(others: pettingzoo/mpe2.<module>:parallel_env)"
+        )
     return rest, None
 
 
-def _make_mpe(scenario: str, partition: str | None, *, agent_obsk: int, max_episode_steps: int | None,
-              render_mode: str | None, kwargs: dict[str, Any]) -> MultiAgentEnv:
+def _make_mpe(
+    scenario: str,
+    partition: str | None,
+    *,
+    agent_obsk: int,
+    max_episode_steps: int | None,
+    render_mode: str | None,
+    kwargs: dict[str, Any],
+) -> MultiAgentEnv:
     return make_mpe(scenario, kwargs, max_episode_steps, render_mode)
 
 
-def _make_pettingzoo(spec: str, partition: str | None, *, agent_obsk: int, max_episode_steps: int | None,
-                     render_mode: str | None, kwargs: dict[str, Any]) -> MultiAgentEnv:
+def _make_pettingzoo(
+    spec: str,
+    partition: str | None,
+    *,
+    agent_obsk: int,
+    max_episode_steps: int | None,
+    render_mode: str | None,
+    kwargs: dict[str, Any],
+) -> MultiAgentEnv:
     return make_pettingzoo(f"pettingzoo/{spec}", spec, kwargs, max_episode_steps, render_mode)
 
 

@@ -3,6 +3,7 @@
 All arrays are numpy. Agents are indexed 0..N-1 in a fixed order. Observation and action sizes may
 differ between agents; the learner pads them itself, adapters never pad.
 """
+
 from __future__ import annotations
 
 import abc
@@ -40,22 +41,28 @@ class EnvFailure(RuntimeError):
 def env_failure(task: str, call: str, t: int, e: BaseException) -> EnvFailure:
     """The EnvFailure for an exception `e` that the environment's `call` raised at episode step `t`."""
     text = " ".join(str(e).split())[:300]
-    return EnvFailure(f"{task}: the environment's {call} raised {type(e).__name__}"
-                      + (f": {text}" if text else "") + f" (episode step {t}); the error is in the environment's "
-                      f"code ({TRACEBACK_ENV}=1 shows the full traceback)")
+    return EnvFailure(
+        f"{task}: the environment's {call} raised {type(e).__name__}"
+        + (f": {text}" if text else "")
+        + f" (episode step {t}); the error is in the environment's "
+        f"code ({TRACEBACK_ENV}=1 shows the full traceback)"
+    )
 
 
 def check_finite(task: str, t: int, reward: float | None, obs, state, agents=None) -> None:
     """EnvFailure when a reward, an observation or the state holds NaN or inf (they would poison the learner
     without a word)."""
     if reward is not None and not np.isfinite(reward):
-        raise EnvFailure(f"{task}: the environment returned a reward of {reward} at episode step {t}; rewards must "
-                         "be finite numbers")
+        raise EnvFailure(
+            f"{task}: the environment returned a reward of {reward} at episode step {t}; rewards must be finite numbers"
+        )
     for i, o in enumerate(obs):
         if not np.isfinite(o).all():
             who = agents[i] if agents is not None else i
-            raise EnvFailure(f"{task}: agent {who}'s observation holds NaN or inf at episode step {t}; observations "
-                             "must be finite numbers")
+            raise EnvFailure(
+                f"{task}: agent {who}'s observation holds NaN or inf at episode step {t}; observations "
+                "must be finite numbers"
+            )
     if state is not None and not np.isfinite(state).all():
         raise EnvFailure(f"{task}: the global state holds NaN or inf at episode step {t}; it must be finite")
 
@@ -129,7 +136,9 @@ class MultiAgentEnv(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
 
-    def sample_actions(self, rng: np.random.Generator, avail_actions: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    def sample_actions(
+        self, rng: np.random.Generator, avail_actions: list[np.ndarray] | None = None
+    ) -> list[np.ndarray]:
         """Uniformly random actions, drawn from `rng` so that warm-up is reproducible."""
         spec = self.spec
         if spec.discrete:
@@ -158,15 +167,21 @@ class GuardedEnv(MultiAgentEnv):
     def _check_obs(self, obs, state) -> None:
         task = self.spec.task
         if len(obs) != self.spec.n_agents:
-            raise EnvFailure(f"{task}: the environment returned {len(obs)} observations at episode step {self._t}, "
-                             f"for {self.spec.n_agents} agents")
+            raise EnvFailure(
+                f"{task}: the environment returned {len(obs)} observations at episode step {self._t}, "
+                f"for {self.spec.n_agents} agents"
+            )
         for i, (o, d) in enumerate(zip(obs, self.spec.obs_dims)):
             if np.size(o) != d:
-                raise EnvFailure(f"{task}: agent {i}'s observation at episode step {self._t} has {np.size(o)} "
-                                 f"numbers; the env's spec declares {d}")
+                raise EnvFailure(
+                    f"{task}: agent {i}'s observation at episode step {self._t} has {np.size(o)} "
+                    f"numbers; the env's spec declares {d}"
+                )
         if np.size(state) != self.spec.state_dim:
-            raise EnvFailure(f"{task}: the state at episode step {self._t} has {np.size(state)} numbers; the env's "
-                             f"spec declares {self.spec.state_dim}")
+            raise EnvFailure(
+                f"{task}: the state at episode step {self._t} has {np.size(state)} numbers; the env's "
+                f"spec declares {self.spec.state_dim}"
+            )
 
     def reset(self, seed: int | None = None):
         self._t = 0
@@ -195,8 +210,9 @@ class GuardedEnv(MultiAgentEnv):
             reward = float(r.reward)
         except (TypeError, ValueError) as e:
             raise EnvFailure(f"{self.spec.task}: the reward at episode step {self._t} is not a number ({e})") from e
-        check_finite(self.spec.task, self._t, reward, [np.asarray(o, np.float32) for o in r.obs],
-                     np.asarray(r.state, np.float32))
+        check_finite(
+            self.spec.task, self._t, reward, [np.asarray(o, np.float32) for o in r.obs], np.asarray(r.state, np.float32)
+        )
         self._needs_reset = bool(r.terminated or r.truncated)
         return r
 

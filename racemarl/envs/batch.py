@@ -4,6 +4,7 @@ SMAX maps use `SmaxBatch` (one `jax.vmap`-ed call per step for all rows, several
 stepping `SmaxEnv`s one by one); any other discrete task (e.g. `smac/*`) is a list of its
 environments behind the same interface (`ListBatch`). Both return `SmaxBatchStep` records.
 """
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -77,9 +78,17 @@ class ListBatch:
                 self.reports_wins = True
             self._t[b] += 1
         self.active &= ~(terminated | truncated)
-        return SmaxBatchStep(obs=self._obs.copy(), state=self._state.copy(), avail_actions=self._avail.copy(),
-                             reward=reward, terminated=terminated, truncated=truncated, battle_won=won,
-                             episode_step=self._t.copy(), stepped=running)
+        return SmaxBatchStep(
+            obs=self._obs.copy(),
+            state=self._state.copy(),
+            avail_actions=self._avail.copy(),
+            reward=reward,
+            terminated=terminated,
+            truncated=truncated,
+            battle_won=won,
+            episode_step=self._t.copy(),
+            stepped=running,
+        )
 
     def close(self) -> None:
         for env in self.envs:
@@ -91,7 +100,9 @@ def make_env_batch(task: str, batch_size: int, max_episode_steps: int | None = N
     `make_env(task, max_episode_steps=..., **make_kwargs)`)."""
     family, scenario, _ = parse_task(task)
     if family == "smax":
-        make_env(task, max_episode_steps=max_episode_steps, **make_kwargs).close()  # dependency check with the usual message
+        make_env(
+            task, max_episode_steps=max_episode_steps, **make_kwargs
+        ).close()  # dependency check with the usual message
         try:
             from racemarl.envs.smax import SmaxBatch
         except ImportError as e:  # pragma: no cover - make_env above raised first

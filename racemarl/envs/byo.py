@@ -5,6 +5,7 @@ with `register_env`.
 A factory is called with ``env.kwargs`` (``--set env.kwargs.KEY=VALUE``) and returns a PettingZoo
 ``ParallelEnv`` (wrapped by `PettingZooEnv`) or a racemarl `MultiAgentEnv` (used as it is).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,12 +60,15 @@ def register_env(task: str, factory: Callable[..., Any], **default_kwargs: Any) 
     from racemarl.envs import builtin_families
 
     if not isinstance(task, str) or not _TASK_RE.fullmatch(task):
-        raise BadTaskError(f"register_env: task name must look like 'namespace/name' (letters, digits, _ . -), "
-                           f"got {task!r}")
+        raise BadTaskError(
+            f"register_env: task name must look like 'namespace/name' (letters, digits, _ . -), got {task!r}"
+        )
     namespace = task.split("/", 1)[0]
     if namespace in builtin_families():
-        raise BadTaskError(f"register_env: {namespace!r} is a built-in task family; choose another namespace "
-                           f"(built-in: {', '.join(builtin_families())})")
+        raise BadTaskError(
+            f"register_env: {namespace!r} is a built-in task family; choose another namespace "
+            f"(built-in: {', '.join(builtin_families())})"
+        )
     if not callable(factory):
         raise BadTaskError(f"register_env: factory for {task!r} must be callable, got {type(factory).__name__}")
     _REGISTRY[task] = (factory, dict(default_kwargs))
@@ -88,16 +92,19 @@ def is_registered(task: str) -> bool:
 def parse_pettingzoo(task: str, rest: str) -> tuple[str, None]:
     module, sep, attr = rest.rpartition(":")
     if not sep or not module or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", attr):
-        raise BadTaskError(f"unknown task {task!r}: expected 'pettingzoo/<module>:<factory>' (e.g. "
-                           "'pettingzoo/mpe2.simple_spread_v3:parallel_env') or 'pettingzoo/<path/to/file.py>:<factory>'")
+        raise BadTaskError(
+            f"unknown task {task!r}: expected 'pettingzoo/<module>:<factory>' (e.g. "
+            "'pettingzoo/mpe2.simple_spread_v3:parallel_env') or 'pettingzoo/<path/to/file.py>:<factory>'"
+        )
     return rest, None
 
 
 def _import_file(task: str, path: str):
     file = Path(path).expanduser().resolve()
     if not file.is_file():
-        raise BadTaskError(f"{task}: no such file {path!r}; expected 'pettingzoo/<path/to/file.py>:<factory>' or an "
-                           "importable module")
+        raise BadTaskError(
+            f"{task}: no such file {path!r}; expected 'pettingzoo/<path/to/file.py>:<factory>' or an importable module"
+        )
     name = f"racemarl_user_env_{hashlib.sha1(str(file).encode()).hexdigest()[:12]}"
     if name in sys.modules:
         return sys.modules[name]
@@ -121,8 +128,10 @@ def _import_module(task: str, name: str):
     except ModuleNotFoundError as e:
         if e.name and e.name != name and not name.startswith(e.name + "."):
             raise BadTaskError(f"{task}: module {name!r} needs {e.name!r}, which is not installed ({e})") from e
-        raise BadTaskError(f"{task}: cannot import module {name!r} ({e}); 'pettingzoo/<module>:<factory>' needs a "
-                           "module on the Python path or a path to a .py file") from e
+        raise BadTaskError(
+            f"{task}: cannot import module {name!r} ({e}); 'pettingzoo/<module>:<factory>' needs a "
+            "module on the Python path or a path to a .py file"
+        ) from e
     except Exception as e:
         raise BadTaskError(f"{task}: importing module {name!r} failed: {type(e).__name__}: {e}") from e
 
@@ -132,7 +141,7 @@ def absolute_task(task: str) -> str:
     run stores it, so that `eval` and `--resume` find the file from any folder); any other task as it is."""
     if not isinstance(task, str) or not task.startswith("pettingzoo/") or task in registered_tasks():
         return task
-    where, sep, attr = task[len("pettingzoo/"):].rpartition(":")
+    where, sep, attr = task[len("pettingzoo/") :].rpartition(":")
     if not sep or not where.endswith(".py"):
         return task
     path = Path(where).expanduser()
@@ -158,8 +167,13 @@ def resolve_factory(task: str, spec: str) -> Callable[..., Any]:
 # ---------------------------------------------------------------- building
 
 
-def build(task: str, factory: Callable[..., Any], kwargs: dict[str, Any], max_episode_steps: int | None,
-          render_mode: str | None) -> MultiAgentEnv:
+def build(
+    task: str,
+    factory: Callable[..., Any],
+    kwargs: dict[str, Any],
+    max_episode_steps: int | None,
+    render_mode: str | None,
+) -> MultiAgentEnv:
     """Call the factory and wrap a ParallelEnv in `PettingZooEnv`."""
     if render_mode is not None:
         raise ValueError(f"{task}: rendering is not supported for PettingZoo tasks (render_mode={render_mode!r})")
@@ -176,8 +190,10 @@ def build(task: str, factory: Callable[..., Any], kwargs: dict[str, Any], max_ep
     if isinstance(env, MultiAgentEnv):
         if max_episode_steps is not None and env.spec.episode_limit != max_episode_steps:
             env.close()
-            raise BadTaskError(f"{task}: the factory returned a MultiAgentEnv with its own time limit "
-                               f"({env.spec.episode_limit}); set it through env.kwargs, not env.max_episode_steps")
+            raise BadTaskError(
+                f"{task}: the factory returned a MultiAgentEnv with its own time limit "
+                f"({env.spec.episode_limit}); set it through env.kwargs, not env.max_episode_steps"
+            )
         from racemarl.envs.base import GuardedEnv
 
         return GuardedEnv(env)
@@ -190,22 +206,27 @@ def build(task: str, factory: Callable[..., Any], kwargs: dict[str, Any], max_ep
         raise BadTaskError(str(e)) from e
 
 
-def make_pettingzoo(task: str, spec: str, kwargs: dict[str, Any], max_episode_steps: int | None,
-                    render_mode: str | None) -> MultiAgentEnv:
+def make_pettingzoo(
+    task: str, spec: str, kwargs: dict[str, Any], max_episode_steps: int | None, render_mode: str | None
+) -> MultiAgentEnv:
     return build(task, resolve_factory(task, spec), kwargs, max_episode_steps, render_mode)
 
 
-def make_registered(task: str, kwargs: dict[str, Any], max_episode_steps: int | None,
-                    render_mode: str | None) -> MultiAgentEnv:
+def make_registered(
+    task: str, kwargs: dict[str, Any], max_episode_steps: int | None, render_mode: str | None
+) -> MultiAgentEnv:
     factory, defaults = _REGISTRY[task]
     return build(task, factory, {**defaults, **kwargs}, max_episode_steps, render_mode)
 
 
-def make_mpe(scenario: str, kwargs: dict[str, Any], max_episode_steps: int | None,
-             render_mode: str | None) -> MultiAgentEnv:
+def make_mpe(
+    scenario: str, kwargs: dict[str, Any], max_episode_steps: int | None, render_mode: str | None
+) -> MultiAgentEnv:
     task = f"mpe/{scenario}"
-    for key, instead in (("continuous_actions", "pettingzoo/mpe2.<scenario>:parallel_env for discrete actions"),
-                         ("max_cycles", "env.max_episode_steps")):
+    for key, instead in (
+        ("continuous_actions", "pettingzoo/mpe2.<scenario>:parallel_env for discrete actions"),
+        ("max_cycles", "env.max_episode_steps"),
+    ):
         if key in kwargs:
             raise BadTaskError(f"{task}: env.kwargs.{key} is set by racemarl; use {instead}")
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # mpe2 imports pygame, which greets on stdout
@@ -214,5 +235,6 @@ def make_mpe(scenario: str, kwargs: dict[str, Any], max_episode_steps: int | Non
     except ImportError as e:
         raise _missing("mpe/* tasks", e) from e
     limit = MPE_DEFAULT_EPISODE_LIMIT if max_episode_steps is None else int(max_episode_steps)
-    return build(task, module.parallel_env, {**kwargs, "continuous_actions": True, "max_cycles": limit}, limit,
-                 render_mode)
+    return build(
+        task, module.parallel_env, {**kwargs, "continuous_actions": True, "max_cycles": limit}, limit, render_mode
+    )

@@ -1,4 +1,5 @@
 """A generic check that an adapter honours the `MultiAgentEnv` contract (for tests of every family)."""
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,14 @@ def _check_spec(spec: EnvSpec) -> None:
     if not spec.discrete:
         for i, (lo, hi, d) in enumerate(zip(spec.act_low, spec.act_high, spec.act_dims)):
             lo, hi = np.asarray(lo), np.asarray(hi)
-            _check(lo.shape == (d,) and hi.shape == (d,), t,
-                   f"agent {i}: act_low/act_high shapes {lo.shape}/{hi.shape}, expected ({d},)")
-            _check(bool(np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))), t, f"agent {i}: action bounds must be finite")
+            _check(
+                lo.shape == (d,) and hi.shape == (d,),
+                t,
+                f"agent {i}: act_low/act_high shapes {lo.shape}/{hi.shape}, expected ({d},)",
+            )
+            _check(
+                bool(np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))), t, f"agent {i}: action bounds must be finite"
+            )
             _check(bool(np.all(lo < hi)), t, f"agent {i}: act_low must be < act_high")
 
 
@@ -59,40 +65,65 @@ def _check_avail(spec: EnvSpec, avail, where: str) -> None:
         return
     if avail is None:
         return
-    _check(isinstance(avail, list) and len(avail) == spec.n_agents, t,
-           f"{where}: avail_actions must be a list with one mask per agent")
+    _check(
+        isinstance(avail, list) and len(avail) == spec.n_agents,
+        t,
+        f"{where}: avail_actions must be a list with one mask per agent",
+    )
     for i, m in enumerate(avail):
         m = np.asarray(m)
-        _check(m.shape == (spec.act_dims[i],), t,
-               f"{where}: avail_actions[{i}] shape {m.shape}, expected ({spec.act_dims[i]},)")
+        _check(
+            m.shape == (spec.act_dims[i],),
+            t,
+            f"{where}: avail_actions[{i}] shape {m.shape}, expected ({spec.act_dims[i]},)",
+        )
         _check(bool(np.all((m == 0) | (m == 1))), t, f"{where}: avail_actions[{i}] must be 0/1")
         _check(int(np.sum(m)) >= 1, t, f"{where}: agent {i} has no available action")
 
 
 def _check_actions(spec: EnvSpec, actions, avail, where: str) -> None:
     t = spec.task
-    _check(len(actions) == spec.n_agents, t, f"{where}: sample_actions gave {len(actions)} actions for {spec.n_agents} agents")
+    _check(
+        len(actions) == spec.n_agents,
+        t,
+        f"{where}: sample_actions gave {len(actions)} actions for {spec.n_agents} agents",
+    )
     for i, a in enumerate(actions):
         a = np.asarray(a)
         if spec.discrete:
-            _check(a.shape == () and np.issubdtype(a.dtype, np.integer), t,
-                   f"{where}: discrete action {i} must be an integer scalar, got shape {a.shape} dtype {a.dtype}")
-            _check(0 <= int(a) < spec.act_dims[i], t, f"{where}: action {i}={int(a)} out of range [0, {spec.act_dims[i]})")
+            _check(
+                a.shape == () and np.issubdtype(a.dtype, np.integer),
+                t,
+                f"{where}: discrete action {i} must be an integer scalar, got shape {a.shape} dtype {a.dtype}",
+            )
+            _check(
+                0 <= int(a) < spec.act_dims[i], t, f"{where}: action {i}={int(a)} out of range [0, {spec.act_dims[i]})"
+            )
             if avail is not None:
                 _check(bool(np.asarray(avail[i])[int(a)]), t, f"{where}: action {i}={int(a)} is not available")
         else:
-            _check(a.shape == (spec.act_dims[i],), t, f"{where}: action {i} shape {a.shape}, expected ({spec.act_dims[i]},)")
+            _check(
+                a.shape == (spec.act_dims[i],),
+                t,
+                f"{where}: action {i} shape {a.shape}, expected ({spec.act_dims[i]},)",
+            )
             _check(bool(np.all(np.isfinite(a))), t, f"{where}: action {i} has non-finite values")
-            _check(bool(np.all((a >= spec.act_low[i]) & (a <= spec.act_high[i]))), t,
-                   f"{where}: action {i} outside [act_low, act_high]")
+            _check(
+                bool(np.all((a >= spec.act_low[i]) & (a <= spec.act_high[i]))),
+                t,
+                f"{where}: action {i} outside [act_low, act_high]",
+            )
 
 
 def _check_step(spec: EnvSpec, r: StepResult, where: str) -> None:
     t = spec.task
     _check(isinstance(r, StepResult), t, f"{where}: step must return a StepResult, got {type(r).__name__}")
     _check_obs_state(spec, r.obs, r.state, where)
-    _check(isinstance(r.reward, float) and not isinstance(r.reward, bool), t,
-           f"{where}: reward must be a float, got {type(r.reward).__name__}")
+    _check(
+        isinstance(r.reward, float) and not isinstance(r.reward, bool),
+        t,
+        f"{where}: reward must be a float, got {type(r.reward).__name__}",
+    )
     _check(math.isfinite(r.reward), t, f"{where}: reward {r.reward} is not finite")
     _check(type(r.terminated) is bool, t, f"{where}: terminated must be a bool, got {type(r.terminated).__name__}")
     _check(type(r.truncated) is bool, t, f"{where}: truncated must be a bool, got {type(r.truncated).__name__}")
@@ -108,23 +139,26 @@ def _rollout(env: MultiAgentEnv, seed: int, n_steps: int, action_seed: int) -> l
     _check_obs_state(spec, obs, state, "reset")
     _check_avail(spec, avail, "reset")
     rng = np.random.default_rng(action_seed)
-    record: list[tuple] = [("reset", [o.copy() for o in obs], state.copy(),
-                            None if avail is None else [np.array(m) for m in avail])]
+    record: list[tuple] = [
+        ("reset", [o.copy() for o in obs], state.copy(), None if avail is None else [np.array(m) for m in avail])
+    ]
     for k in range(n_steps):
         actions = env.sample_actions(rng, avail)
         _check_actions(spec, actions, avail, f"step {k}")
         r = env.step(actions)
         _check_step(spec, r, f"step {k}")
         avail = r.avail_actions
-        record.append((
-            [np.array(a) for a in actions],
-            [o.copy() for o in r.obs],
-            r.state.copy(),
-            r.reward,
-            r.terminated,
-            r.truncated,
-            None if avail is None else [np.array(m) for m in avail],
-        ))
+        record.append(
+            (
+                [np.array(a) for a in actions],
+                [o.copy() for o in r.obs],
+                r.state.copy(),
+                r.reward,
+                r.terminated,
+                r.truncated,
+                None if avail is None else [np.array(m) for m in avail],
+            )
+        )
         if r.terminated or r.truncated:
             break
     return record
@@ -176,8 +210,11 @@ def check_env_conformance(env: MultiAgentEnv, n_steps: int = 30, seed: int = 0) 
         avail = r.avail_actions
         if r.terminated or r.truncated:
             if r.truncated:
-                _check(k + 1 == spec.episode_limit, t,
-                       f"truncated after {k + 1} steps, but spec.episode_limit is {spec.episode_limit}")
+                _check(
+                    k + 1 == spec.episode_limit,
+                    t,
+                    f"truncated after {k + 1} steps, but spec.episode_limit is {spec.episode_limit}",
+                )
             ended = True
             break
     _check(ended, t, f"episode did not end within spec.episode_limit={spec.episode_limit} steps")
@@ -193,5 +230,8 @@ def check_env_conformance(env: MultiAgentEnv, n_steps: int = 30, seed: int = 0) 
     # And the env is usable again after reset.
     obs, state, avail = env.reset(seed=seed)
     _check_obs_state(spec, obs, state, "reset after episode end")
-    _check(_same(obs, first[0][1]) and _same(state, first[0][2]), t,
-           "reset(seed) after a finished episode gave different observations than before")
+    _check(
+        _same(obs, first[0][1]) and _same(state, first[0][2]),
+        t,
+        "reset(seed) after a finished episode gave different observations than before",
+    )

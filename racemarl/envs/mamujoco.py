@@ -16,6 +16,7 @@ Library behaviour this adapter relies on / papers over (gymnasium-robotics 1.4.x
 * ManySegment* scenarios write a temporary XML into the installed package's assets folder while
   being built (and delete it): processes building the same NxM at the same moment could collide.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,7 +48,6 @@ MAMUJOCO_PARTITIONS: dict[str, tuple[str | None, ...]] = {
     # "CoupledHalfCheetah" (None, "1p1") is left out: with MuJoCo >= 3 `data.ten_J` is sparse and the
     # library's observation code crashes (IndexError) when building the env (gymnasium-robotics 1.4.2).
     # If it is ever re-added: the library ignores max_episode_steps for it (fixed TimeLimit(1000)).
-
     # Any "NxM" (N agents with M segments each) works for these; a sample is listed.
     "ManySegmentSwimmer": ("2x3", "4x2", "6x1", "10x2"),
     "ManySegmentAnt": ("2x3", "3x2", "6x1"),
@@ -220,9 +220,7 @@ class MaMuJoCoEnv(MultiAgentEnv):
 
     def step(self, actions: list[np.ndarray]) -> StepResult:
         if self._needs_reset:
-            raise RuntimeError(
-                f"{self.spec.task}: the episode has ended (or was never started); call reset() first"
-            )
+            raise RuntimeError(f"{self.spec.task}: the episode has ended (or was never started); call reset() first")
         if len(actions) != self.spec.n_agents:
             raise ValueError(f"{self.spec.task}: expected {self.spec.n_agents} actions, got {len(actions)}")
         action_dict = {}

@@ -37,6 +37,7 @@ How the ParallelEnv API maps onto `MultiAgentEnv`:
   mark opponents (``adversary_0``, ``enemy_0``, ``opponent_0``; mpe2's ``eve_0`` of simple_crypto)
   is refused: racemarl controls every agent with one team reward.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,7 +45,15 @@ from typing import Any
 
 import numpy as np
 
-from racemarl.envs.base import EnvFailure, EnvSpec, MultiAgentEnv, StepResult, check_finite, check_step_call, env_failure
+from racemarl.envs.base import (
+    EnvFailure,
+    EnvSpec,
+    MultiAgentEnv,
+    StepResult,
+    check_finite,
+    check_step_call,
+    env_failure,
+)
 
 # Agent-name stems that mark an opposing team (checked on the name without its trailing _<index>).
 OPPONENT_NAMES = ("adversary", "adversaries", "enemy", "enemies", "opponent", "opponents", "eve")
@@ -78,7 +87,8 @@ def _obs_layout(task: str, agent: str, space) -> tuple[str, int]:
         return "onehot", int(space.n)
     raise IncompatibleEnvError(
         f"{task}: agent {agent} has a {_space_name(space)} observation space; supported: Box, MultiBinary, "
-        "Discrete, or a Dict with 'observation' (Box) and 'action_mask'")
+        "Discrete, or a Dict with 'observation' (Box) and 'action_mask'"
+    )
 
 
 def _action_layout(task: str, agents: list[str], action_spaces: list) -> bool:
@@ -89,18 +99,26 @@ def _action_layout(task: str, agents: list[str], action_spaces: list) -> bool:
     for agent, space in zip(agents, action_spaces):
         if isinstance(space, spaces.Discrete):
             if int(space.start) != 0:
-                raise IncompatibleEnvError(f"{task}: agent {agent}'s Discrete action space starts at {space.start}, not 0")
+                raise IncompatibleEnvError(
+                    f"{task}: agent {agent}'s Discrete action space starts at {space.start}, not 0"
+                )
             kinds.add("discrete")
         elif isinstance(space, spaces.Box):
             if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
-                raise IncompatibleEnvError(f"{task}: agent {agent}'s Box action space has infinite bounds; "
-                                           "continuous actions need finite bounds")
+                raise IncompatibleEnvError(
+                    f"{task}: agent {agent}'s Box action space has infinite bounds; "
+                    "continuous actions need finite bounds"
+                )
             kinds.add("continuous")
         else:
-            raise IncompatibleEnvError(f"{task}: agent {agent} has a {_space_name(space)} action space; "
-                                       "supported: Discrete or Box (all agents the same kind)")
+            raise IncompatibleEnvError(
+                f"{task}: agent {agent} has a {_space_name(space)} action space; "
+                "supported: Discrete or Box (all agents the same kind)"
+            )
     if len(kinds) > 1:
-        raise IncompatibleEnvError(f"{task}: agents mix Discrete and Box action spaces; supported: all Discrete or all Box")
+        raise IncompatibleEnvError(
+            f"{task}: agents mix Discrete and Box action spaces; supported: all Discrete or all Box"
+        )
     return kinds == {"discrete"}
 
 
@@ -118,12 +136,16 @@ def check_parallel_env(task: str, env: Any) -> None:
     from pettingzoo import AECEnv, ParallelEnv
 
     if isinstance(env, AECEnv):
-        raise IncompatibleEnvError(f"{task}: the factory returned an AECEnv ({type(env).__name__}); racemarl needs a "
-                                   "ParallelEnv (PettingZoo envs usually offer `parallel_env`, or wrap it with "
-                                   "pettingzoo.utils.conversions.aec_to_parallel)")
+        raise IncompatibleEnvError(
+            f"{task}: the factory returned an AECEnv ({type(env).__name__}); racemarl needs a "
+            "ParallelEnv (PettingZoo envs usually offer `parallel_env`, or wrap it with "
+            "pettingzoo.utils.conversions.aec_to_parallel)"
+        )
     if not isinstance(env, ParallelEnv):
-        raise IncompatibleEnvError(f"{task}: the factory returned a {type(env).__name__}, not a PettingZoo ParallelEnv "
-                                   "(or a racemarl MultiAgentEnv)")
+        raise IncompatibleEnvError(
+            f"{task}: the factory returned a {type(env).__name__}, not a PettingZoo ParallelEnv "
+            "(or a racemarl MultiAgentEnv)"
+        )
     agents = list(getattr(env, "possible_agents", None) or [])
     if not agents:
         raise IncompatibleEnvError(f"{task}: the env has no possible_agents; racemarl needs a fixed list of agents")
@@ -131,7 +153,8 @@ def check_parallel_env(task: str, env: Any) -> None:
     if rivals:
         raise IncompatibleEnvError(
             f"{task}: the env has competing teams (agents {', '.join(map(str, rivals))} play against the others); "
-            "supported: cooperative envs whose agents all belong to one team with a shared goal")
+            "supported: cooperative envs whose agents all belong to one team with a shared goal"
+        )
 
 
 class PettingZooEnv(MultiAgentEnv):
@@ -154,8 +177,10 @@ class PettingZooEnv(MultiAgentEnv):
         discrete = _action_layout(task, self.agents, act_spaces)
         limit = max_episode_steps if max_episode_steps is not None else _time_limit(env)
         if limit is None:
-            raise IncompatibleEnvError(f"{task}: the env has no time limit racemarl can read (max_cycles, max_steps "
-                                       "or max_episode_steps); set one with --set env.max_episode_steps=N")
+            raise IncompatibleEnvError(
+                f"{task}: the env has no time limit racemarl can read (max_cycles, max_steps "
+                "or max_episode_steps); set one with --set env.max_episode_steps=N"
+            )
         self._t, self._last_state, self._gone = 0, None, False
         self._has_state = self._probe_state(task)
         self.obs_dims = tuple(int(d) for d in obs_dims)
@@ -169,8 +194,17 @@ class PettingZooEnv(MultiAgentEnv):
             act_dims = tuple(int(np.prod(s.shape)) for s in act_spaces)
             low = tuple(np.asarray(s.low, np.float32).reshape(-1).copy() for s in act_spaces)
             high = tuple(np.asarray(s.high, np.float32).reshape(-1).copy() for s in act_spaces)
-        self.spec = EnvSpec(task=task, n_agents=len(self.agents), obs_dims=self.obs_dims, state_dim=state_dim,
-                            act_dims=act_dims, discrete=discrete, episode_limit=int(limit), act_low=low, act_high=high)
+        self.spec = EnvSpec(
+            task=task,
+            n_agents=len(self.agents),
+            obs_dims=self.obs_dims,
+            state_dim=state_dim,
+            act_dims=act_dims,
+            discrete=discrete,
+            episode_limit=int(limit),
+            act_low=low,
+            act_high=high,
+        )
         self._t = 0
         self._needs_reset = True
         self._live: set[str] = set()
@@ -210,11 +244,15 @@ class PettingZooEnv(MultiAgentEnv):
             else:
                 out = np.asarray(raw, np.float32).reshape(-1)
         except (TypeError, ValueError, IndexError) as e:
-            raise EnvFailure(f"{self.spec.task}: agent {self.agents[i]}'s observation at episode step {self._t} does "
-                             f"not fit its observation space ({type(e).__name__}: {e})") from e
+            raise EnvFailure(
+                f"{self.spec.task}: agent {self.agents[i]}'s observation at episode step {self._t} does "
+                f"not fit its observation space ({type(e).__name__}: {e})"
+            ) from e
         if out.size != self.obs_dims[i]:
-            raise EnvFailure(f"{self.spec.task}: agent {self.agents[i]}'s observation at episode step {self._t} has "
-                             f"{out.size} numbers; its observation space declares {self.obs_dims[i]}")
+            raise EnvFailure(
+                f"{self.spec.task}: agent {self.agents[i]}'s observation at episode step {self._t} has "
+                f"{out.size} numbers; its observation space declares {self.obs_dims[i]}"
+            )
         return out, mask
 
     def _check_agents(self, obs: dict, call: str, *per_agent: dict) -> None:
@@ -223,9 +261,11 @@ class PettingZooEnv(MultiAgentEnv):
         strangers = {a for d in (obs, *per_agent) if isinstance(d, dict) for a in d if a not in known}
         strangers |= {a for a in (getattr(self._env, "agents", None) or []) if a not in known}
         if strangers:
-            raise EnvFailure(f"{self.spec.task}: the environment's {call} at episode step {self._t} has agents "
-                             f"{', '.join(sorted(map(str, strangers)))} that are not in possible_agents; racemarl "
-                             "needs a fixed team (list every agent in possible_agents)")
+            raise EnvFailure(
+                f"{self.spec.task}: the environment's {call} at episode step {self._t} has agents "
+                f"{', '.join(sorted(map(str, strangers)))} that are not in possible_agents; racemarl "
+                "needs a fixed team (list every agent in possible_agents)"
+            )
 
     def _state(self, ending: bool) -> np.ndarray:
         """`env.state()`; once an agent has left the episode (or on its last step), the last state it gave when it
@@ -237,12 +277,16 @@ class PettingZooEnv(MultiAgentEnv):
                 return self._last_state
             raise env_failure(self.spec.task, "state()", self._t, e) from e
         if state.size != self.spec.state_dim:
-            raise EnvFailure(f"{self.spec.task}: the environment's state() has {state.size} numbers at episode step "
-                             f"{self._t}, {self.spec.state_dim} at the first reset")
+            raise EnvFailure(
+                f"{self.spec.task}: the environment's state() has {state.size} numbers at episode step "
+                f"{self._t}, {self.spec.state_dim} at the first reset"
+            )
         self._last_state = state
         return state
 
-    def _observe(self, obs: dict, infos: dict, ending: bool = False) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:
+    def _observe(
+        self, obs: dict, infos: dict, ending: bool = False
+    ) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:
         flat, avail = [], []
         for i, agent in enumerate(self.agents):
             if agent in obs and agent in self._live:
@@ -253,7 +297,11 @@ class PettingZooEnv(MultiAgentEnv):
                 o, mask = np.zeros(self.obs_dims[i], np.float32), None
             flat.append(o)
             if self.spec.discrete:
-                m = np.ones(self.spec.act_dims[i], np.float32) if mask is None else np.asarray(mask, np.float32).reshape(-1)
+                m = (
+                    np.ones(self.spec.act_dims[i], np.float32)
+                    if mask is None
+                    else np.asarray(mask, np.float32).reshape(-1)
+                )
                 if agent in self._live and not m.any():
                     raise RuntimeError(f"{self.spec.task}: agent {agent} has no available action")
                 avail.append(m)
@@ -266,8 +314,10 @@ class PettingZooEnv(MultiAgentEnv):
         if self.spec.discrete:
             a = int(np.asarray(action).reshape(-1)[0])
             if not 0 <= a < self.spec.act_dims[i]:
-                raise ValueError(f"{self.spec.task}: action {a} of agent {self.agents[i]} is out of range "
-                                 f"[0, {self.spec.act_dims[i]})")
+                raise ValueError(
+                    f"{self.spec.task}: action {a} of agent {self.agents[i]} is out of range "
+                    f"[0, {self.spec.act_dims[i]})"
+                )
             if self._last_avail is not None and not self._last_avail[i][a]:
                 raise ValueError(f"{self.spec.task}: action {a} of agent {self.agents[i]} is not available")
             return a
@@ -304,12 +354,15 @@ class PettingZooEnv(MultiAgentEnv):
         try:
             values = [float(rewards[a]) for a in acting if a in rewards]
         except (TypeError, ValueError) as e:
-            raise EnvFailure(f"{task}: the environment's rewards are not numbers at episode step {self._t} "
-                             f"({type(e).__name__}: {e})") from e
+            raise EnvFailure(
+                f"{task}: the environment's rewards are not numbers at episode step {self._t} ({type(e).__name__}: {e})"
+            ) from e
         for a, v in zip([a for a in acting if a in rewards], values):
             if not np.isfinite(v):
-                raise EnvFailure(f"{task}: the environment gave agent {a} a reward of {v} at episode step {self._t}; "
-                                 "rewards must be finite numbers")
+                raise EnvFailure(
+                    f"{task}: the environment gave agent {a} a reward of {v} at episode step {self._t}; "
+                    "rewards must be finite numbers"
+                )
         reward = float(np.mean(values)) if values else 0.0
         ended = {a for a in acting if terms.get(a, False) or truncs.get(a, False)}
         over = not self._env.agents or ended == set(acting)
@@ -320,8 +373,14 @@ class PettingZooEnv(MultiAgentEnv):
         out_obs, state, avail = self._observe(obs, infos or {}, ending=bool(over or self._gone))
         check_finite(task, self._t, None, out_obs, state, self.agents)
         self._needs_reset = terminated or truncated
-        return StepResult(obs=out_obs, state=state, reward=reward, terminated=bool(terminated),
-                          truncated=bool(truncated), avail_actions=avail)
+        return StepResult(
+            obs=out_obs,
+            state=state,
+            reward=reward,
+            terminated=bool(terminated),
+            truncated=bool(truncated),
+            avail_actions=avail,
+        )
 
     def close(self) -> None:
         close = getattr(self._env, "close", None)

@@ -31,6 +31,7 @@ How SMAC's API maps onto `MultiAgentEnv`:
   repeats an episode). ``reset()`` never relaunches. StarCraft II is not bit-for-bit
   deterministic even with a fixed seed.
 """
+
 from __future__ import annotations
 
 import warnings

@@ -42,6 +42,7 @@ Semantics chosen here (and checked in tests/test_smax.py):
   strongly typed, which would make the jitted step compile a second time; every state is
   normalised to strong dtypes inside the jitted functions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -225,9 +226,7 @@ class SmaxBatch:
         """bool [B]: envs whose episode has ended (or never started)."""
         return ~self.active
 
-    def reset(
-        self, seeds=None, indices=None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def reset(self, seeds=None, indices=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Start new episodes in envs `indices` (default: all) with `seeds` (one per index, or None).
 
         A None seed continues that env's key chain. The first call must reset every env.
@@ -349,6 +348,4 @@ def benchmark(map_name: str, batch_size: int, n_calls: int = 500, seed: int = 0)
             batch.reset(list(range(next_seed, next_seed + done.size)), indices=done)
             next_seed += done.size
     elapsed = time.perf_counter() - t0
-    return {"calls_per_s": n_calls / elapsed, "env_steps_per_s": n_calls * batch_size / elapsed,
-            "compile_s": compile_s}
-
+    return {"calls_per_s": n_calls / elapsed, "env_steps_per_s": n_calls * batch_size / elapsed, "compile_s": compile_s}

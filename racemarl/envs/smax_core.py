@@ -1,5 +1,6 @@
 """SMAX's jitted core: the quiet import of jaxmarl, PRNG keys from integer seeds, and one compiled pair of pure
 reset/step functions per map and settings, shared by the single and the batched adapters (`racemarl.envs.smax`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,11 +25,13 @@ from racemarl.envs.smax_maps import (
 _SEED_MASK = 0xFFFFFFFF
 
 
-_IMPORT_NOISE = frozenset({
-    "Importing submoduled environments...",
-    "Submoduled environments not found. Skipping import.",
-    "Submoduled environments imported successfully.",
-})
+_IMPORT_NOISE = frozenset(
+    {
+        "Importing submoduled environments...",
+        "Submoduled environments not found. Skipping import.",
+        "Submoduled environments imported successfully.",
+    }
+)
 
 
 @contextlib.contextmanager
@@ -161,8 +164,17 @@ class _SmaxCore:
         dead_allies = jnp.sum(jnp.logical_not(alive[:n])).astype(jnp.int32)
         dead_enemies = jnp.sum(jnp.logical_not(alive[n:])).astype(jnp.int32)
         step = env_state.state.step.astype(jnp.int32)
-        return (obs_arr, world, avail, jnp.asarray(reward, jnp.float32), battle_over, won, step,
-                dead_allies, dead_enemies)
+        return (
+            obs_arr,
+            world,
+            avail,
+            jnp.asarray(reward, jnp.float32),
+            battle_over,
+            won,
+            step,
+            dead_allies,
+            dead_enemies,
+        )
 
     def _reset(self, key):
         import jax

@@ -1,5 +1,6 @@
 """SMAX map names: the maps JaxMARL's SMAX lists, SMAC-style unit mixes it can build, the paper's maps it cannot,
 and the scenario of each (jax is imported only by `_scenario`, when an environment is built)."""
+
 from __future__ import annotations
 
 import re
@@ -60,7 +61,6 @@ SMAX_BASELINE_KWARGS: dict[str, Any] = {
 }
 
 
-
 def smax_task_name(map_name: str) -> str:
     return f"smax/{map_name}"
 
@@ -99,9 +99,12 @@ def smax_config_error(map_name: str) -> str | None:
     why = ""
     if map_name in SMAX_UNBUILDABLE_PAPER_MAPS:
         why = f" (SMAX has no {SMAX_UNBUILDABLE_PAPER_MAPS[map_name]} units; use smac/{map_name} with StarCraft II)"
-    return (str(unknown_map_error("SMAX", "smax", smax_map_names(), map_name)) + why
-            + f"; or a unit mix '<allies>_vs_<enemies>' / '<units>' of <count><unit> with units {units} "
-            "(e.g. smax/3s_vs_3z, smax/1M2m_vs_4zg)")
+    return (
+        str(unknown_map_error("SMAX", "smax", smax_map_names(), map_name))
+        + why
+        + f"; or a unit mix '<allies>_vs_<enemies>' / '<units>' of <count><unit> with units {units} "
+        "(e.g. smax/3s_vs_3z, smax/1M2m_vs_4zg)"
+    )
 
 
 def _scenario(smax, map_name: str):
@@ -114,5 +117,10 @@ def _scenario(smax, map_name: str):
     mix = parse_unit_mix(map_name)
     assert mix is not None  # the task name was checked
     allies, enemies = mix
-    return Scenario(unit_types=jnp.array(allies + enemies, dtype=jnp.uint8), num_allies=len(allies),
-                    num_enemies=len(enemies), smacv2_position_generation=False, smacv2_unit_type_generation=False)
+    return Scenario(
+        unit_types=jnp.array(allies + enemies, dtype=jnp.uint8),
+        num_allies=len(allies),
+        num_enemies=len(enemies),
+        smacv2_position_generation=False,
+        smacv2_unit_type_generation=False,
+    )

@@ -9,6 +9,7 @@ last generation, the one behind `eval_return_best_team` (race, ea); `K` = popula
 (race, ea). With unshared encoders (race.shared_encoder=false) a population team is evaluated with
 its own encoders.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ if TYPE_CHECKING:
     from racemarl.envs.base import EnvSpec
 
 GL_BACKENDS = ("egl", "osmesa")
-GL_INSTALL_HINT = ("install an off-screen OpenGL library: EGL (Debian/Ubuntu: apt-get install -y libegl1 libgl1) "
-                   "or OSMesa (apt-get install -y libosmesa6), then retry (or set MUJOCO_GL=egl|osmesa)")
+GL_INSTALL_HINT = (
+    "install an off-screen OpenGL library: EGL (Debian/Ubuntu: apt-get install -y libegl1 libgl1) "
+    "or OSMesa (apt-get install -y libosmesa6), then retry (or set MUJOCO_GL=egl|osmesa)"
+)
 MAX_LOCKSTEP_ENVS = 16
 
 
@@ -72,8 +75,9 @@ def load_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -
     except (KeyError, TypeError) as e:
         raise RunDirError(f"{path} is not a racemarl checkpoint (no {e})") from None
     if (saved_task, saved_algo) != (run.task, run.algo):
-        raise RunDirError(f"checkpoint {path} is for {saved_algo} on {saved_task}, but {run.path} is a "
-                          f"{run.algo} run on {run.task}")
+        raise RunDirError(
+            f"checkpoint {path} is for {saved_algo} on {saved_task}, but {run.path} is a {run.algo} run on {run.task}"
+        )
     return path, sd
 
 
@@ -96,9 +100,16 @@ def rebuild(sd: dict) -> LoadedRun:
     learner = learner_cls(spec, cfg, torch.Generator().manual_seed(cfg.seed))
     learner.load_state_dict(sd["learner"]["model"])
     learner.eval()
-    return LoadedRun(cfg=cfg, spec=spec, learner=learner, population=sd.get("population"),
-                     pop_encoders=sd.get("pop_encoders"), best_heads=sd.get("best_heads"),
-                     best_encoders=sd.get("best_encoders"), progress=dict(sd.get("progress", {})))
+    return LoadedRun(
+        cfg=cfg,
+        spec=spec,
+        learner=learner,
+        population=sd.get("population"),
+        pop_encoders=sd.get("pop_encoders"),
+        best_heads=sd.get("best_heads"),
+        best_encoders=sd.get("best_encoders"),
+        progress=dict(sd.get("progress", {})),
+    )
 
 
 def select_team(loaded: LoadedRun, team: str) -> tuple[str, torch.Tensor, dict | None]:
@@ -169,7 +180,9 @@ def pick_gl_backend() -> str:
                 os.environ.setdefault("PYOPENGL_PLATFORM", backend)
             return backend
         reasons.append(f"{backend}: {why}")
-    raise RunDirError(f"cannot render off-screen: no working MuJoCo GL backend ({'; '.join(reasons)}); {GL_INSTALL_HINT}")
+    raise RunDirError(
+        f"cannot render off-screen: no working MuJoCo GL backend ({'; '.join(reasons)}); {GL_INSTALL_HINT}"
+    )
 
 
 def _check_video_packages() -> None:
@@ -233,9 +246,16 @@ def _render_fps(env: MultiAgentEnv, default: float = 30.0) -> float:
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, episodes: int = 10,
-                 team: str | None = None, seed: int | list[int] = 0, video: str | Path | None = None,
-                 out: str | Path | None = None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    episodes: int = 10,
+    team: str | None = None,
+    seed: int | list[int] = 0,
+    video: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict:
     """Greedy returns of one team of a saved run over `episodes` episodes; writes the result as JSON.
 
     `seed` seeds the generator that draws the episodes' env seeds (`np.random.default_rng(seed)`);
@@ -269,8 +289,15 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
         if video is not None:
             raise RunDirError(f"--video is for MA-MuJoCo tasks; {cfg.env.task} cannot be rendered here")
         result = _evaluate_discrete(loaded, heads, episodes, seed)
-        result.update(run_dir=str(run.path), checkpoint=str(ckpt_path), task=cfg.env.task, algo=cfg.algo,
-                      team=label, episodes=episodes, seed=seed)
+        result.update(
+            run_dir=str(run.path),
+            checkpoint=str(ckpt_path),
+            task=cfg.env.task,
+            algo=cfg.algo,
+            team=label,
+            episodes=episodes,
+            seed=seed,
+        )
         return _write_result(result, run.path, out)
     env_kw = env_kwargs(cfg)
     rng = np.random.default_rng(seed)
@@ -280,8 +307,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
         try:
             render_env = make_env(cfg.env.task, render_mode="rgb_array", **env_kw)
         except ValueError as e:  # the task's family cannot render: before anything is played or written
-            raise RunDirError(f"--video is for MA-MuJoCo tasks; {cfg.env.task} cannot be rendered here "
-                              f"({' '.join(str(e).split())})") from None
+            raise RunDirError(
+                f"--video is for MA-MuJoCo tasks; {cfg.env.task} cannot be rendered here ({' '.join(str(e).split())})"
+            ) from None
         writer = _open_video_writer(Path(video), _render_fps(render_env))
     try:
         done = 0
@@ -316,12 +344,21 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, e
             writer.close()
     r = np.array(returns)
     result = {
-        "run_dir": str(run.path), "checkpoint": str(ckpt_path), "task": cfg.env.task, "algo": cfg.algo,
-        "team": label, "episodes": episodes, "seed": seed,
+        "run_dir": str(run.path),
+        "checkpoint": str(ckpt_path),
+        "task": cfg.env.task,
+        "algo": cfg.algo,
+        "team": label,
+        "episodes": episodes,
+        "seed": seed,
         "env_steps": int(loaded.progress.get("env_steps", 0)),
         "generation": int(loaded.progress.get("generation", 0)),
-        "mean": float(r.mean()), "std": float(r.std()), "min": float(r.min()), "max": float(r.max()),
-        "returns": returns, "lengths": lengths,
+        "mean": float(r.mean()),
+        "std": float(r.std()),
+        "min": float(r.min()),
+        "max": float(r.max()),
+        "returns": returns,
+        "lengths": lengths,
     }
     if infos and all("battle_won" in i for i in infos):
         result["win_rate"] = float(np.mean([bool(i["battle_won"]) for i in infos]))
@@ -355,16 +392,23 @@ def _evaluate_discrete(loaded: LoadedRun, heads, episodes: int, seed: int | list
         envs = make_env_batch(cfg.env.task, n, **env_kwargs(cfg))
         rngs = [np.random.default_rng(int(rng.integers(2**63))) for _ in range(n)]
         try:
-            stats = run_discrete_episodes(envs, loaded.learner, heads[None].expand(n, *heads.shape), rngs,
-                                          greedy=np.ones(n, bool))
+            stats = run_discrete_episodes(
+                envs, loaded.learner, heads[None].expand(n, *heads.shape), rngs, greedy=np.ones(n, bool)
+            )
         finally:
             envs.close()
         returns += [float(r) for r in stats.returns]
         lengths += [int(x) for x in stats.lengths]
         won += [bool(w) for w in stats.won]
     r = np.array(returns)
-    return {"env_steps": int(loaded.progress.get("env_steps", 0)),
-            "generation": int(loaded.progress.get("generation", 0)),
-            "mean": float(r.mean()), "std": float(r.std()), "min": float(r.min()), "max": float(r.max()),
-            "returns": returns, "lengths": lengths,
-            **({"win_rate": float(np.mean(won))} if getattr(envs, "reports_wins", True) else {})}
+    return {
+        "env_steps": int(loaded.progress.get("env_steps", 0)),
+        "generation": int(loaded.progress.get("generation", 0)),
+        "mean": float(r.mean()),
+        "std": float(r.std()),
+        "min": float(r.min()),
+        "max": float(r.max()),
+        "returns": returns,
+        "lengths": lengths,
+        **({"win_rate": float(np.mean(won))} if getattr(envs, "reports_wins", True) else {}),
+    }

@@ -1,5 +1,6 @@
 """Grouping runs into experiments (for plot, table and export): runs that differ only in the seed and in
 settings that do not change what is learned (`GROUPING_IGNORES`) are samples of one experiment."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,18 @@ from racemarl.records.runs import Run, flatten
 # `torch_threads`, `device` and `net.fast_tanh` (tanh as 2 sigmoid(2x) - 1) compute the same functions with
 # other rounding: a run's numbers change, the algorithm does not (`net.fast_tanh` also reads false from
 # configs saved before it existed, so without it an old seed and a new one of the same experiment would split).
-GROUPING_IGNORES = ("seed", "total_steps", "eval_interval", "torch_threads", "device", "net.fast_tanh",
-                    "checkpoint_minutes", "progress", "rollout.*", "logging.*")
+GROUPING_IGNORES = (
+    "seed",
+    "total_steps",
+    "eval_interval",
+    "torch_threads",
+    "device",
+    "net.fast_tanh",
+    "checkpoint_minutes",
+    "progress",
+    "rollout.*",
+    "logging.*",
+)
 
 
 def grouping_settings(run: Run) -> dict:
@@ -50,10 +61,15 @@ class Grouping:
 
     def note(self) -> str:
         n_runs = sum(len(v) for v in self.groups.values())
-        what = (f"groups differ in {', '.join(self.differing)}" if self.differing
-                else "the groups differ only in task and algo")
-        return (f"{n_runs} run(s) in {len(self.groups)} group(s): runs are pooled as seeds only when every setting "
-                f"but {', '.join(GROUPING_IGNORES)} is equal; {what}")
+        what = (
+            f"groups differ in {', '.join(self.differing)}"
+            if self.differing
+            else "the groups differ only in task and algo"
+        )
+        return (
+            f"{n_runs} run(s) in {len(self.groups)} group(s): runs are pooled as seeds only when every setting "
+            f"but {', '.join(GROUPING_IGNORES)} is equal; {what}"
+        )
 
 
 def grouping(runs: list[Run]) -> Grouping:
@@ -81,8 +97,11 @@ def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
 
 def groups_without(runs: list[Run], metric: str) -> list[str]:
     """'task label' of the groups none of whose runs has a value of `metric` (e.g. win rates on MaMuJoCo)."""
-    return [f"{task} {label}" for (task, label), members in group_runs(runs).items()
-            if not any(run.series(metric)[0] for run in members)]
+    return [
+        f"{task} {label}"
+        for (task, label), members in group_runs(runs).items()
+        if not any(run.series(metric)[0] for run in members)
+    ]
 
 
 def duplicate_seeds(runs: list[Run]) -> list[str]:
@@ -92,6 +111,10 @@ def duplicate_seeds(runs: list[Run]) -> list[str]:
         seen: dict[int, list[Path]] = {}
         for run in members:
             seen.setdefault(run.seed, []).append(run.path)
-        out += [f"{label} on {task} seed {seed} appears {len(ps)} times ({', '.join(map(str, ps))}); "
-                f"each counts as a separate sample" for seed, ps in seen.items() if len(ps) > 1]
+        out += [
+            f"{label} on {task} seed {seed} appears {len(ps)} times ({', '.join(map(str, ps))}); "
+            f"each counts as a separate sample"
+            for seed, ps in seen.items()
+            if len(ps) > 1
+        ]
     return out

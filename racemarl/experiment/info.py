@@ -1,5 +1,6 @@
 """`racemarl info RUN_DIR`: what a run is (its task, algo, settings that differ from the defaults), how far it
 got and what it holds on disk."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +41,12 @@ def run_info(path: str | Path) -> dict:
     env_steps = s.get("total_env_steps", None if last is None or (steps := last["env_steps"]) is None else int(steps))
     return {
         "run_dir": str(run.path),
-        "task": run.task, "algo": run.algo, "seed": run.seed,
-        "total_steps": cfg.total_steps, "eval_interval": cfg.eval_interval, "eval_episodes": cfg.eval_episodes,
+        "task": run.task,
+        "algo": run.algo,
+        "seed": run.seed,
+        "total_steps": cfg.total_steps,
+        "eval_interval": cfg.eval_interval,
+        "eval_episodes": cfg.eval_episodes,
         "overrides": overrides,
         "env_steps": env_steps or 0,
         "generation": s.get("generations", None if last is None else _int(last.get("generation"))),
@@ -68,12 +73,18 @@ def format_info(info: dict) -> str:
         ("task", info["task"]),
         ("algo", info["algo"]),
         ("seed", str(info["seed"])),
-        ("budget", f"{total} env steps; evaluation every {info['eval_interval']} env steps, "
-                   f"{info['eval_episodes']} episode(s)"),
+        (
+            "budget",
+            f"{total} env steps; evaluation every {info['eval_interval']} env steps, "
+            f"{info['eval_episodes']} episode(s)",
+        ),
         ("config", ", ".join(f"{k}={v}" for k, v in info["overrides"].items()) or "defaults"),
-        ("progress", f"{steps} / {total} env steps ({pct:.1f}%), generation {info['generation'] if info['generation'] is not None else '-'}, "
-                     f"updates {info['updates'] if info['updates'] is not None else '-'}, "
-                     f"wall time {_duration(info['wall_time'])}, {info['evaluations']} evaluation(s)"),
+        (
+            "progress",
+            f"{steps} / {total} env steps ({pct:.1f}%), generation {info['generation'] if info['generation'] is not None else '-'}, "
+            f"updates {info['updates'] if info['updates'] is not None else '-'}, "
+            f"wall time {_duration(info['wall_time'])}, {info['evaluations']} evaluation(s)",
+        ),
     ]
     m = info["last_metrics"]
     if m:
@@ -84,8 +95,13 @@ def format_info(info: dict) -> str:
     lines.append(("checkpoints", ", ".join(f"{k} ({_size(v)})" for k, v in ck.items()) or "none"))
     if info["finished"]:
         s = info["summary"] or {}
-        lines.append(("finished", f"yes: final eval return {_short(s.get('final_eval_return'))}, "
-                                  f"best {_short(s.get('best_eval_return'))}, mean {_short(s.get('mean_sps'))} env steps/s"))
+        lines.append(
+            (
+                "finished",
+                f"yes: final eval return {_short(s.get('final_eval_return'))}, "
+                f"best {_short(s.get('best_eval_return'))}, mean {_short(s.get('mean_sps'))} env steps/s",
+            )
+        )
     else:
         cont = f"racemarl train --resume {info['run_dir']}" if "latest.pt" in ck else "start it again (no checkpoint)"
         lines.append(("finished", f"no (continue with: {cont})"))

@@ -20,6 +20,7 @@ mean +- t_{(1+level)/2, n-1} * sd / sqrt(n), sd with n-1 degrees of freedom (sci
 rliable's percentile stratified bootstrap of the mean over seeds (2000 resamples, fixed seed).
 One seed gives no band (lo = hi = mean).
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,13 @@ from racemarl.experiment.stats import BOOTSTRAP_RESAMPLES, CI_METHODS, interval 
 from racemarl.records.runs import Run, RunDirError, check_metric
 
 # the same colour for an algorithm in every figure
-FIXED_COLOURS = {"race": "tab:red", "matd3": "tab:blue", "facmac": "tab:purple", "ea": "tab:green", "merl": "tab:orange"}
+FIXED_COLOURS = {
+    "race": "tab:red",
+    "matd3": "tab:blue",
+    "facmac": "tab:purple",
+    "ea": "tab:green",
+    "merl": "tab:orange",
+}
 OTHER_COLOURS = ["tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
 
 
@@ -50,7 +57,9 @@ def t_quantile(p: float, df: float) -> float:
     return float(t.ppf(p, df))
 
 
-def confidence_band(values: np.ndarray, ci: str = "t", level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def confidence_band(
+    values: np.ndarray, ci: str = "t", level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """values `[n_seeds, n_points]` -> (mean, lo, hi), each `[n_points]` (see `racemarl.experiment.stats.interval`)."""
     return interval(values, ci, level)
 
@@ -92,8 +101,9 @@ def align(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
     return grid, np.stack([np.interp(grid, x, y) for x, y in series])
 
 
-def learning_curves(runs: list[Run], metric: str = "eval_return", smooth: int = 1, ci: str = "t",
-                    level: float = 0.95) -> dict[tuple[str, str], Curve]:
+def learning_curves(
+    runs: list[Run], metric: str = "eval_return", smooth: int = 1, ci: str = "t", level: float = 0.95
+) -> dict[tuple[str, str], Curve]:
     """Mean curve and confidence band over seeds per (task, algo); groups without data are left out."""
     check_metric(runs, metric)
     if smooth < 1:
@@ -143,9 +153,16 @@ def parse_baseline(text: str) -> tuple[str, float]:
     return label.strip(), number
 
 
-def plot_curves(curves: dict[tuple[str, str], Curve], out: str | Path, metric: str = "eval_return",
-                ci: str = "t", level: float = 0.95, smooth: int = 1, title: str | None = None,
-                baselines: Sequence[tuple[str, float]] = ()) -> Path:
+def plot_curves(
+    curves: dict[tuple[str, str], Curve],
+    out: str | Path,
+    metric: str = "eval_return",
+    ci: str = "t",
+    level: float = 0.95,
+    smooth: int = 1,
+    title: str | None = None,
+    baselines: Sequence[tuple[str, float]] = (),
+) -> Path:
     """One panel per task, one line per algorithm (same colour in every panel), shaded band; each baseline
     (label, value), e.g. a random policy's return, is a dashed horizontal line in every panel."""
     try:
@@ -172,8 +189,14 @@ def plot_curves(curves: dict[tuple[str, str], Curve], out: str | Path, metric: s
             c = curves.get((task, algo))
             if c is None or len(c.x) == 0:
                 continue
-            ax.plot(c.x, c.mean, color=colours[algo], lw=1.8, label=f"{algo} (n={c.n_seeds})",
-                    marker="o" if len(c.x) == 1 else None)
+            ax.plot(
+                c.x,
+                c.mean,
+                color=colours[algo],
+                lw=1.8,
+                label=f"{algo} (n={c.n_seeds})",
+                marker="o" if len(c.x) == 1 else None,
+            )
             if c.n_seeds > 1:
                 ax.fill_between(c.x, c.lo, c.hi, color=colours[algo], alpha=0.2, lw=0)
         for i, (label, value) in enumerate(baselines):
@@ -184,7 +207,7 @@ def plot_curves(curves: dict[tuple[str, str], Curve], out: str | Path, metric: s
         ax.xaxis.set_major_formatter(FuncFormatter(_steps_label))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9, loc="best")
-    for ax in list(axes.flat)[len(tasks):]:
+    for ax in list(axes.flat)[len(tasks) :]:
         ax.set_visible(False)
     smooth_txt = f", moving average over {smooth} evaluations" if smooth > 1 else ""
     fig.suptitle(title or f"{metric}: mean over seeds, shaded {band}{smooth_txt}", fontsize=11)

@@ -4,6 +4,7 @@ Each grid is tasks x algorithms x seeds; every task has its preset under `config
 evaluation schedule, settings, each value with its source). The preset files ship inside the package
 (`racemarl/configs/paper/`; `configs/` in a clone links there).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ def paper_grid(name: str) -> Grid:
     grid = GRIDS[name]
     missing = [f for f in grid.presets.values() if not (PAPER_DIR / f).is_file()]
     if missing:
-        raise ConfigError(f"--preset {name}: preset files {', '.join(missing)} not found in {PAPER_DIR} "
-                          "(an incomplete installation: reinstall racemarl)")
+        raise ConfigError(
+            f"--preset {name}: preset files {', '.join(missing)} not found in {PAPER_DIR} "
+            "(an incomplete installation: reinstall racemarl)"
+        )
     return grid

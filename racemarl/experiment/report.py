@@ -1,4 +1,5 @@
 """Results tables (Markdown / CSV) and the marl-eval JSON export of run directories."""
+
 from __future__ import annotations
 
 import csv
@@ -80,8 +81,9 @@ def _steps_text(steps: list[int]) -> str:
 MARL_TEAM_METRIC = {"eval_return": "eval_return_marl", "eval_win_rate": "eval_win_rate_marl"}
 
 
-def results_table(runs: list[Run], metric: str = "eval_return", fmt: str = "md", digits: int = 1,
-                  max_steps: int | None = None) -> str:
+def results_table(
+    runs: list[Run], metric: str = "eval_return", fmt: str = "md", digits: int = 1, max_steps: int | None = None
+) -> str:
     """Per task and algorithm: final and best `metric` (mean ± s.e. over seeds), seeds, env steps. For the headline
     metrics (`MARL_TEAM_METRIC`) of runs that include a population method with a MARL team, the same table and the
     probabilities of improvement follow for the MARL team alone (the CSV: its rows with that metric's name)."""
@@ -94,34 +96,69 @@ def results_table(runs: list[Run], metric: str = "eval_return", fmt: str = "md",
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["task", "algo", "metric", "n_seeds", "seeds", "finished", "env_steps_min", "env_steps_max",
-                    "final_mean", "final_se", "final_ci95_lo", "final_ci95_hi", "best_mean", "best_se"])
+        w.writerow(
+            [
+                "task",
+                "algo",
+                "metric",
+                "n_seeds",
+                "seeds",
+                "finished",
+                "env_steps_min",
+                "env_steps_max",
+                "final_mean",
+                "final_se",
+                "final_ci95_lo",
+                "final_ci95_hi",
+                "best_mean",
+                "best_se",
+            ]
+        )
         for name, stats in blocks:
             for g in stats:
                 _, lo, hi = stats_mod.bootstrap_ci(np.asarray(g.final))
                 fm, fs = mean_se(g.final)
                 bm, bs = mean_se(g.best)
-                w.writerow([g.task, g.algo, name, len(g.seeds), " ".join(map(str, g.seeds)), g.finished,
-                            min(g.steps), max(g.steps), f"{fm:.6g}", "" if fs is None else f"{fs:.6g}",
-                            *(("", "") if len(g.final) < 2 else (f"{lo:.6g}", f"{hi:.6g}")),
-                            f"{bm:.6g}", "" if bs is None else f"{bs:.6g}"])
+                w.writerow(
+                    [
+                        g.task,
+                        g.algo,
+                        name,
+                        len(g.seeds),
+                        " ".join(map(str, g.seeds)),
+                        g.finished,
+                        min(g.steps),
+                        max(g.steps),
+                        f"{fm:.6g}",
+                        "" if fs is None else f"{fs:.6g}",
+                        *(("", "") if len(g.final) < 2 else (f"{lo:.6g}", f"{hi:.6g}")),
+                        f"{bm:.6g}",
+                        "" if bs is None else f"{bs:.6g}",
+                    ]
+                )
         return buf.getvalue()
     lines = _stats_rows(blocks[0][1], metric, digits)
     lines.append("")
     cap = "" if max_steps is None else f" (evaluations up to {max_steps} env steps)"
-    lines.append(f"mean ± standard error over seeds; final = last evaluation, best = best evaluation of each run{cap}; "
-                 f"95% CI: rliable's stratified bootstrap of the mean of the final values")
+    lines.append(
+        f"mean ± standard error over seeds; final = last evaluation, best = best evaluation of each run{cap}; "
+        f"95% CI: rliable's stratified bootstrap of the mean of the final values"
+    )
     lines.append("")
     lines.append(grouping(runs).note())
     improvement = improvement_table(blocks[0][1], metric, digits=2)
     if improvement:
         lines += ["", *improvement]
     if len(blocks) > 1:
-        lines += ["", f"The MARL team alone (`{twin}`): `{metric}` of RACE and MERL is the better of their MARL team and "
-                  "their population's champion, played on the same evaluation episodes, so a population method is "
-                  "scored by the best of two teams and its base learner (MATD3, FACMAC) by its one team. The MARL "
-                  "team alone compares one team with one team:", "",
-                  *_stats_rows(blocks[1][1], twin, digits)]
+        lines += [
+            "",
+            f"The MARL team alone (`{twin}`): `{metric}` of RACE and MERL is the better of their MARL team and "
+            "their population's champion, played on the same evaluation episodes, so a population method is "
+            "scored by the best of two teams and its base learner (MATD3, FACMAC) by its one team. The MARL "
+            "team alone compares one team with one team:",
+            "",
+            *_stats_rows(blocks[1][1], twin, digits),
+        ]
         improvement = improvement_table(blocks[1][1], twin, digits=2)
         if improvement:
             lines += ["", *improvement]
@@ -130,14 +167,18 @@ def results_table(runs: list[Run], metric: str = "eval_return", fmt: str = "md",
 
 def _stats_rows(stats: list[GroupStats], metric: str, digits: int) -> list[str]:
     """The Markdown table of `group_stats` results."""
-    lines = [f"| task | algo | seeds | env steps | final {metric} | final 95% CI | best {metric} |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| task | algo | seeds | env steps | final {metric} | final 95% CI | best {metric} |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for g in stats:
         _, lo, hi = stats_mod.bootstrap_ci(np.asarray(g.final))
         seeds = f"{len(g.seeds)}" + ("" if g.finished == len(g.seeds) else f" ({g.finished} finished)")
         ci = "-" if len(g.final) < 2 else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
-        lines.append(f"| {g.task} | {g.algo} | {seeds} | {_steps_text(g.steps)} | "
-                     f"{format_mean_se(g.final, digits)} | {ci} | {format_mean_se(g.best, digits)} |")
+        lines.append(
+            f"| {g.task} | {g.algo} | {seeds} | {_steps_text(g.steps)} | "
+            f"{format_mean_se(g.final, digits)} | {ci} | {format_mean_se(g.best, digits)} |"
+        )
     return lines
 
 
@@ -151,7 +192,7 @@ def improvement_table(stats: list[GroupStats], metric: str, digits: int = 2) -> 
     labels = sorted(by_label)
     rows = []
     for i, x in enumerate(labels):
-        for y in labels[i + 1:]:
+        for y in labels[i + 1 :]:
             tasks = sorted(set(by_label[x]) & set(by_label[y]))
             if not tasks:
                 continue
@@ -162,17 +203,29 @@ def improvement_table(stats: list[GroupStats], metric: str, digits: int = 2) -> 
                 ys = np.array([by_label[y][t] for t in tasks]).T
                 p, lo, hi = stats_mod.probability_of_improvement(xs, ys)
             else:  # unequal runs per task: the per-task statistics averaged, no interval
-                p = float(np.mean([stats_mod.probability_of_improvement(np.array(by_label[x][t])[:, None],
-                                                                        np.array(by_label[y][t])[:, None])[0]
-                                   for t in tasks]))
+                p = float(
+                    np.mean(
+                        [
+                            stats_mod.probability_of_improvement(
+                                np.array(by_label[x][t])[:, None], np.array(by_label[y][t])[:, None]
+                            )[0]
+                            for t in tasks
+                        ]
+                    )
+                )
                 lo = hi = None
             ci = "-" if lo is None else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
             rows.append(f"| {x} | {y} | {len(tasks)} | {p:.{digits}f} | {ci} |")
     if not rows:
         return []
-    return ["| X | Y | tasks | P(X > Y) | 95% CI |", "|---|---|---|---|---|", *rows, "",
-            f"probability of improvement (rliable): the chance that a run of X ends with a higher final {metric} "
-            "than a run of Y, averaged over the tasks both ran; 0.5 = no difference; CI: stratified bootstrap"]
+    return [
+        "| X | Y | tasks | P(X > Y) | 95% CI |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"probability of improvement (rliable): the chance that a run of X ends with a higher final {metric} "
+        "than a run of Y, averaged over the tasks both ran; 0.5 = no difference; CI: stratified bootstrap",
+    ]
 
 
 # ---------------------------------------------------------------- marl-eval export
@@ -184,7 +237,9 @@ def split_task(task: str) -> tuple[str, str]:
     return env.lower(), (name or env).lower()
 
 
-def marl_eval_data(runs: list[Run], metric: str = "eval_return", name: str = "episode_return") -> tuple[dict, list[str]]:
+def marl_eval_data(
+    runs: list[Run], metric: str = "eval_return", name: str = "episode_return"
+) -> tuple[dict, list[str]]:
     """marl-eval's raw-data layout: env -> task -> algo -> run_i -> step_k / absolute_metrics.
 
     Returns (data, warnings). Each `step_k` holds `step_count` (env steps) and `[value]`: metrics.csv
@@ -217,18 +272,28 @@ def marl_eval_data(runs: list[Run], metric: str = "eval_return", name: str = "ep
     if not data:
         raise RunDirError(f"no run has values of {metric!r} yet")
     for env_name, tasks in data.items():
-        counts = {(t, a, r): len(steps) - 1 for t, algos in tasks.items() for a, rs in algos.items() for r, steps in rs.items()}
+        counts = {
+            (t, a, r): len(steps) - 1
+            for t, algos in tasks.items()
+            for a, rs in algos.items()
+            for r, steps in rs.items()
+        }
         n_runs = {(t, a): len(rs) for t, algos in tasks.items() for a, rs in algos.items()}
         if len(set(counts.values())) > 1:
-            warnings.append(f"{env_name}: runs have different numbers of evaluations "
-                            f"({min(counts.values())}–{max(counts.values())}); marl-eval needs equal counts")
+            warnings.append(
+                f"{env_name}: runs have different numbers of evaluations "
+                f"({min(counts.values())}–{max(counts.values())}); marl-eval needs equal counts"
+            )
         if len(set(n_runs.values())) > 1:
-            warnings.append(f"{env_name}: task/algorithm pairs have different numbers of runs; marl-eval needs equal counts")
+            warnings.append(
+                f"{env_name}: task/algorithm pairs have different numbers of runs; marl-eval needs equal counts"
+            )
     return data, warnings
 
 
-def export_marl_eval(runs: list[Run], out: str | Path, metric: str = "eval_return",
-                     name: str = "episode_return") -> tuple[Path, list[str]]:
+def export_marl_eval(
+    runs: list[Run], out: str | Path, metric: str = "eval_return", name: str = "episode_return"
+) -> tuple[Path, list[str]]:
     data, warnings = marl_eval_data(runs, metric, name)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

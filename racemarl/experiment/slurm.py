@@ -18,6 +18,7 @@ The sweep process submits, records the job ids in OUT/slurm/jobs.json and follow
 they have left the queue, keeping OUT/index.json up to date. Run again, it re-attaches to tasks still in the queue
 instead of submitting them twice. Ctrl-C stops only the following: the tasks go on.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,14 +77,21 @@ class SlurmOptions:
         for opt in self.options:
             key, sep, value = opt.lstrip("-").partition("=")
             if not key or " " in key:
-                raise ConfigError(f"--slurm-option {opt!r}: expected an sbatch option as KEY=VALUE or KEY "
-                                  "(e.g. account=my_lab, qos=high, exclusive)")
+                raise ConfigError(
+                    f"--slurm-option {opt!r}: expected an sbatch option as KEY=VALUE or KEY "
+                    "(e.g. account=my_lab, qos=high, exclusive)"
+                )
             out[key.replace("-", "_")] = value if sep else True
         return out
 
     def executor_parameters(self, workers: int | None) -> dict:
-        params = {"cpus_per_task": self.cpus, "signal_delay_s": self.signal_delay_s, "job_name": "racemarl-sweep",
-                  "additional_parameters": {"requeue": True, **self.additional()}, "stderr_to_stdout": True}
+        params = {
+            "cpus_per_task": self.cpus,
+            "signal_delay_s": self.signal_delay_s,
+            "job_name": "racemarl-sweep",
+            "additional_parameters": {"requeue": True, **self.additional()},
+            "stderr_to_stdout": True,
+        }
         if self.partition:
             params["partition"] = self.partition
         minutes = self.time_minutes()
@@ -123,7 +131,9 @@ def parse_time(text: str) -> int:
         if min(days, h, m, s) < 0:
             raise ValueError
     except ValueError:
-        raise ConfigError(f"--slurm-time {text!r}: expected minutes or [D-]HH:MM[:SS] (e.g. 90, 1:30:00, 2-00:00:00)") from None
+        raise ConfigError(
+            f"--slurm-time {text!r}: expected minutes or [D-]HH:MM[:SS] (e.g. 90, 1:30:00, 2-00:00:00)"
+        ) from None
     minutes = days * 1440 + h * 60 + m + (1 if s else 0)
     if minutes < 1:
         raise ConfigError(f"--slurm-time {text!r} must be at least one minute")
@@ -186,13 +196,24 @@ class SlurmTask:
         log_path = Path(self.out) / LOG_DIR / f"{self.point.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("a") as log:
-            job = (os.environ["SLURM_ARRAY_JOB_ID"] + "_" + os.environ.get("SLURM_ARRAY_TASK_ID", "?")
-                   if "SLURM_ARRAY_JOB_ID" in os.environ else os.environ.get("SLURM_JOB_ID", "?"))
-            log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} slurm task {job} "
-                      f"(restart {os.environ.get('SLURM_RESTART_COUNT', '0')}): {shlex.join(cmd)}\n")
+            job = (
+                os.environ["SLURM_ARRAY_JOB_ID"] + "_" + os.environ.get("SLURM_ARRAY_TASK_ID", "?")
+                if "SLURM_ARRAY_JOB_ID" in os.environ
+                else os.environ.get("SLURM_JOB_ID", "?")
+            )
+            log.write(
+                f"# {time.strftime('%Y-%m-%d %H:%M:%S')} slurm task {job} "
+                f"(restart {os.environ.get('SLURM_RESTART_COUNT', '0')}): {shlex.join(cmd)}\n"
+            )
             log.flush()
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_child_setup)
+            self._proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=_child_setup,
+            )
         while True:  # poll, not wait: `checkpoint` (a signal handler in this thread) polls the child too
             rc = self._proc.poll()
             if rc is not None:
@@ -238,8 +259,9 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
     states: dict[str, str] = {}
     for array in sorted({j.split("_")[0] for j in job_ids}):
         try:
-            out = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%i|%T"], capture_output=True, text=True,
-                                 timeout=60)
+            out = subprocess.run(
+                ["squeue", "-h", "-r", "-j", array, "-o", "%i|%T"], capture_output=True, text=True, timeout=60
+            )
         except (OSError, subprocess.TimeoutExpired):
             out = None
         if out is not None and out.returncode != 0 and "Invalid job id" in out.stderr:

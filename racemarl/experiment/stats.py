@@ -10,6 +10,7 @@ rliable draws its bootstrap resamples from numpy's global generator; every funct
 with `SEED` for the call and restores its state afterwards, so the numbers are reproducible and no
 caller's random stream is disturbed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,8 +62,13 @@ def interval(values: np.ndarray, ci: str = "t", level: float = 0.95) -> tuple[np
         return mean, mean - half, mean + half
     library, _ = _rliable()
     with _seeded() as rs:
-        _, cis = library.get_interval_estimates({"x": values}, lambda x: x.mean(axis=0), reps=BOOTSTRAP_RESAMPLES,
-                                                confidence_interval_size=level, random_state=rs)
+        _, cis = library.get_interval_estimates(
+            {"x": values},
+            lambda x: x.mean(axis=0),
+            reps=BOOTSTRAP_RESAMPLES,
+            confidence_interval_size=level,
+            random_state=rs,
+        )
     lo, hi = cis["x"]
     return mean, np.minimum(lo, mean), np.maximum(hi, mean)
 
@@ -77,13 +83,20 @@ def bootstrap_ci(scores: np.ndarray, aggregate: str = "mean", level: float = 0.9
     if scores.shape[0] < 2:
         return point, point, point
     with _seeded() as rs:
-        _, cis = library.get_interval_estimates({"x": scores}, lambda x: np.array([func(x)]),
-                                                reps=BOOTSTRAP_RESAMPLES, confidence_interval_size=level, random_state=rs)
+        _, cis = library.get_interval_estimates(
+            {"x": scores},
+            lambda x: np.array([func(x)]),
+            reps=BOOTSTRAP_RESAMPLES,
+            confidence_interval_size=level,
+            random_state=rs,
+        )
     lo, hi = (float(v) for v in cis["x"][:, 0])
     return point, lo, hi
 
 
-def probability_of_improvement(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[float, float | None, float | None]:
+def probability_of_improvement(
+    x: np.ndarray, y: np.ndarray, level: float = 0.95
+) -> tuple[float, float | None, float | None]:
     """P(X > Y) of final scores `[n_runs_x, n_tasks]`, `[n_runs_y, n_tasks]` (same tasks, same order), with its
     stratified bootstrap interval (None when either side has a single run)."""
     library, metrics = _rliable()
@@ -92,7 +105,12 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, level: float = 0.95
     if x.shape[0] < 2 or y.shape[0] < 2:
         return point, None, None
     with _seeded() as rs:
-        _, cis = library.get_interval_estimates({"xy": [x, y]}, metrics.probability_of_improvement,
-                                                reps=BOOTSTRAP_RESAMPLES, confidence_interval_size=level, random_state=rs)
+        _, cis = library.get_interval_estimates(
+            {"xy": [x, y]},
+            metrics.probability_of_improvement,
+            reps=BOOTSTRAP_RESAMPLES,
+            confidence_interval_size=level,
+            random_state=rs,
+        )
     lo, hi = (float(v) for v in np.ravel(cis["xy"]))
     return point, lo, hi

@@ -23,6 +23,7 @@ task runs with its own preset file and, unless `--total-steps` is given, its pre
 `OUT/index.json` lists the grid: task, algo, seed, run dir, status, final and best eval return.
 The grid itself (`SweepSpec`, `Point`, run names) is in `sweep_grid.py`.
 """
+
 from __future__ import annotations
 
 import json
@@ -111,9 +112,14 @@ def launch(cmd: list[str], log_path: Path) -> subprocess.Popen:
     with log_path.open("a") as log:
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
         log.flush()
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                preexec_fn=_die_with_parent(os.getpid()))
+        return subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
 
 
 def run_blocking(cmd: list[str], log_path: str) -> int:
@@ -124,7 +130,9 @@ def run_blocking(cmd: list[str], log_path: str) -> int:
 def last_error_line(log_path: Path) -> str | None:
     if not log_path.is_file():
         return None
-    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip() and not ln.startswith("# ")]
+    lines = [
+        ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip() and not ln.startswith("# ")
+    ]
     return lines[-1][:300] if lines else None
 
 
@@ -132,8 +140,16 @@ def last_error_line(log_path: Path) -> str | None:
 
 
 class Sweep:
-    def __init__(self, spec: SweepSpec, out: str | Path, workers: int | None = None, backend: str = "local",
-                 echo=print, slurm=None, wait: bool = True):
+    def __init__(
+        self,
+        spec: SweepSpec,
+        out: str | Path,
+        workers: int | None = None,
+        backend: str = "local",
+        echo=print,
+        slurm=None,
+        wait: bool = True,
+    ):
         if backend not in BACKENDS:
             raise ConfigError(f"--backend: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         if workers is not None and workers < 1:
@@ -169,13 +185,23 @@ class Sweep:
                 saved = json.loads(path.read_text()).get("folder_config", {})
             except (json.JSONDecodeError, AttributeError) as e:
                 raise RunDirError(f"{path} is not a readable sweep file ({e}); use another --out") from None
-            diffs = [f"{k}: {saved.get(k)!r} (now {mine.get(k)!r})" for k in mine
-                     if _comparable(k, saved.get(k)) != _comparable(k, mine.get(k))]
+            diffs = [
+                f"{k}: {saved.get(k)!r} (now {mine.get(k)!r})"
+                for k in mine
+                if _comparable(k, saved.get(k)) != _comparable(k, mine.get(k))
+            ]
             if diffs:
-                raise RunDirError(f"{self.out} was started with other settings ({'; '.join(diffs)}); "
-                                  f"restart it with the same ones or use another --out")
-        data = {"folder_config": mine, "tasks": self.spec.tasks, "algos": self.spec.algos, "seeds": self.spec.seeds,
-                "total_steps": self.spec.total_steps}
+                raise RunDirError(
+                    f"{self.out} was started with other settings ({'; '.join(diffs)}); "
+                    f"restart it with the same ones or use another --out"
+                )
+        data = {
+            "folder_config": mine,
+            "tasks": self.spec.tasks,
+            "algos": self.spec.algos,
+            "seeds": self.spec.seeds,
+            "total_steps": self.spec.total_steps,
+        }
         _write_json(path, data)
 
     def _check_out(self) -> None:
@@ -186,8 +212,9 @@ class Sweep:
         from racemarl.records.runs import has_content
 
         if has_content(self.out) and not (self.out / SWEEP_FILE).is_file():
-            raise RunDirError(f"{self.out} is not empty and is not a sweep folder (no {SWEEP_FILE}); "
-                              "choose a new or empty folder")
+            raise RunDirError(
+                f"{self.out} is not empty and is not a sweep folder (no {SWEEP_FILE}); choose a new or empty folder"
+            )
 
     def _acquire_lock(self) -> None:
         from racemarl.records.runs import FolderLock
@@ -201,14 +228,25 @@ class Sweep:
 
     def entry(self, p: Point, status: str, **extra) -> dict:
         run_dir = self.run_dir(p)
-        e = {"task": p.task, "algo": p.algo, "seed": p.seed, "run_dir": p.name, "status": status,
-             "final_eval_return": None, "best_eval_return": None, "env_steps": None,
-             "log": str(Path(LOG_DIR) / f"{p.name}.log")}
+        e = {
+            "task": p.task,
+            "algo": p.algo,
+            "seed": p.seed,
+            "run_dir": p.name,
+            "status": status,
+            "final_eval_return": None,
+            "best_eval_return": None,
+            "env_steps": None,
+            "log": str(Path(LOG_DIR) / f"{p.name}.log"),
+        }
         summary = run_dir / "summary.json"
         if status == "finished" and summary.is_file():
             s = json.loads(summary.read_text())
-            e.update(final_eval_return=s.get("final_eval_return"), best_eval_return=s.get("best_eval_return"),
-                     env_steps=s.get("total_env_steps"))
+            e.update(
+                final_eval_return=s.get("final_eval_return"),
+                best_eval_return=s.get("best_eval_return"),
+                env_steps=s.get("total_env_steps"),
+            )
         e.update(extra)
         return e
 
@@ -292,9 +330,11 @@ class Sweep:
             self.write_index()
             n_done = len(self.points) - len(todo) - len(following)
             at_once = f"{min(self.workers, max(len(todo), 1))} at a time" if self.workers else "as Slurm grants"
-            self.echo(f"sweep {self.out}: {len(self.points)} runs, {n_done} finished, {len(todo)} to run"
-                      + (f", {len(following)} already in the Slurm queue" if following else "")
-                      + f", {at_once} ({self.backend})")
+            self.echo(
+                f"sweep {self.out}: {len(self.points)} runs, {n_done} finished, {len(todo)} to run"
+                + (f", {len(following)} already in the Slurm queue" if following else "")
+                + f", {at_once} ({self.backend})"
+            )
             if self.backend == "slurm":
                 if todo or following:
                     if not self._run_slurm(todo, following):
@@ -304,8 +344,10 @@ class Sweep:
         except SweepInterrupted as e:
             self.write_index()
             if self.backend == "slurm":
-                self.echo(f"sweep interrupted ({e}); the Slurm tasks go on: run the same command again to follow "
-                          "them (scancel stops them)")
+                self.echo(
+                    f"sweep interrupted ({e}); the Slurm tasks go on: run the same command again to follow "
+                    "them (scancel stops them)"
+                )
             else:
                 self.echo(f"sweep interrupted ({e}); run the same command again to continue")
             return 130
@@ -316,10 +358,12 @@ class Sweep:
         self.write_index()
         statuses = [self.status[p]["status"] for p in self.points]
         failed, stopped = statuses.count("failed"), statuses.count("interrupted") + statuses.count("busy")
-        self.echo(f"sweep finished: {statuses.count('finished')}/{len(self.points)} runs finished"
-                  + (f", {failed} failed" if failed else "")
-                  + (f", {stopped} stopped before the end (run the same command again to continue them)" if stopped else "")
-                  + f"; index: {self.out / INDEX_FILE}")
+        self.echo(
+            f"sweep finished: {statuses.count('finished')}/{len(self.points)} runs finished"
+            + (f", {failed} failed" if failed else "")
+            + (f", {stopped} stopped before the end (run the same command again to continue them)" if stopped else "")
+            + f"; index: {self.out / INDEX_FILE}"
+        )
         return 1 if failed or stopped else 0
 
     def _run_local(self, todo: list[tuple[Point, list[str]]]) -> None:
@@ -352,8 +396,7 @@ class Sweep:
         refs = {}
         try:
             if not ray.is_initialized():
-                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
-                         logging_level="error")  # type: ignore[arg-type]  # ray takes a level's name too
+                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False, logging_level="error")  # type: ignore[arg-type]  # ray takes a level's name too
             task = ray.remote(num_cpus=1, max_retries=0)(run_blocking)
             for p, cmd in todo:
                 refs[task.remote(cmd, str(self.log_path(p)))] = p
@@ -380,7 +423,6 @@ class Sweep:
         finally:
             ray.shutdown()
 
-
     # -------------------------------------------------------------- slurm (`experiment/slurm.py`)
     def _slurm_in_queue(self) -> dict[str, str]:
         """{run name: job id} of this folder's earlier Slurm tasks that are still queued or running."""
@@ -403,8 +445,10 @@ class Sweep:
                 jobs[p] = recorded[p.name] = jid
                 self.status[p] = self.entry(p, "queued", slurm_job=jid)
             save_jobs(self.out, recorded)
-            self.echo(f"submitted {len(ids)} tasks as Slurm job array {ids[0].split('_')[0]} "
-                      f"(logs: {self.out / LOG_DIR}, Slurm's: {self.out / 'slurm'})")
+            self.echo(
+                f"submitted {len(ids)} tasks as Slurm job array {ids[0].split('_')[0]} "
+                f"(logs: {self.out / LOG_DIR}, Slurm's: {self.out / 'slurm'})"
+            )
         self.write_index()
         if not self.wait:
             self.echo("not waiting (--no-wait): run the same command again to follow the tasks and collect results")
@@ -439,8 +483,10 @@ class Sweep:
         err = last_error_line(self.log_path(p))
         if state == "resume" and not (err or "").startswith("racemarl: error"):
             self.status[p] = self.entry(p, "interrupted", slurm_job=jid)
-            self.echo(f"stopped  {p.label()} (Slurm task {jid} ended before the run did: cancelled, preempted or out "
-                      "of time); its checkpoint is kept: run the same command again to continue it")
+            self.echo(
+                f"stopped  {p.label()} (Slurm task {jid} ended before the run did: cancelled, preempted or out "
+                "of time); its checkpoint is kept: run the same command again to continue it"
+            )
             self.write_index()
             return
         self.status[p] = self.entry(p, "failed", slurm_job=jid, error=err)
@@ -456,7 +502,7 @@ def _already_stopping(log_path: Path | None) -> bool:
     if log_path is None or not log_path.is_file():
         return False
     text = log_path.read_text(errors="replace")
-    return STOPPING_MARK in text[text.rfind("\n# ") + 1:]
+    return STOPPING_MARK in text[text.rfind("\n# ") + 1 :]
 
 
 def _stop(procs: list[subprocess.Popen], logs: list[Path] | None = None) -> None:

@@ -1,5 +1,6 @@
 """The grid of a sweep: which (task, algo, seed) points it runs, with which presets, overrides and budgets
 (`SweepSpec`), and how a point's run folder is named. Running the grid is `sweep.py`'s."""
+
 from __future__ import annotations
 
 import re
@@ -89,8 +90,12 @@ class SweepSpec:
 
     def folder_config(self) -> dict:
         """What every run of the folder shares (the budget and the grid may change between restarts)."""
-        out: dict[str, Any] = {"config": None if self.config is None else str(Path(self.config).resolve()), "set": list(self.sets),
-               "eval_interval": self.eval_interval, "eval_episodes": self.eval_episodes}
+        out: dict[str, Any] = {
+            "config": None if self.config is None else str(Path(self.config).resolve()),
+            "set": list(self.sets),
+            "eval_interval": self.eval_interval,
+            "eval_episodes": self.eval_episodes,
+        }
         if self.preset:
             out["preset"] = self.preset
         elif self.task_configs:
@@ -110,5 +115,13 @@ class SweepSpec:
         for task in self.tasks:
             parse_task(task)  # UnknownTaskError names the valid tasks
         for p in self.points():  # the overrides must make a valid config for every grid point
-            build_config(self.config_for(p.task), self.sets, algo=p.algo, seed=p.seed, total_steps=self.steps_for(p.task),
-                         eval_interval=self.eval_interval, eval_episodes=self.eval_episodes, env={"task": p.task})
+            build_config(
+                self.config_for(p.task),
+                self.sets,
+                algo=p.algo,
+                seed=p.seed,
+                total_steps=self.steps_for(p.task),
+                eval_interval=self.eval_interval,
+                eval_episodes=self.eval_episodes,
+                env={"task": p.task},
+            )

@@ -1,4 +1,5 @@
 """Centralised critics: the MARL twin critic Q_psi(s, u) and the PeVFA Q_theta(s, u, W_j)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,12 +14,14 @@ from racemarl.nets.layers import GroupedLinear, GroupedMLP
 class TwinCritic(nn.Module):
     """Two independent MLPs on (s, u[, e]) evaluated as one grouped product."""
 
-    def __init__(self, state_dim: int, joint_act_dim: int, hidden: Sequence[int], extra_dim: int = 0,
-                 layer_norm: bool = False):
+    def __init__(
+        self, state_dim: int, joint_act_dim: int, hidden: Sequence[int], extra_dim: int = 0, layer_norm: bool = False
+    ):
         super().__init__()
         self.in_dim = state_dim + joint_act_dim
-        self.net = GroupedMLP(self.in_dim + extra_dim, hidden, 1, groups=2, layer_norm=layer_norm,
-                              full_precision_out=True)
+        self.net = GroupedMLP(
+            self.in_dim + extra_dim, hidden, 1, groups=2, layer_norm=layer_norm, full_precision_out=True
+        )
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """state `[B, S]`, action `[B, U]` -> `[2, B]`."""
@@ -28,8 +31,9 @@ class TwinCritic(nn.Module):
         """Q_1 alone: `forward(state, action)[0]`, `[B]`, at half the work (the actor loss reads only Q_1)."""
         return self.net.forward_first(torch.cat([state, action], dim=-1))[0, :, 0]
 
-    def forward_conditioned(self, state: torch.Tensor, action: torch.Tensor, extra: torch.Tensor,
-                            first_only: bool = False) -> torch.Tensor:
+    def forward_conditioned(
+        self, state: torch.Tensor, action: torch.Tensor, extra: torch.Tensor, first_only: bool = False
+    ) -> torch.Tensor:
         """K groups of samples, each conditioned on one extra vector: state `[K, B, S]`, action `[K, B, U]`,
         extra `[K, E]` (both twins read the same vector) or `[2, K, E]` (one per twin) -> `[2, K, B]`. The extra
         input's share of the first layer is computed once per group instead of once per sample (same result as
@@ -63,8 +67,7 @@ class PolicyEmbedding(nn.Module):
     # buffers (register_buffer), typed for the type checker
     row_weight: torch.Tensor
 
-    def __init__(self, n_agents: int, row_dim: int, row_mask: torch.Tensor, width: int = 64,
-                 combine: str = "concat"):
+    def __init__(self, n_agents: int, row_dim: int, row_mask: torch.Tensor, width: int = 64, combine: str = "concat"):
         super().__init__()
         if combine not in ("concat", "sum"):
             raise ValueError(f"combine must be 'concat' or 'sum', got {combine!r}")
@@ -88,16 +91,26 @@ class PeVFA(nn.Module):
     """Policy-extended twin critic Q_theta(s, u, W_j). `twin_embeddings`: each twin embeds the heads with its own
     `PolicyEmbedding` (ERL-Re2); else both twins read one embedding."""
 
-    def __init__(self, state_dim: int, joint_act_dim: int, hidden: Sequence[int], n_agents: int,
-                 row_dim: int, row_mask: torch.Tensor, embed_width: int = 64, layer_norm: bool = False,
-                 twin_embeddings: bool = False):
+    def __init__(
+        self,
+        state_dim: int,
+        joint_act_dim: int,
+        hidden: Sequence[int],
+        n_agents: int,
+        row_dim: int,
+        row_mask: torch.Tensor,
+        embed_width: int = 64,
+        layer_norm: bool = False,
+        twin_embeddings: bool = False,
+    ):
         super().__init__()
         self.embedding = PolicyEmbedding(n_agents, row_dim, row_mask, embed_width)
         self.embedding_2 = PolicyEmbedding(n_agents, row_dim, row_mask, embed_width) if twin_embeddings else None
         self.critic = TwinCritic(state_dim, joint_act_dim, hidden, self.embedding.out_dim, layer_norm)
 
-    def forward(self, state: torch.Tensor, action: torch.Tensor, heads: torch.Tensor,
-                first_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, state: torch.Tensor, action: torch.Tensor, heads: torch.Tensor, first_only: bool = False
+    ) -> torch.Tensor:
         """state `[K, B, S]`, action `[K, B, U]`, heads `[K, N, A, d+1]` -> `[2, K, B]` (`[K, B]`, Q_1 alone,
         with `first_only`)."""
         heads = heads.detach()

@@ -5,6 +5,7 @@ are zero-padded on the input side; their padded weight rows start at zero and, b
 inputs are always zero, never receive gradient, so each group behaves exactly like its own
 `nn.Linear(in_g, out)`.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,13 @@ class GroupedLinear(nn.Module):
     still computes in float32 (the last layer of a value network whose output enters a loss, see
     `racemarl.precision`)."""
 
-    def __init__(self, in_features: int | Sequence[int], out_features: int, groups: int | None = None,
-                 full_precision: bool = False):
+    def __init__(
+        self,
+        in_features: int | Sequence[int],
+        out_features: int,
+        groups: int | None = None,
+        full_precision: bool = False,
+    ):
         super().__init__()
         self.full_precision = full_precision
         if isinstance(in_features, int):
@@ -63,7 +69,9 @@ class GroupedLinear(nn.Module):
                 if weight.shape[-1] == 1 and x.device.type == "cpu":
                     # one output (a value): one matrix-vector product per group, 4-5x faster on the CPU than a
                     # float32 bmm with a single column (about 40 vs 190 us for [2, 256, 300])
-                    return torch.stack([torch.addmv(bias[g, 0], x[g], weight[g, :, 0]) for g in range(len(x))])[..., None]
+                    return torch.stack([torch.addmv(bias[g, 0], x[g], weight[g, :, 0]) for g in range(len(x))])[
+                        ..., None
+                    ]
                 return torch.baddbmm(bias, x, weight)
         return torch.baddbmm(bias, x, weight)
 
@@ -103,9 +111,16 @@ class GroupedMLP(nn.Module):
     every hidden layer is Linear-LayerNorm-act (ERL-Re2's `use_ln` critics). `full_precision_out`: the last
     layer computes in float32 under bfloat16 autocast (value networks, see `racemarl.precision`)."""
 
-    def __init__(self, in_features: int | Sequence[int], hidden: Sequence[int], out_features: int,
-                 groups: int | None = None, activation: type[nn.Module] = nn.ReLU, layer_norm: bool = False,
-                 full_precision_out: bool = False):
+    def __init__(
+        self,
+        in_features: int | Sequence[int],
+        hidden: Sequence[int],
+        out_features: int,
+        groups: int | None = None,
+        activation: type[nn.Module] = nn.ReLU,
+        layer_norm: bool = False,
+        full_precision_out: bool = False,
+    ):
         super().__init__()
         sizes = list(hidden) + [out_features]
         layers: list[nn.Module] = []

@@ -1,4 +1,5 @@
 """Value-aware mutual information (VMM): a separable JSD lower bound on I(z_i; s)."""
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,9 @@ class SeparableCritic(nn.Module):
     def forward(self, state: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         gs = self.g(state)[0]  # [B, h]
         fz = self.f(z)  # [N, B, h]
-        with full_precision(fz.device.type):  # the scores enter the bound's softplus terms: float32 (see racemarl.precision)
+        with full_precision(
+            fz.device.type
+        ):  # the scores enter the bound's softplus terms: float32 (see racemarl.precision)
             return fz.float() @ gs.float().T
 
 

@@ -6,6 +6,7 @@ with W1, b1, w2, V produced by hypernetworks of the state, so dQ_tot/dQ_i >= 0. 
 extra conditioning vector (the team's policy embedding) is appended to every agent critic's input
 and to the mixer's state input.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -57,8 +58,17 @@ class MixedCritic(nn.Module):
     # buffers (register_buffer), typed for the type checker
     agent_ids: torch.Tensor
 
-    def __init__(self, n_agents: int, obs_dim: int, act_dim: int, state_dim: int, hidden: Sequence[int],
-                 mixer_embed: int = 32, hypernet_hidden: int = 64, extra_dim: int = 0):
+    def __init__(
+        self,
+        n_agents: int,
+        obs_dim: int,
+        act_dim: int,
+        state_dim: int,
+        hidden: Sequence[int],
+        mixer_embed: int = 32,
+        hypernet_hidden: int = 64,
+        extra_dim: int = 0,
+    ):
         super().__init__()
         self.n_agents, self.extra_dim = n_agents, extra_dim
         self.agent_q = _mlp([obs_dim + act_dim + n_agents + extra_dim, *hidden, 1])
@@ -73,8 +83,9 @@ class MixedCritic(nn.Module):
         with full_precision(hidden.device.type):  # the values enter the losses: float32 (racemarl.precision)
             return self.agent_q[-1](hidden.float()).squeeze(-1)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, state: torch.Tensor,
-                extra: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, obs: torch.Tensor, actions: torch.Tensor, state: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
         q = self.agent_values(obs, actions, extra)
         cond = state if extra is None else torch.cat([state, extra], dim=-1)
         with full_precision(q.device.type):  # the mixer (small hypernetworks) and Q_tot in float32

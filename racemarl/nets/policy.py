@@ -4,6 +4,7 @@ A team's head for agent i is stored as a `[A, d + 1]` matrix (rows = action dime
 = bias), padded to the widest agent's A. A set of teams is a tensor `[T, N, A, d + 1]`, so all
 teams act in one batched product on one encoder pass.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -122,8 +123,14 @@ class ActionLayout(nn.Module):
         return out.view(b, self.n_agents, self.max_act).transpose(0, 1)
 
 
-def init_heads(n_teams: int, n_agents: int, max_act: int, embed_dim: int, row_mask: torch.Tensor,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def init_heads(
+    n_teams: int,
+    n_agents: int,
+    max_act: int,
+    embed_dim: int,
+    row_mask: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Fresh heads `[T, N, A, d + 1]`, nn.Linear's default distribution, padding rows zero."""
     bound = 1.0 / np.sqrt(embed_dim)
     heads = (torch.rand(n_teams, n_agents, max_act, embed_dim + 1, generator=generator) * 2 - 1) * bound

@@ -8,6 +8,7 @@ every episode of the batch; during rollouts `step` advances one time step.
 `shared=True` (the official code) uses one encoder for every agent (the agent id tells them
 apart); `shared=False` gives each agent its own encoder (the poster's drawing).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,13 @@ class RecurrentEncoders(nn.Module):
 
     def __init__(self, n_agents: int, obs_dim: int, n_actions: int, hidden: int = 64, shared: bool = True):
         super().__init__()
-        self.n_agents, self.obs_dim, self.n_actions, self.hidden, self.shared = n_agents, obs_dim, n_actions, hidden, shared
+        self.n_agents, self.obs_dim, self.n_actions, self.hidden, self.shared = (
+            n_agents,
+            obs_dim,
+            n_actions,
+            hidden,
+            shared,
+        )
         in_dim = obs_dim + n_actions + n_agents
         self.nets = nn.ModuleList([_Encoder(in_dim, hidden) for _ in range(1 if shared else n_agents)])
         self.register_buffer("agent_ids", torch.eye(n_agents))

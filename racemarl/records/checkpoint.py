@@ -5,6 +5,7 @@ over the old file: a kill during a save leaves the previous checkpoint intact. L
 `torch.load(weights_only=True)`, which refuses arbitrary pickled objects, so everything stored is
 tensors, numbers, strings and containers of them.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,11 +46,15 @@ def load(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "unsupported global" in str(e).lower():  # a class or function, which loading would import and call
-            raise CheckpointError(f"{path} holds objects other than tensors, numbers and strings; it was not "
-                                  f"written by racemarl and is refused, since loading it could run code") from None
+            raise CheckpointError(
+                f"{path} holds objects other than tensors, numbers and strings; it was not "
+                f"written by racemarl and is refused, since loading it could run code"
+            ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated)") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated: {type(e).__name__})") from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (corrupt or truncated: {type(e).__name__})"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a racemarl checkpoint (it holds a {type(state).__name__})")
     return state

@@ -2,6 +2,7 @@
 
 Every row also goes to the optional trackers of `racemarl.records.tracking` (W&B, MLflow) when switched on.
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,20 +15,50 @@ from racemarl.config import LoggingConfig
 from racemarl.records.tracking import make_trackers
 
 COLUMNS = [
-    "env_steps", "generation", "updates", "wall_time", "sps",
-    "eval_return", "eval_return_std", "eval_return_marl", "eval_return_best_team", "train_return",
-    "eval_win_rate", "eval_win_rate_marl", "eval_win_rate_best_team", "train_win_rate",
-    "fitness_max", "fitness_mean", "fitness_min", "fitness_short", "injected_slot",
-    "loss_critic", "loss_actor", "loss_pevfa", "loss_value", "loss_vfm", "loss_vmm", "mi_estimate",
-    "q_marl", "mc_return_marl", "q_bias_marl",
-    "grad_enc_actor", "grad_enc_vfm", "grad_enc_vmm",
+    "env_steps",
+    "generation",
+    "updates",
+    "wall_time",
+    "sps",
+    "eval_return",
+    "eval_return_std",
+    "eval_return_marl",
+    "eval_return_best_team",
+    "train_return",
+    "eval_win_rate",
+    "eval_win_rate_marl",
+    "eval_win_rate_best_team",
+    "train_win_rate",
+    "fitness_max",
+    "fitness_mean",
+    "fitness_min",
+    "fitness_short",
+    "injected_slot",
+    "loss_critic",
+    "loss_actor",
+    "loss_pevfa",
+    "loss_value",
+    "loss_vfm",
+    "loss_vmm",
+    "mi_estimate",
+    "q_marl",
+    "mc_return_marl",
+    "q_bias_marl",
+    "grad_enc_actor",
+    "grad_enc_vfm",
+    "grad_enc_vmm",
 ]
 WALL_CLOCK_COLUMNS = ("wall_time", "sps")
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, rows: list[dict] | None = None, purge_step: int | None = None,
-                 tracking: LoggingConfig | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        rows: list[dict] | None = None,
+        purge_step: int | None = None,
+        tracking: LoggingConfig | None = None,
+    ):
         self.path = run_dir / "metrics.csv"
         self.rows: list[dict] = rows if rows is not None else []  # shared with the run state
         # W&B / MLflow: from `tracking`, else from the run's config.yaml (written before the logger)
@@ -56,13 +87,19 @@ class MetricsLogger:
             csv.DictWriter(f, fieldnames=COLUMNS).writerow(_format(row))
         self.scalars(row, row["env_steps"], prefix="eval/")
         for tracker in list(self.trackers):
-            values = {k: float(v) for k, v in row.items()
-                      if k != "env_steps" and isinstance(v, (int, float)) and math.isfinite(v)}
+            values = {
+                k: float(v)
+                for k, v in row.items()
+                if k != "env_steps" and isinstance(v, (int, float)) and math.isfinite(v)
+            }
             try:
                 tracker.log(values, int(row["env_steps"]))
             except Exception as e:  # noqa: BLE001 - a tracker must never stop training
-                print(f"racemarl: warning: {tracker.name} logging failed ({type(e).__name__}: {e}); "
-                      f"it is off for the rest of this run", file=sys.stderr)
+                print(
+                    f"racemarl: warning: {tracker.name} logging failed ({type(e).__name__}: {e}); "
+                    f"it is off for the rest of this run",
+                    file=sys.stderr,
+                )
                 self.trackers.remove(tracker)
 
     def scalars(self, values: dict, step: int, prefix: str = "") -> None:

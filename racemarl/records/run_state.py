@@ -2,6 +2,7 @@
 fallback to the last good state when an update meets a NaN, the generation logs and summary, and the handling
 of SIGINT/SIGTERM. `RunState` is the half of `train.Trainer` that writes and reads its records; the loop itself
 is in `racemarl/train.py`."""
+
 from __future__ import annotations
 
 import logging
@@ -86,8 +87,12 @@ class Interrupts:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
-        print(f"\nracemarl: {self.signal}: finishing the current update, then writing a checkpoint "
-              f"(send it again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\nracemarl: {self.signal}: finishing the current update, then writing a checkpoint "
+            f"(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
@@ -130,7 +135,6 @@ def report_from_state(state: dict):
         else:
             values[k] = v
     return GenerationReport(**values)
-
 
 
 class RunState:
@@ -183,7 +187,10 @@ class RunState:
             path = self.run_dir / "checkpoints" / LATEST
             raise TrainingInterrupted(
                 f"stopped by {stop} at {self.progress.env_steps} env steps; checkpoint written to {path}; "
-                f"continue with `racemarl train --resume {self.run_dir}`", stop, self.run_dir)
+                f"continue with `racemarl train --resume {self.run_dir}`",
+                stop,
+                self.run_dir,
+            )
 
     def save(self) -> None:
         self.logger.flush()  # the events up to the checkpoint are on disk before it (a resume keeps them)
@@ -195,21 +202,23 @@ class RunState:
         learner_state = self.learner.full_state()
         if self.learner.generator is not self.torch_gen:  # a generator on the training device
             learner_state["generator"] = {"device": self.device.type, "state": self.learner.generator.get_state()}
-        return cpu_tree({  # CPU tensors only: a checkpoint resumes and evaluates on any device
-            "config": to_dict(self.cfg),
-            "progress": {**vars(p), "wall_time": self.elapsed(), "loss_sums": self._loss_values(p.loss_sums)},
-            "learner": learner_state,
-            "population": self.population,
-            "best_heads": self.best_heads,
-            "pop_encoders": self.pop_encoders,
-            "best_encoders": self.best_encoders,
-            "buffer": self.buffer.state_dict(),
-            "rng": {  # the rollouts' streams follow from (seed, generation, slot): nothing to save
-                "evolution": ckpt.numpy_rng_state(self.evo_rng),
-                "torch_gen": self.torch_gen.get_state(),
-                "global": ckpt.global_rng_state(),
-            },
-        })
+        return cpu_tree(
+            {  # CPU tensors only: a checkpoint resumes and evaluates on any device
+                "config": to_dict(self.cfg),
+                "progress": {**vars(p), "wall_time": self.elapsed(), "loss_sums": self._loss_values(p.loss_sums)},
+                "learner": learner_state,
+                "population": self.population,
+                "best_heads": self.best_heads,
+                "pop_encoders": self.pop_encoders,
+                "best_encoders": self.best_encoders,
+                "buffer": self.buffer.state_dict(),
+                "rng": {  # the rollouts' streams follow from (seed, generation, slot): nothing to save
+                    "evolution": ckpt.numpy_rng_state(self.evo_rng),
+                    "torch_gen": self.torch_gen.get_state(),
+                    "global": ckpt.global_rng_state(),
+                },
+            }
+        )
 
     def _state_key(self) -> tuple:
         p = self.progress
@@ -341,7 +350,9 @@ class RunState:
         except (ConfigError, TypeError, AttributeError) as e:
             raise RunError(f"{path} holds an invalid config ({e})") from None
         if saved.env.task != self.cfg.env.task or saved.algo != self.cfg.algo:
-            raise RunError(f"checkpoint {path} is for {saved.algo} on {saved.env.task}, not {self.cfg.algo} on {self.cfg.env.task}")
+            raise RunError(
+                f"checkpoint {path} is for {saved.algo} on {saved.env.task}, not {self.cfg.algo} on {self.cfg.env.task}"
+            )
         self.progress = Progress(**sd["progress"])
         self.learner.load_full_state(sd["learner"])
         self._load_learner_generator(sd["learner"].get("generator"))
@@ -363,24 +374,35 @@ class RunState:
         gen = self.learner.generator
         if gen is self.torch_gen:
             if saved is not None:
-                log.warning("resuming on the CPU a run checkpointed on %s: the learner's random draws continue from "
-                            "a fresh stream", saved["device"])
+                log.warning(
+                    "resuming on the CPU a run checkpointed on %s: the learner's random draws continue from "
+                    "a fresh stream",
+                    saved["device"],
+                )
             return
         if saved is not None and saved["device"] == self.device.type:
             gen.set_state(saved["state"])
             return
         gen.manual_seed(int(np.random.default_rng([self.cfg.seed, 4, self.progress.updates]).integers(2**62)))
-        log.warning("resuming on %s a run checkpointed on %s: the learner's random draws continue from a fresh "
-                    "stream", self.device.type, "cpu" if saved is None else saved["device"])
+        log.warning(
+            "resuming on %s a run checkpointed on %s: the learner's random draws continue from a fresh stream",
+            self.device.type,
+            "cpu" if saved is None else saved["device"],
+        )
 
     def _set_pending(self, fitness: np.ndarray, champion: tuple | None) -> None:
         """Record in the progress what the rest of this generation needs after its updates (its fitness, the
         champion's evaluation, the evolution report), so a checkpoint written between two updates resumes it."""
         p = self.progress
         p.pending_fitness = [float(f) for f in fitness]
-        p.pending_champion = None if champion is None else {
-            "returns": [float(r) for r in champion[0]],
-            "wins": None if champion[1] is None else [float(w) for w in champion[1]]}
+        p.pending_champion = (
+            None
+            if champion is None
+            else {
+                "returns": [float(r) for r in champion[0]],
+                "wins": None if champion[1] is None else [float(w) for w in champion[1]],
+            }
+        )
         p.pending_report = None
         if self.cfg.race.evolve_before_learning and self._report is not None and len(fitness):
             p.pending_report = report_state(self._report)
@@ -404,16 +426,23 @@ class RunState:
         path = self.run_dir / "checkpoints" / LAST_GOOD
         ckpt.save_atomic(self._state(), path)
         detail = f" ({', '.join(bad)})" if bad else ""
-        raise RunError(f"{problem}{detail}; training stopped. Last good state (before this generation's "
-                       f"updates) saved to {path}")
+        raise RunError(
+            f"{problem}{detail}; training stopped. Last good state (before this generation's updates) saved to {path}"
+        )
 
     def _learner_snapshot(self, n: int) -> dict:
         """A copy, on the device, of everything the updates change: the learner's parameters, targets and optimiser
         states, its update count, the learner's and the buffer's generators, the loss sums and the update counters."""
         p = self.progress
-        return {"learner": clone_tree(self.learner.full_state()), "gen": self.learner.generator.get_state(),
-                "buffer_gen": self.buffer.generator.get_state(), "loss_sums": dict(p.loss_sums),
-                "loss_counts": dict(p.loss_counts), "updates": p.updates, "pending_updates": n}
+        return {
+            "learner": clone_tree(self.learner.full_state()),
+            "gen": self.learner.generator.get_state(),
+            "buffer_gen": self.buffer.generator.get_state(),
+            "loss_sums": dict(p.loss_sums),
+            "loss_counts": dict(p.loss_counts),
+            "updates": p.updates,
+            "pending_updates": n,
+        }
 
     def _restore_learner(self, snap: dict) -> None:
         p = self.progress
@@ -450,8 +479,13 @@ class RunState:
             values["train_win_rate"] = p.train_wins[-1]
         if len(fitness):
             kind = "fitness_short" if self.draws_short_fitness(p.generation - 1) else "fitness"
-            values.update({f"{kind}_max": float(fitness.max()), f"{kind}_mean": float(fitness.mean()),
-                           f"{kind}_min": float(fitness.min())})
+            values.update(
+                {
+                    f"{kind}_max": float(fitness.max()),
+                    f"{kind}_mean": float(fitness.mean()),
+                    f"{kind}_min": float(fitness.min()),
+                }
+            )
             values.update({f"{kind}/team_{j}": float(f) for j, f in enumerate(fitness)})
             if copy_slot is not None:  # the MARL team injected last generation played unchanged: a noise-free curve
                 values[f"{kind}_marl_copy"] = float(fitness[copy_slot])
@@ -465,11 +499,16 @@ class RunState:
         wins = [r["eval_win_rate"] for r in p.rows if r.get("eval_win_rate") is not None]
         wall = self.elapsed()
         summary = {
-            "task": self.cfg.env.task, "algo": self.cfg.algo, "seed": self.cfg.seed,
+            "task": self.cfg.env.task,
+            "algo": self.cfg.algo,
+            "seed": self.cfg.seed,
             "final_eval_return": evals[-1] if evals else None,
             "best_eval_return": max(evals) if evals else None,
-            "total_env_steps": p.env_steps, "updates": p.updates, "generations": p.generation,
-            "wall_time": wall, "mean_sps": p.env_steps / wall if wall > 0 else None,
+            "total_env_steps": p.env_steps,
+            "updates": p.updates,
+            "generations": p.generation,
+            "wall_time": wall,
+            "mean_sps": p.env_steps / wall if wall > 0 else None,
         }
         if wins:  # discrete tasks
             summary.update(final_eval_win_rate=wins[-1], best_eval_win_rate=max(wins))

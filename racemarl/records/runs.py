@@ -4,6 +4,7 @@ Grouping runs into experiments is `experiment/grouping.py`; `racemarl info` is `
 A run directory is what `racemarl train --out DIR` creates; it is recognised by its `config.yaml`
 and `metrics.csv`. This module only reads files: it imports neither torch nor the simulators.
 """
+
 from __future__ import annotations
 
 import csv
@@ -82,7 +83,7 @@ class FolderLock:
             os.close(fd)
         return None
 
-    def acquire(self) -> "FolderLock":
+    def acquire(self) -> FolderLock:
         import fcntl
 
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -91,8 +92,9 @@ class FolderLock:
         except BlockingIOError:
             other = os.read(fd, 64).decode(errors="replace").strip()
             os.close(fd)
-            raise RunDirError(f"another {self.what} (pid {other or '?'}) is working on {self.path.parent}; "
-                              "wait for it or stop it") from None
+            raise RunDirError(
+                f"another {self.what} (pid {other or '?'}) is working on {self.path.parent}; wait for it or stop it"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -191,8 +193,11 @@ def experiment_settings(cfg: Config) -> dict:
     from racemarl.config import SESSION_KEYS, to_dict
 
     flat = flatten(to_dict(cfg))
-    return {k: v for k, v in flat.items()
-            if k not in SESSION_KEYS and not k.startswith("rollout.") and k not in ("checkpoint_minutes", "device")}
+    return {
+        k: v
+        for k, v in flat.items()
+        if k not in SESSION_KEYS and not k.startswith("rollout.") and k not in ("checkpoint_minutes", "device")
+    }
 
 
 def check_new_run_dir(path: str | Path, cfg: Config) -> Path:
@@ -210,14 +215,17 @@ def check_new_run_dir(path: str | Path, cfg: Config) -> Path:
         raise RunDirError(f"{path} holds a run whose config.yaml is unreadable ({e}); choose another folder") from None
     what = f"a {saved.algo} run on {saved.env.task}, seed {saved.seed}"
     if (path / LATEST_CHECKPOINT).exists() or (path / "summary.json").exists():
-        raise RunDirError(f"{path} already holds {what}; continue it with `racemarl train --resume {path}` "
-                          f"(racemarl.resume_run) or choose another folder")
+        raise RunDirError(
+            f"{path} already holds {what}; continue it with `racemarl train --resume {path}` "
+            f"(racemarl.resume_run) or choose another folder"
+        )
     mine, theirs = experiment_settings(cfg), experiment_settings(saved)
     mine.pop("total_steps"), theirs.pop("total_steps")
     diff = [k for k in mine if mine[k] != theirs.get(k)]
     if diff:
-        raise RunDirError(f"{path} holds the start of {what} with other settings ({', '.join(diff)}); "
-                          f"choose another folder")
+        raise RunDirError(
+            f"{path} holds the start of {what} with other settings ({', '.join(diff)}); choose another folder"
+        )
     return path
 
 

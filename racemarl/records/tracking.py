@@ -3,6 +3,7 @@
 Off by default (config section `logging`); the packages are imported only when switched on, and a
 missing package is a one-line error naming the pip extra.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,16 @@ class WandbTracker:
             run_id = uuid.uuid4().hex[:12]
             _save_id(run_dir, "wandb", run_id)
         settings = wandb.Settings(console="off", silent=True, disable_git=True, save_code=False)
-        self.run = wandb.init(project=cfg.project, dir=str(run_dir), name=run_dir.name, id=run_id, resume="allow",
-                              mode=cfg.mode, config=config, settings=settings)
+        self.run = wandb.init(
+            project=cfg.project,
+            dir=str(run_dir),
+            name=run_dir.name,
+            id=run_id,
+            resume="allow",
+            mode=cfg.mode,
+            config=config,
+            settings=settings,
+        )
 
     def log(self, values: dict, step: int) -> None:
         self.run.log(values, step=step)
