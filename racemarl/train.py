@@ -59,7 +59,7 @@ class Trainer(RunState):
             self.device = resolve_device(cfg.device)
         except DeviceError as e:
             raise RunError(str(e)) from e
-        cfg.precision = resolve_precision(cfg.precision, self.device)  # config.yaml records what `auto` chose
+        cfg.precision = resolve_precision(cfg.precision, self.device)  # type: ignore[assignment]  # fp32 or bf16  # config.yaml records what `auto` chose
         torch.set_num_threads(cfg.torch_threads)
         torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls and tanh several-fold
         ckpt.seed_everything(cfg.seed)

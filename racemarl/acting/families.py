@@ -371,7 +371,9 @@ class DiscreteFamily:
         n = self.eval_envs.batch_size
         return [np.random.default_rng([self.cfg.seed, 2, run.progress.env_steps, row]) for row in range(n)]
 
-    def evaluate_team(self, run, heads: torch.Tensor, encoders: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate_team(
+        self, run, heads: torch.Tensor, encoders: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Greedy returns and battle_won flags of one team, with fixed seeds per evaluation."""
         n = self.eval_envs.batch_size
         stats = run_discrete_episodes(
@@ -383,7 +385,7 @@ class DiscreteFamily:
         )
         return stats.returns, self._wins(self.eval_envs, stats.won)
 
-    def evaluate_marl(self, run, row: dict) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate_marl(self, run, row: dict) -> tuple[np.ndarray, np.ndarray | None]:
         """The MARL team's greedy episodes (as `evaluate_team`) and its mixed critic's bias
         Q_tot(s_t, u_t) - discounted return on them."""
         n, spec, learner = self.eval_envs.batch_size, self.spec, run.actor

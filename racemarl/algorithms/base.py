@@ -55,6 +55,8 @@ class Learner(nn.Module):
     # as `Tensor | Module`).
     generator: torch.Generator
     marl_heads: torch.Tensor
+    pop_encoders: dict | None
+    encoders: nn.Module
     critic: nn.Module
     opt_critic: torch.optim.Optimizer
     opt_actor: torch.optim.Optimizer

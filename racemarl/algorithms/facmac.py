@@ -120,7 +120,9 @@ class FACMAC(Learner):
         dc = self.dcfg
         n, self.obs_dim, self.n_actions = spec.n_agents, max(spec.obs_dims), max(spec.act_dims)
         self.max_obs = self.obs_dim
-        self.encoders = RecurrentEncoders(n, self.obs_dim, self.n_actions, dc.rnn_hidden, dc.shared_rnn)
+        self.encoders: RecurrentEncoders = RecurrentEncoders(
+            n, self.obs_dim, self.n_actions, dc.rnn_hidden, dc.shared_rnn
+        )
         self.encoders_targ = copy.deepcopy(self.encoders).requires_grad_(False)
         row_mask = torch.zeros(n, self.n_actions, dtype=torch.bool)
         for i, a in enumerate(spec.act_dims):

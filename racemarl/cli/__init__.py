@@ -256,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exception(e, file=sys.stderr)
-            if getattr(e, "detail", None):
-                print(f"in the rollout worker:\n{e.detail}", file=sys.stderr)
+            detail = getattr(e, "detail", None)
+            if detail:
+                print(f"in the rollout worker:\n{detail}", file=sys.stderr)
         message = " ".join(str(e).split())  # always one line
         print(f"racemarl: error: {message}", file=sys.stderr)
         return 2

@@ -181,7 +181,8 @@ class PettingZooEnv(MultiAgentEnv):
                 f"{task}: the env has no time limit racemarl can read (max_cycles, max_steps "
                 "or max_episode_steps); set one with --set env.max_episode_steps=N"
             )
-        self._t, self._last_state, self._gone = 0, None, False
+        self._t, self._gone = 0, False
+        self._last_state: np.ndarray | None = None
         self._has_state = self._probe_state(task)
         self.obs_dims = tuple(int(d) for d in obs_dims)
         state_dim = self._state_size() if self._has_state else sum(self.obs_dims)
@@ -273,8 +274,9 @@ class PettingZooEnv(MultiAgentEnv):
         try:
             state = np.asarray(self._env.state(), np.float32).reshape(-1)
         except Exception as e:
-            if ending and getattr(self, "_last_state", None) is not None:
-                return self._last_state
+            last: np.ndarray | None = getattr(self, "_last_state", None)
+            if ending and last is not None:
+                return last
             raise env_failure(self.spec.task, "state()", self._t, e) from e
         if state.size != self.spec.state_dim:
             raise EnvFailure(

@@ -149,7 +149,7 @@ def results_table(
     improvement = improvement_table(blocks[0][1], metric, digits=2)
     if improvement:
         lines += ["", *improvement]
-    if len(blocks) > 1:
+    if twin is not None and len(blocks) > 1:
         lines += [
             "",
             f"The MARL team alone (`{twin}`): `{metric}` of RACE and MERL is the better of their MARL team and "

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from racemarl.config import ConfigError
 from racemarl.experiment.sweep_grid import Point, SweepSpec, parse_names, parse_seeds, run_name  # noqa: F401
@@ -163,7 +164,7 @@ class Sweep:
         self.workers = workers if backend == "slurm" else (workers or os.cpu_count() or 1)
         self.points = spec.points()
         self.status: dict[Point, dict] = {}
-        self._lock = None  # FolderLock of OUT, while running
+        self._lock: Any = None  # FolderLock of OUT, while running
         self._signal: str | None = None  # set by the SIGINT/SIGTERM handler
 
     def _check_signal(self) -> None:
@@ -372,7 +373,7 @@ class Sweep:
         try:
             while queue or running:
                 self._check_signal()
-                while queue and len(running) < self.workers:
+                while queue and len(running) < (self.workers or 1):
                     p, cmd = queue.pop(0)
                     running[p] = launch(cmd, self.log_path(p))
                     self.status[p] = self.entry(p, "running")

@@ -157,6 +157,13 @@ class RunState:
     best_encoders: dict[str, torch.Tensor] | None
     _report: Any
     _stop: Interrupts | None
+    _resume: bool
+    _lock: Any
+
+    def close(self) -> None:
+        """Stop what the run started (the trainer's own)."""
+        raise NotImplementedError
+
     _last_save: float
     _saved_key: Any
     _clock_start: float
