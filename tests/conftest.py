@@ -40,8 +40,13 @@ def _auto_device_is_the_cpu(monkeypatch):
 
 
 def poison_replay_batch(monkeypatch, at: int = 30) -> None:
-    """The `at`-th batch the MATD3/RACE replay buffer samples gets a NaN reward (for the non-finite guard)."""
+    """The `at`-th batch the MATD3/RACE replay buffer samples for an update gets a NaN reward (for the non-finite
+    guard). The evaluations' gradient-share probe (`Trainer.encoder_gradients`, which samples a batch too) is off, so
+    that the count is of update batches only."""
     from racemarl.data.buffer import ReplayBuffer
+    from racemarl.train import Trainer
+
+    monkeypatch.setattr(Trainer, "encoder_gradients", lambda self: {})
 
     original, calls = ReplayBuffer.sample, {"n": 0}
 
