@@ -117,7 +117,7 @@ def test_a_population_too_large_for_memory_is_refused_before_any_work(tmp_path, 
 
 
 def test_memory_estimate_grows_with_the_buffer_and_is_checked():
-    from racemarl import memory
+    from racemarl.records import memory
     from racemarl.config import build_config
     from racemarl.envs import make_env
 

@@ -246,13 +246,18 @@ def test_marl_heads_start_scaled(tmp_path):
 
 def test_saved_configs_without_the_new_keys_load_with_the_old_behaviour():
     old = to_dict(Config())
-    for dotted in LEGACY_DEFAULTS:
-        section, key = dotted.split(".")
-        del old[section][key]
+    for dotted in LEGACY_DEFAULTS:  # a section's key (race.mutate_bias) or a top-level one (precision)
+        *sections, key = dotted.split(".")
+        holder = old
+        for section in sections:
+            holder = holder[section]
+        del holder[key]
     cfg = from_dict(old)
     for dotted, value in LEGACY_DEFAULTS.items():
-        section, key = dotted.split(".")
-        assert getattr(getattr(cfg, section), key) == value
+        obj = cfg
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        assert obj == value
     fresh = from_dict(to_dict(Config()))  # a new run's saved config keeps its own values
     assert fresh.race.champion_eval == "scored" and fresh.net.critic_layer_norm is True
 

@@ -319,8 +319,8 @@ class RunState:
 
     def _check_memory(self) -> None:
         """Refuse, before the population, envs and buffers are built, a run whose estimate does not fit in memory
-        (`racemarl.memory`); the task's sizes come from one env, built and closed here."""
-        from racemarl import memory
+        (`racemarl.records.memory`); the task's sizes come from one env, built and closed here."""
+        from racemarl.records import memory
         from racemarl.acting.workers import env_kwargs
         from racemarl.envs import make_env
 
