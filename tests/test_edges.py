@@ -117,9 +117,9 @@ def test_a_population_too_large_for_memory_is_refused_before_any_work(tmp_path, 
 
 
 def test_memory_estimate_grows_with_the_buffer_and_is_checked():
-    from racemarl.records import memory
     from racemarl.config import build_config
     from racemarl.envs import make_env
+    from racemarl.records import memory
 
     env = make_env(BAD)
     spec = env.spec

@@ -320,9 +320,9 @@ class RunState:
     def _check_memory(self) -> None:
         """Refuse, before the population, envs and buffers are built, a run whose estimate does not fit in memory
         (`racemarl.records.memory`); the task's sizes come from one env, built and closed here."""
-        from racemarl.records import memory
         from racemarl.acting.workers import env_kwargs
         from racemarl.envs import make_env
+        from racemarl.records import memory
 
         env = make_env(self.cfg.env.task, **env_kwargs(self.cfg))
         try:
