@@ -50,10 +50,20 @@ def run_one(task: str, algo: str, seed: int, steps: int, out: Path, extra: list[
     data["final_within_budget"] = within[-1]["eval_return"]
     data["final_step_within_budget"] = int(within[-1]["env_steps"])
     data["best_within_budget"] = max(r["eval_return"] for r in within)
+    data.update(marl_team(within))
     if within[-1].get("eval_win_rate") is not None:  # discrete tasks (SMAX, SMAC)
         data["final_win_rate_within_budget"] = within[-1]["eval_win_rate"]
         data["best_win_rate_within_budget"] = max(r["eval_win_rate"] for r in within)
     return data
+
+
+def marl_team(within: list[dict]) -> dict:
+    """The MARL team's own return at the last evaluation within the budget (`eval_return_marl`), and the mean of
+    its last 5 evaluations, beside the headline `eval_return` (RACE: the better of the MARL team and the champion
+    on the same episodes; a base learner's headline is its one team)."""
+    marl = [r.get("eval_return_marl", r["eval_return"]) for r in within]
+    marl = [r["eval_return"] if m is None else m for r, m in zip(within, marl)]
+    return {"final_marl_within_budget": marl[-1], "last5_marl_within_budget": statistics.mean(marl[-5:])}
 
 
 def _curve(path: Path) -> list[dict]:
@@ -72,8 +82,9 @@ def table(results: list[dict], random: dict | None = None) -> str:
     win_head = " final win rate (mean ± std) | best win rate (mean ± std) |" if wins else ""
     lines = [
         "| task | algo | seeds | budget (env steps) | last eval at | final eval return (mean ± std) "
-        f"| best eval return (mean ± std) |{win_head} wall time per run (s) | env steps/s |",
-        "|---|---|---|---|---|---|---|" + ("---|---|" if wins else "") + "---|---|",
+        "| best eval return (mean ± std) | MARL team: final (mean ± std) | MARL team: mean of the last 5 "
+        f"|{win_head} wall time per run (s) | env steps/s |",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if wins else "") + "---|---|",
     ]
     sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
     fmt = lambda xs, d: f"{statistics.mean(xs):.{d}f} ± {sd(xs):.{d}f}"  # noqa: E731
@@ -86,9 +97,12 @@ def table(results: list[dict], random: dict | None = None) -> str:
             win = f" {b['win_rate']:.2f} | |" if wins and "win_rate" in b else (" | |" if wins else "")
             lines.append(
                 f"| {task} | random policy | | | | {b['mean']:.3g} (s.e. {se:.2g}, {b['episodes']} episodes) "
-                f"| |{win} | |"
+                f"| | | |{win} | |"
             )
+        rs = [r if "final_marl_within_budget" in r else {**r, **marl_team(_within(r))} for r in rs]  # older JSON
         fin = [r["final_within_budget"] for r in rs]
+        marl = [r["final_marl_within_budget"] for r in rs]
+        marl5 = [r["last5_marl_within_budget"] for r in rs]
         best = [r["best_within_budget"] for r in rs]
         digits = 1 if max(abs(x) for x in fin + best) >= 10 else 3  # SMAX returns are at most 2
         at = sorted({r["final_step_within_budget"] for r in rs})
@@ -100,10 +114,15 @@ def table(results: list[dict], random: dict | None = None) -> str:
             win_cells = f" {fmt(fw, 2)} | {fmt(bw, 2)} |" if None not in fw else " - | - |"
         lines.append(
             f"| {task} | {algo} | {len(rs)} | {rs[0]['budget']} | {', '.join(map(str, at))} "
-            f"| {fmt(fin, digits)} | {fmt(best, digits)} |{win_cells} "
+            f"| {fmt(fin, digits)} | {fmt(best, digits)} | {fmt(marl, digits)} | {fmt(marl5, digits)} |{win_cells} "
             f"{wall:.0f} | {statistics.mean(r['mean_sps'] for r in rs):.1f} |"
         )
     return "\n".join(lines)
+
+
+def _within(run: dict) -> list[dict]:
+    budget = run.get("budget", float("inf"))  # the oldest results have no budget field: all their evaluations
+    return [r for r in run["curve"] if r["env_steps"] <= budget]
 
 
 def write_results_page() -> None:
@@ -119,6 +138,7 @@ def write_results_page() -> None:
         if "table_markdown" not in data:
             continue
         overrides = ", ".join(f"`{o}`" for o in data["overrides"]) or "none"
+        data["table_markdown"] = table(data["runs"], data.get("random_policy"))  # today's columns, old runs too
         parts += [
             f"## {path.stem}",
             "",
@@ -153,7 +173,15 @@ def main() -> None:
         default=0,
         help="also play a uniformly random policy for this many episodes per task (its row in the table)",
     )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rebuild benchmarks/results/RESULTS.md from the JSON files (today's table columns)",
+    )
     args = ap.parse_args()
+    if args.report_only:
+        write_results_page()
+        return
 
     runs_dir = Path(args.runs_dir) / args.name
     runs_dir.mkdir(parents=True, exist_ok=True)

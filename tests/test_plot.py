@@ -171,3 +171,32 @@ def test_plot_errors(tmp_path, capsys):
     assert "has no values" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "missing"), "--out", str(tmp_path / "f.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_plot_draws_the_marl_team_of_population_runs_beside_the_headline(tmp_path, monkeypatch, capsys):
+    import matplotlib.axes
+
+    # RACE's headline (the better of its two teams) and its MARL team differ; MATD3 has one team
+    for seed in (1, 2):
+        marl = {i: {"eval_return_marl": v} for i, v in enumerate([0.0, 4.0 * seed, 8.0 * seed])}
+        write_fake_run(tmp_path / "runs" / f"race{seed}", "race", seed, [0, 100, 200], [0.0, 5.0, 9.0], extra=marl)
+        write_fake_run(tmp_path / "runs" / f"matd3{seed}", "matd3", seed, [0, 100, 200], [0.0, 3.0, 6.0])
+    lines, plot = [], matplotlib.axes.Axes.plot
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "plot",
+        lambda self, x, y, **kw: lines.append((kw["label"], list(y))) or plot(self, x, y, **kw),
+    )
+    assert main(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "f.png")]) == 0
+    drawn = dict(lines)
+    assert drawn["race (n=2)"] == [0.0, 5.0, 9.0] and drawn["matd3 (n=2)"] == [0.0, 3.0, 6.0]
+    assert drawn["race: MARL team (n=2)"] == [0.0, 6.0, 12.0]  # mean of the seeds' MARL teams
+    assert len(drawn) == 3  # no MARL-team line for MATD3
+    out = capsys.readouterr().out
+    assert "race: MARL team: 2 seed(s), last mean 12.0 at 200 env steps" in out
+    lines.clear()
+    assert main(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "g.png"), "--headline-only"]) == 0
+    assert sorted(dict(lines)) == ["matd3 (n=2)", "race (n=2)"]
+    lines.clear()  # another metric than a headline: no MARL-team line either
+    assert main(["plot", str(tmp_path / "runs"), "--out", str(tmp_path / "h.png"), "--metric", "eval_return_marl"]) == 0
+    assert list(dict(lines)) == ["race (n=2)"]  # the fake MATD3 runs have no values of it

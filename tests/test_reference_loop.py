@@ -15,59 +15,153 @@ from tests.test_discrete import fake_smac  # noqa: F401 - fixture
 torch.set_num_threads(1)
 
 
-def _generation(trainer: Trainer) -> tuple[np.ndarray, int]:
-    """One generation of the loop, step by step as `Trainer.train` runs it (no evaluation)."""
-    p = trainer.progress
-    fitness, steps = trainer.play_generation()
-    p.env_steps += steps
-    p.generation += 1
-    trainer.select_champion(fitness)
-    trainer.evolve_population(fitness)
-    trainer.learn(steps)
-    trainer.inject_marl(fitness)
-    return fitness, steps
+LOOP_STEPS = (
+    "play_generation",
+    "select_champion",
+    "evaluate_champion",
+    "evolve_population",
+    "learn",
+    "inject_marl",
+    "log_generation",
+    "evaluate",
+)
 
 
-def test_warmup_only_the_marl_team_plays_until_start_steps(tmp_path):
-    # episodes of 20 steps, start_steps 60: three MARL-only generations, then the population joins
-    cfg = tiny_config("race", extra=["learner.start_steps=60"])
+def _snapshot(trainer: Trainer) -> dict:
+    return {
+        "env_steps": trainer.progress.env_steps,
+        "updates": trainer.progress.updates,
+        "buffer": len(trainer.buffer),
+        "population": None if trainer.population is None else trainer.population.clone(),
+        "encoders": {k: v.detach().clone() for k, v in trainer.learner.encoders.named_parameters()},
+        "best_heads": trainer.best_heads.clone(),
+        "best_encoders": None
+        if trainer.best_encoders is None
+        else {k: v.clone() for k, v in trainer.best_encoders.items()},
+    }
+
+
+class LoopRecorder:
+    """Runs the real `Trainer.train` and records each call of the loop's steps (`LOOP_STEPS`) in the order they
+    start, with its result and what the trainer held just before and just after it. A reordering inside
+    `train()` shows in `calls`; nothing of the loop is re-implemented here."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.calls: list[dict] = []
+        for name in LOOP_STEPS:
+            setattr(trainer, name, self._wrap(name, getattr(trainer, name)))
+
+    def _wrap(self, name, method):
+        def recorded(*args, **kwargs):
+            call = {"name": name, "before": _snapshot(self.trainer)}
+            self.calls.append(call)
+            call["result"] = method(*args, **kwargs)
+            call["after"] = _snapshot(self.trainer)
+            return call["result"]
+
+        return recorded
+
+    def train(self) -> list[list[dict]]:
+        self.trainer.train()
+        return self.generations()
+
+    def generations(self) -> list[list[dict]]:
+        """The calls split into generations, each starting at its `play_generation`."""
+        out: list[list[dict]] = []
+        for call in self.calls:
+            if call["name"] == "play_generation":
+                out.append([])
+            out[-1].append(call)
+        return out
+
+
+def _call(generation: list[dict], name: str) -> dict:
+    (call,) = [c for c in generation if c["name"] == name]
+    return call
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("mode", ["scored", "updated"])
+@pytest.mark.parametrize("evolve_first", [True, False])
+def test_the_loop_runs_its_steps_in_the_reference_order_and_each_changes_only_its_own_part(
+    tmp_path, mode, evolve_first
+):
+    # 20-step episodes (80 per generation with the population), evaluations every 100 env steps: some
+    # generations evaluate, some do not
+    cfg = tiny_config(
+        "race",
+        total_steps=200,
+        eval_interval=100,
+        extra=[
+            "learner.start_steps=20",
+            f"race.champion_eval={mode}",
+            f"race.evolve_before_learning={str(evolve_first).lower()}",
+        ],
+    )
     with Trainer(cfg, tmp_path) as trainer:
-        initial = trainer.population.clone()
-        for gen in range(3):
-            fitness, steps = _generation(trainer)
-            assert steps == 20 and len(fitness) == 0  # the MARL team's episode alone
-            assert len(trainer.buffer) == trainer.progress.env_steps == 20 * (gen + 1)
-            assert torch.equal(trainer.population, initial)  # no evolution, no injection
-            assert trainer.progress.updates == (0 if gen < 2 else 20)  # learning starts once 60 steps are in
-        fitness, steps = _generation(trainer)
-        assert steps == 20 * (1 + cfg.race.pop_size) and len(fitness) == cfg.race.pop_size
-        assert trainer.progress.updates == 20 + steps
-        assert not torch.equal(trainer.population, initial)
-
-
-def test_old_loop_lets_the_population_play_during_warmup(tmp_path):
-    cfg = tiny_config("race", extra=["learner.start_steps=60", "race.play_during_warmup=true"])
-    with Trainer(cfg, tmp_path) as trainer:
-        fitness, steps = _generation(trainer)
-        assert steps == 20 * (1 + cfg.race.pop_size) and len(fitness) == cfg.race.pop_size
+        gens = LoopRecorder(trainer).train()
+    assert len(gens) >= 3
+    evaluated = 0
+    for gen in gens:
+        names = [c["name"] for c in gen]
+        evals = "evaluate" in names
+        evaluated += evals
+        champion = ["evaluate_champion"] if evals and mode == "scored" else []
+        middle = ["evolve_population", "learn"] if evolve_first else ["learn", "evolve_population"]
+        tail = ["evaluate", "evaluate_champion"] if evals and mode == "updated" else ["evaluate"] if evals else []
+        assert names == [
+            "play_generation",
+            "select_champion",
+            *champion,
+            *middle,
+            "inject_marl",
+            "log_generation",
+            *tail,
+        ]
+        for call in gen:  # env steps move only when teams play, updates only in learn, encoders only by updates
+            b, a = call["before"], call["after"]
+            assert a["env_steps"] == b["env_steps"]  # `train()` itself counts the steps played
+            assert (a["updates"] == b["updates"]) or call["name"] == "learn"
+            assert _equal(a["encoders"], b["encoders"]) or call["name"] == "learn"
+            assert a["buffer"] == b["buffer"] or call["name"] == "play_generation"
+            if call["name"] not in ("evolve_population", "inject_marl"):
+                assert torch.equal(a["population"], b["population"])
+    assert 2 <= evaluated < len(gens)
+    for gen, following in zip(gens, gens[1:]):  # each generation adds the env steps its teams played
+        _, steps = gen[0]["result"]
+        assert following[0]["before"]["env_steps"] == gen[0]["before"]["env_steps"] + steps
 
 
 @pytest.mark.parametrize("mode", ["scored", "updated"])
 def test_champion_is_evaluated_with_the_encoders_it_was_scored_with(tmp_path, mode):
-    cfg = tiny_config("race", extra=["learner.start_steps=20", f"race.champion_eval={mode}"])
+    cfg = tiny_config("race", total_steps=100, extra=["learner.start_steps=20", f"race.champion_eval={mode}"])
     with Trainer(cfg, tmp_path) as trainer:
-        _generation(trainer)  # warm-up
-        scored_with = {k: v.detach().clone() for k, v in trainer.learner.encoders.named_parameters()}
-        fitness, _ = _generation(trainer)  # population plays with `scored_with`, then many updates
-        moved = {k: v.detach() for k, v in trainer.learner.encoders.named_parameters()}
-        assert any(not torch.equal(scored_with[k], moved[k]) for k in moved)
-        best = int(np.argmax(fitness))
-        if mode == "scored":
-            assert all(torch.equal(trainer.best_encoders[k][0], scored_with[k]) for k in scored_with)
-        else:
-            assert trainer.best_encoders is None
-        # the loop evaluates the champion before the updates when mode == scored
-        assert trainer.best_heads.shape == trainer.population[best].shape
+        gens = LoopRecorder(trainer).train()
+    checked = 0
+    for gen in gens[1:]:  # after the warm-up generation: the population plays and the updates move the encoders
+        if not any(c["name"] == "evaluate" for c in gen):
+            continue
+        checked += 1
+        played = _call(gen, "play_generation")
+        fitness, _ = played["result"]
+        scored_with = played["after"]["encoders"]  # the encoders the population just played with
+        learned = _call(gen, "learn")["after"]["encoders"]
+        assert not _equal(scored_with, learned)  # the generation's updates moved them
+        # the champion is the best-scored team as it played (before evolution changed the population)
+        champion = _call(gen, "evaluate_champion")
+        assert torch.equal(champion["before"]["best_heads"], played["after"]["population"][int(np.argmax(fitness))])
+        if mode == "scored":  # played before the updates, with (a copy of) the encoders it was scored with
+            assert _equal(champion["before"]["encoders"], scored_with)
+            kept = {k: v[0] for k, v in champion["before"]["best_encoders"].items()}
+            assert _equal(kept, scored_with)
+        else:  # played after the updates, with the encoders they produced
+            assert champion["before"]["best_encoders"] is None
+            assert _equal(champion["before"]["encoders"], learned)
+    assert checked >= 1
 
 
 def test_champion_row_matches_a_replay_with_the_scored_encoders(tmp_path):
@@ -88,10 +182,39 @@ def test_champion_row_matches_a_replay_with_the_scored_encoders(tmp_path):
         assert float(returns_now.mean()) != pytest.approx(last["eval_return_best_team"], rel=1e-6, abs=1e-6)
 
 
-def test_short_fitness_rollouts_are_cut_and_bootstrapped_by_the_pevfa(tmp_path):
-    cfg = tiny_config("race", extra=["learner.start_steps=20", "race.fitness_mc_prob=0", "race.fitness_steps=7"])
+def test_warmup_only_the_marl_team_plays_until_start_steps(tmp_path):
+    # episodes of 20 steps, start_steps 60: three MARL-only generations, then the population joins
+    cfg = tiny_config("race", total_steps=61, extra=["learner.start_steps=60"])
     with Trainer(cfg, tmp_path) as trainer:
-        _generation(trainer)  # warm-up
+        gens = LoopRecorder(trainer).train()
+    initial = gens[0][0]["before"]["population"]
+    assert len(gens) == 4
+    for i, gen in enumerate(gens[:3]):
+        fitness, steps = _call(gen, "play_generation")["result"]
+        assert steps == 20 and len(fitness) == 0  # the MARL team's episode alone
+        end = gen[-1]["after"]
+        assert end["buffer"] == end["env_steps"] == 20 * (i + 1)
+        assert torch.equal(end["population"], initial)  # no evolution, no injection
+        assert end["updates"] == (0 if i < 2 else 20)  # learning starts once 60 steps are in
+    fitness, steps = _call(gens[3], "play_generation")["result"]
+    assert steps == 20 * (1 + cfg.race.pop_size) and len(fitness) == cfg.race.pop_size
+    end = _call(gens[3], "log_generation")["after"]
+    assert end["updates"] == 20 + steps
+    assert not torch.equal(end["population"], initial)
+
+
+def test_old_loop_lets_the_population_play_during_warmup(tmp_path):
+    cfg = tiny_config("race", total_steps=1, extra=["learner.start_steps=60", "race.play_during_warmup=true"])
+    with Trainer(cfg, tmp_path) as trainer:
+        (gen,) = LoopRecorder(trainer).train()
+    fitness, steps = _call(gen, "play_generation")["result"]
+    assert steps == 20 * (1 + cfg.race.pop_size) and len(fitness) == cfg.race.pop_size
+
+
+def test_short_fitness_rollouts_are_cut_and_bootstrapped_by_the_pevfa(tmp_path):
+    # start_steps 0: the first generation is already past the warm-up
+    cfg = tiny_config("race", extra=["learner.start_steps=0", "race.fitness_mc_prob=0", "race.fitness_steps=7"])
+    with Trainer(cfg, tmp_path) as trainer:
         plan = trainer.generation_plan()
         assert list(plan.step_limit) == [-1] + [7] * cfg.race.pop_size
         results = trainer.workers.play(plan)
@@ -114,9 +237,8 @@ def test_short_fitness_rollouts_are_cut_and_bootstrapped_by_the_pevfa(tmp_path):
 
 
 def test_full_episode_fitness_when_theta_is_one(tmp_path):
-    cfg = tiny_config("race", extra=["learner.start_steps=20", "race.fitness_mc_prob=1"])
+    cfg = tiny_config("race", extra=["learner.start_steps=0", "race.fitness_mc_prob=1"])
     with Trainer(cfg, tmp_path) as trainer:
-        _generation(trainer)
         plan = trainer.generation_plan()
         assert list(plan.step_limit) == [-1] * (1 + cfg.race.pop_size)
 

@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LABEL=VALUE",
         help="a dashed horizontal line in every panel, e.g. random=-25.6 (repeatable)",
     )
+    g.add_argument(
+        "--headline-only",
+        action="store_true",
+        help="leave out the dashed MARL-team lines that RACE and MERL runs get beside their headline eval_return "
+        "(the better of the MARL team and the champion) and eval_win_rate",
+    )
     g.set_defaults(func=_plot)
 
     b = sub.add_parser("table", help="final and best return per task and algo (mean ± s.e. over seeds)")

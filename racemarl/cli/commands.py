@@ -367,7 +367,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from racemarl.experiment.grouping import duplicate_seeds, grouping
-    from racemarl.experiment.plot import learning_curves, parse_baseline, plot_curves
+    from racemarl.experiment.plot import learning_curves, marl_team_curves, parse_baseline, plot_curves
     from racemarl.records.runs import check_output_file, load_runs
 
     check_output_file(args.out, "--out", (".png", ".pdf", ".svg"))
@@ -375,6 +375,7 @@ def _plot(args: argparse.Namespace) -> int:
     runs = load_runs(args.dirs)
     _warn(duplicate_seeds(runs))
     curves = learning_curves(runs, args.metric, smooth=args.smooth, ci=args.ci, level=args.level)
+    marl = {} if args.headline_only else marl_team_curves(runs, args.metric, args.smooth, args.ci, args.level)
     out = plot_curves(
         curves,
         args.out,
@@ -384,10 +385,12 @@ def _plot(args: argparse.Namespace) -> int:
         smooth=args.smooth,
         title=args.title,
         baselines=baselines,
+        marl_curves=marl,
     )
-    for (task, algo), c in curves.items():
+    shown = [(k, c, "") for k, c in curves.items()] + [(k, c, ": MARL team") for k, c in marl.items()]
+    for (task, algo), c, team in shown:
         last = f"{c.mean[-1]:.1f} at {int(c.x[-1])} env steps" if len(c.x) else "no common range"
-        print(f"{task} {algo}: {c.n_seeds} seed(s), last mean {last}")
+        print(f"{task} {algo}{team}: {c.n_seeds} seed(s), last mean {last}")
     print(grouping(runs).note())
     _warn_without(runs, args.metric)
     print(f"written: {out}")

@@ -131,6 +131,22 @@ def learning_curves(
     return curves
 
 
+def marl_team_curves(
+    runs: list[Run], metric: str = "eval_return", smooth: int = 1, ci: str = "t", level: float = 0.95
+) -> dict[tuple[str, str], Curve]:
+    """For a headline metric (`eval_return`, `eval_win_rate`: RACE's and MERL's are the better of the MARL team and
+    the champion on the same episodes), the MARL team's own curve (`eval_return_marl`, ...) of every group of
+    population runs that train one; {} for other metrics or runs without a MARL team beside a population."""
+    from racemarl.experiment.report import MARL_TEAM_METRIC
+    from racemarl.records.runs import numeric_columns
+
+    twin = MARL_TEAM_METRIC.get(metric)
+    both = [r for r in runs if r.config.uses_population and r.config.uses_marl]
+    if twin is None or not both or twin not in numeric_columns(both):
+        return {}
+    return learning_curves(both, twin, smooth=smooth, ci=ci, level=level)
+
+
 # ---------------------------------------------------------------- drawing
 
 
@@ -162,9 +178,11 @@ def plot_curves(
     smooth: int = 1,
     title: str | None = None,
     baselines: Sequence[tuple[str, float]] = (),
+    marl_curves: dict[tuple[str, str], Curve] | None = None,
 ) -> Path:
     """One panel per task, one line per algorithm (same colour in every panel), shaded band; each baseline
-    (label, value), e.g. a random policy's return, is a dashed horizontal line in every panel."""
+    (label, value), e.g. a random policy's return, is a dashed horizontal line in every panel. `marl_curves`
+    (`marl_team_curves`): the MARL teams of population methods, dashed in their algorithm's colour, no band."""
     try:
         import matplotlib
     except ImportError as e:
@@ -199,6 +217,9 @@ def plot_curves(
             )
             if c.n_seeds > 1:
                 ax.fill_between(c.x, c.lo, c.hi, color=colours[algo], alpha=0.2, lw=0)
+            m = (marl_curves or {}).get((task, algo))
+            if m is not None and len(m.x):
+                ax.plot(m.x, m.mean, color=colours[algo], lw=1.3, ls="--", label=f"{algo}: MARL team (n={m.n_seeds})")
         for i, (label, value) in enumerate(baselines):
             ax.axhline(value, color="0.35", lw=1.2, ls=("--", ":", "-.")[i % 3], label=label)
         ax.set_title(task.removeprefix("mamujoco/"), fontsize=11)
