@@ -260,3 +260,54 @@ def test_table_without_a_population_method_has_no_marl_block(fake_runs, tmp_path
     write_fake_run(tmp_path / "m" / "a", "matd3", 1, [0, 100], [0.0, 1.0], extra={1: {"eval_return_marl": 1.0}})
     assert main(["table", str(tmp_path / "m")]) == 0
     assert "MARL team alone" not in capsys.readouterr().out
+
+
+def test_table_aggregates_normalised_scores_across_tasks(tmp_path, capsys):
+    # finals per task; normalised by (x - random) / (best run of the task - random)
+    finals = {
+        ("mamujoco/HalfCheetah-6x1", "race"): [10.0, 20.0],  # random 0, best 20: 0.5, 1.0
+        ("mamujoco/HalfCheetah-6x1", "matd3"): [4.0, 15.0],  # 0.2, 0.75
+        ("mamujoco/Hopper-3x1", "race"): [30.0, 60.0],  # random 10, best 110: 0.2, 0.5
+        ("mamujoco/Hopper-3x1", "matd3"): [20.0, 110.0],  # 0.1, 1.0
+    }
+    for (task, algo), values in finals.items():
+        for seed, v in enumerate(values, start=1):
+            write_fake_run(tmp_path / "runs" / f"{task[9:]}_{algo}{seed}", algo, seed, [0, 100], [0.0, v], task=task)
+    args = [
+        "table",
+        str(tmp_path / "runs"),
+        "--random",
+        "mamujoco/HalfCheetah-6x1=0",
+        "--random",
+        "mamujoco/Hopper-3x1=10",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "normalised per task: 0 = the random policy, 1 = the task's best final value of any run here" in out
+    # race {0.2, 0.5, 0.5, 1.0}: IQM = mean of the middle two = 0.50, mean 0.55; matd3 {0.1, 0.2, 0.75, 1.0}: 0.475, 0.5125
+    race = next(line for line in out.splitlines() if line.startswith("| race | 2 | 2 |"))
+    matd3 = next(line for line in out.splitlines() if line.startswith("| matd3 | 2 | 2 |"))
+    assert race.split(" | ")[3:4] == ["0.50"] and race.split(" | ")[5] == "0.55"
+    assert matd3.split(" | ")[3] in ("0.47", "0.48") and matd3.split(" | ")[5] == "0.51"
+    # without --random: no aggregate
+    assert main(["table", str(tmp_path / "runs")]) == 0
+    assert "normalised per task" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (
+            "mamujoco/Hopper-3x1",
+            "--random must be TASK=NUMBER (e.g. mamujoco/Hopper-3x1=18.2), got 'mamujoco/Hopper-3x1'",
+        ),
+        (
+            "mamujoco/Hopper-3x1=x",
+            "--random must be TASK=NUMBER (e.g. mamujoco/Hopper-3x1=18.2), got 'mamujoco/Hopper-3x1=x'",
+        ),
+        ("smax/3m=0.2", "--random names a task that none of these runs trained: smax/3m"),
+    ],
+)
+def test_table_random_errors_are_one_line(fake_runs, capsys, value, message):
+    assert main(["table", str(fake_runs), "--random", value]) == 2
+    assert capsys.readouterr().err.strip() == f"racemarl: error: {message}"

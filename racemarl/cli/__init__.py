@@ -212,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="use only evaluations made up to N env steps (a budget; RACE generations may overshoot it)",
     )
+    b.add_argument(
+        "--random",
+        action="append",
+        default=[],
+        metavar="TASK=VALUE",
+        help="a random policy's value of the metric on TASK (repeatable): adds the IQM across these tasks of the "
+        "final values normalised between it (0) and the task's best run (1)",
+    )
     b.add_argument("--out", metavar="FILE", help="write to a file instead of printing")
     b.set_defaults(func=_table)
 

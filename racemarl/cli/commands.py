@@ -4,6 +4,7 @@ with the parsed arguments. The parser and the error handling are in `racemarl/cl
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -408,9 +409,15 @@ def _table(args: argparse.Namespace) -> int:
         raise RunDirError(f"--max-steps must be >= 0, got {args.max_steps}")
     if args.out:
         check_output_file(args.out)
+    random = parse_task_values(args.random, "--random")
     runs = load_runs(args.dirs)
+    unknown = sorted(set(random) - {r.config.env.task for r in runs})
+    if unknown:
+        raise RunDirError(f"--random names a task that none of these runs trained: {', '.join(unknown)}")
     _warn(duplicate_seeds(runs))
-    text = results_table(runs, args.metric, fmt=args.format, digits=args.digits, max_steps=args.max_steps)
+    text = results_table(
+        runs, args.metric, fmt=args.format, digits=args.digits, max_steps=args.max_steps, random=random
+    )
     _warn_without(runs, args.metric)
     if args.out:
         Path(args.out).write_text(text)
@@ -418,6 +425,23 @@ def _table(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     return 0
+
+
+def parse_task_values(items: list[str], flag: str) -> dict[str, float]:
+    """`TASK=VALUE` strings -> {task: value}; a one-line RunDirError for a malformed or repeated one."""
+    out: dict[str, float] = {}
+    for item in items:
+        task, sep, value = item.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not sep or not task.strip() or not math.isfinite(number):
+            raise RunDirError(f"{flag} must be TASK=NUMBER (e.g. mamujoco/Hopper-3x1=18.2), got {item!r}")
+        if task.strip() in out:
+            raise RunDirError(f"{flag} gives {task.strip()} twice")
+        out[task.strip()] = number
+    return out
 
 
 def _warn_without(runs, metric: str) -> None:

@@ -82,11 +82,18 @@ MARL_TEAM_METRIC = {"eval_return": "eval_return_marl", "eval_win_rate": "eval_wi
 
 
 def results_table(
-    runs: list[Run], metric: str = "eval_return", fmt: str = "md", digits: int = 1, max_steps: int | None = None
+    runs: list[Run],
+    metric: str = "eval_return",
+    fmt: str = "md",
+    digits: int = 1,
+    max_steps: int | None = None,
+    random: dict[str, float] | None = None,
 ) -> str:
     """Per task and algorithm: final and best `metric` (mean ± s.e. over seeds), seeds, env steps. For the headline
     metrics (`MARL_TEAM_METRIC`) of runs that include a population method with a MARL team, the same table and the
-    probabilities of improvement follow for the MARL team alone (the CSV: its rows with that metric's name)."""
+    probabilities of improvement follow for the MARL team alone (the CSV: its rows with that metric's name).
+    `random` (task -> a random policy's value of `metric`): the Markdown table adds the aggregate across those
+    tasks (`aggregate_table`)."""
     if fmt not in TABLE_FORMATS:
         raise RunDirError(f"unknown table format {fmt!r}; valid: {', '.join(TABLE_FORMATS)}")
     blocks = [(metric, group_stats(runs, metric, max_steps))]
@@ -149,6 +156,9 @@ def results_table(
     improvement = improvement_table(blocks[0][1], metric, digits=2)
     if improvement:
         lines += ["", *improvement]
+    aggregate = aggregate_table(blocks[0][1], random or {}, metric)
+    if aggregate:
+        lines += ["", *aggregate]
     if twin is not None and len(blocks) > 1:
         lines += [
             "",
@@ -162,6 +172,10 @@ def results_table(
         improvement = improvement_table(blocks[1][1], twin, digits=2)
         if improvement:
             lines += ["", *improvement]
+        # the MARL teams normalised like the headline (the same random values; each task's best of this metric)
+        aggregate = aggregate_table(blocks[1][1], random or {}, twin)
+        if aggregate:
+            lines += ["", *aggregate]
     return "\n".join(lines) + "\n"
 
 
@@ -225,6 +239,53 @@ def improvement_table(stats: list[GroupStats], metric: str, digits: int = 2) -> 
         "",
         f"probability of improvement (rliable): the chance that a run of X ends with a higher final {metric} "
         "than a run of Y, averaged over the tasks both ran; 0.5 = no difference; CI: stratified bootstrap",
+    ]
+
+
+def normalized_scores(stats: list[GroupStats], random: dict[str, float]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Final values normalised per task, (x - random_t) / (best_t - random_t), where best_t is the highest final
+    value of any run of task t (0 = the random policy, 1 = the task's best run). Uses the tasks with a random value
+    (and a best above it) and the algorithms that ran every one of them with the same number of runs; returns
+    (tasks, {algo: [n_runs, n_tasks]})."""
+    tasks = sorted({g.task for g in stats if g.task in random})
+    best = {t: max(max(g.final) for g in stats if g.task == t) for t in tasks}
+    tasks = [t for t in tasks if best[t] > random[t]]
+    by_algo: dict[str, dict[str, list[float]]] = {}
+    for g in stats:
+        by_algo.setdefault(g.algo, {})[g.task] = g.final
+    scores = {}
+    for algo, per_task in sorted(by_algo.items()):
+        if not tasks or any(t not in per_task for t in tasks) or len({len(per_task[t]) for t in tasks}) != 1:
+            continue
+        scores[algo] = np.array(
+            [[(x - random[t]) / (best[t] - random[t]) for x in per_task[t]] for t in tasks]
+        ).T  # [n_runs, n_tasks]
+    return tasks, scores
+
+
+def aggregate_table(stats: list[GroupStats], random: dict[str, float], metric: str, digits: int = 2) -> list[str]:
+    """Markdown lines: per algorithm, the IQM and the mean of its normalised final values (`normalized_scores`) over
+    all its runs and tasks, each with rliable's stratified bootstrap interval (Agarwal et al., 2021)."""
+    tasks, scores = normalized_scores(stats, random)
+    if not scores:
+        return []
+    rows = []
+    for algo, x in scores.items():
+        cells = []
+        for aggregate in ("iqm", "mean"):
+            point, lo, hi = stats_mod.bootstrap_ci(x, aggregate)
+            ci = "-" if x.shape[0] < 2 else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+            cells += [f"{point:.{digits}f}", ci]
+        rows.append(f"| {algo} | {len(tasks)} | {x.shape[0]} | " + " | ".join(cells) + " |")
+    return [
+        f"Across tasks ({', '.join(tasks)}), final {metric} normalised per task: 0 = the random policy, 1 = the "
+        "task's best final value of any run here:",
+        "",
+        "| algo | tasks | runs per task | IQM | 95% CI | mean | 95% CI |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "IQM: the interquartile mean over all runs and tasks (rliable); CI: stratified bootstrap over runs",
     ]
 
 
