@@ -14,18 +14,23 @@ PENDULUM = [
 ]
 
 
-def test_matd3_learns_to_balance_the_inverted_pendulum(tmp_path):
-    # A random policy keeps the pole up for ~3 steps; 2.5k updates of MATD3 reach ~45 (seed 1, measured).
+def pendulum_run(algo: str, run_dir) -> list[dict]:
+    """3000 env steps of `algo` on InvertedPendulum, an evaluation every 500: the metrics rows."""
     cfg = tiny_config(
-        "matd3",
+        algo,
         total_steps=3000,
         extra=PENDULUM,
         env={"task": "mamujoco/InvertedPendulum"},
         eval_interval=500,
         eval_episodes=3,
     )
-    train(cfg, tmp_path)
-    returns = [float(r["eval_return"]) for r in read_metrics(tmp_path / "metrics.csv")]
+    train(cfg, run_dir)
+    return read_metrics(run_dir / "metrics.csv")
+
+
+def test_matd3_learns_to_balance_the_inverted_pendulum(tmp_path):
+    # A random policy keeps the pole up for ~3 steps; 2.5k updates of MATD3 reach ~45 (seed 1, measured).
+    returns = [float(r["eval_return"]) for r in pendulum_run("matd3", tmp_path)]
     assert returns[0] < 10
     assert max(returns[-2:]) > 25, returns
 
@@ -33,16 +38,7 @@ def test_matd3_learns_to_balance_the_inverted_pendulum(tmp_path):
 def test_race_learns_the_inverted_pendulum_and_so_does_its_marl_team(tmp_path):
     # RACE (3 evolved teams + the MARL team, VFM and VMM on): a random policy scores ~3-10; measured at 3000 env
     # steps (seed 1): MARL team 64 and headline 104 at the last evaluation (seed 2: 142 and 186)
-    cfg = tiny_config(
-        "race",
-        total_steps=3000,
-        extra=PENDULUM,
-        env={"task": "mamujoco/InvertedPendulum"},
-        eval_interval=500,
-        eval_episodes=3,
-    )
-    train(cfg, tmp_path)
-    rows = read_metrics(tmp_path / "metrics.csv")
+    rows = pendulum_run("race", tmp_path)
     first, last = rows[0], rows[-1]
     assert float(first["eval_return_marl"]) < 15
     marl = [float(r["eval_return_marl"]) for r in rows[-2:]]

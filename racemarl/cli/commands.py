@@ -4,7 +4,6 @@ with the parsed arguments. The parser and the error handling are in `racemarl/cl
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -429,18 +428,14 @@ def _table(args: argparse.Namespace) -> int:
 
 def parse_task_values(items: list[str], flag: str) -> dict[str, float]:
     """`TASK=VALUE` strings -> {task: value}; a one-line RunDirError for a malformed or repeated one."""
+    from racemarl.records.runs import parse_named_number
+
     out: dict[str, float] = {}
     for item in items:
-        task, sep, value = item.rpartition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if not sep or not task.strip() or not math.isfinite(number):
-            raise RunDirError(f"{flag} must be TASK=NUMBER (e.g. mamujoco/Hopper-3x1=18.2), got {item!r}")
-        if task.strip() in out:
-            raise RunDirError(f"{flag} gives {task.strip()} twice")
-        out[task.strip()] = number
+        task, number = parse_named_number(item, flag, "TASK=NUMBER (e.g. mamujoco/Hopper-3x1=18.2)")
+        if task in out:
+            raise RunDirError(f"{flag} gives {task} twice")
+        out[task] = number
     return out
 
 

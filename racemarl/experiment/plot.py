@@ -32,7 +32,7 @@ import numpy as np
 
 from racemarl.experiment.grouping import group_runs
 from racemarl.experiment.stats import BOOTSTRAP_RESAMPLES, CI_METHODS, interval  # noqa: F401 - re-exported
-from racemarl.records.runs import Run, RunDirError, check_metric
+from racemarl.records.runs import Run, RunDirError, check_metric, parse_named_number
 
 # the same colour for an algorithm in every figure
 FIXED_COLOURS = {
@@ -159,14 +159,7 @@ def _steps_label(x: float, _pos: int = 0) -> str:
 
 def parse_baseline(text: str) -> tuple[str, float]:
     """``LABEL=VALUE`` (e.g. ``random=-25.6``) -> (label, value); RunDirError with the expected form otherwise."""
-    label, sep, value = text.partition("=")
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not sep or not label.strip() or not math.isfinite(number):
-        raise RunDirError(f"--baseline must be LABEL=NUMBER (e.g. random=-25.6), got {text!r}")
-    return label.strip(), number
+    return parse_named_number(text, "--baseline", "LABEL=NUMBER (e.g. random=-25.6)")
 
 
 def plot_curves(

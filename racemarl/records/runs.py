@@ -361,6 +361,19 @@ def numeric_columns(runs: list[Run]) -> list[str]:
     return list(columns)
 
 
+def parse_named_number(text: str, flag: str, form: str) -> tuple[str, float]:
+    """``NAME=NUMBER`` (split at the last ``=``) -> (name, number), the form of `--baseline` and `--random`; a
+    one-line RunDirError "`flag` must be `form`, got ..." otherwise."""
+    name, sep, value = text.rpartition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not sep or not name.strip() or not math.isfinite(number):
+        raise RunDirError(f"{flag} must be {form}, got {text!r}")
+    return name.strip(), number
+
+
 def check_metric(runs: list[Run], metric: str) -> None:
     valid = numeric_columns(runs)
     if metric not in valid:
