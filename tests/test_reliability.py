@@ -174,6 +174,25 @@ def test_an_early_start_of_the_same_run_is_reused(tmp_path):
     assert "progress" not in (tmp_path / "config.yaml").read_text()  # a session setting, not saved
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_an_early_start_with_precision_auto_is_reused_where_auto_resolves_the_same(tmp_path, monkeypatch, native):
+    """config.yaml records what `auto` resolved to; the same command (`precision: auto`) starts that run again, and
+    a start whose precision `auto` would not choose here is another run."""
+    import racemarl.precision
+    from racemarl.config import save_yaml
+
+    monkeypatch.setattr(racemarl.precision, "native_bf16", lambda device: native)
+    resolved, other = ("bf16", "fp32") if native else ("fp32", "bf16")
+    for name, saved in (("same", resolved), ("other", other)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.csv").write_text("env_steps\n")
+        save_yaml(tiny_config("matd3", total_steps=40, precision=saved), tmp_path / name / "config.yaml")
+    train(tiny_config("matd3", total_steps=40, precision="auto"), tmp_path / "same")
+    assert "precision: " + resolved in (tmp_path / "same" / "config.yaml").read_text()
+    with pytest.raises(RunError, match=r"with other settings \(precision\)"):
+        train(tiny_config("matd3", total_steps=40, precision="auto"), tmp_path / "other")
+
+
 def test_resume_flags(tmp_path, capsys):
     out = tmp_path / "run"
     sets = [

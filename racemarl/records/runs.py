@@ -221,12 +221,26 @@ def check_new_run_dir(path: str | Path, cfg: Config) -> Path:
         )
     mine, theirs = experiment_settings(cfg), experiment_settings(saved)
     mine.pop("total_steps"), theirs.pop("total_steps")
+    if mine["precision"] == "auto":  # the earlier start saved what `auto` resolved to on this machine
+        mine["precision"] = _resolved_auto_precision(cfg.device)
     diff = [k for k in mine if mine[k] != theirs.get(k)]
     if diff:
         raise RunDirError(
             f"{path} holds the start of {what} with other settings ({', '.join(diff)}); choose another folder"
         )
     return path
+
+
+def _resolved_auto_precision(device: str) -> str:
+    """What `precision: auto` resolves to for `device` here (`auto` itself when the device is not available: the
+    run then fails on the device, with its own message)."""
+    from racemarl.device import DeviceError, resolve_device
+    from racemarl.precision import resolve_precision
+
+    try:
+        return resolve_precision("auto", resolve_device(device))
+    except DeviceError:
+        return "auto"
 
 
 def _number(text: str | None) -> float | None:
