@@ -61,8 +61,9 @@ def marl_team(within: list[dict]) -> dict:
     """The MARL team's own return at the last evaluation within the budget (`eval_return_marl`), and the mean of
     its last 5 evaluations, beside the headline `eval_return` (RACE: the better of the MARL team and the champion
     on the same episodes; a base learner's headline is its one team)."""
-    marl = [r.get("eval_return_marl", r["eval_return"]) for r in within]
-    marl = [r["eval_return"] if m is None else m for r, m in zip(within, marl)]
+    marl = [r.get("eval_return_marl") for r in within]
+    if any(m is None for m in marl):  # EA-only has no MARL team (and the oldest results no such column)
+        return {"final_marl_within_budget": None, "last5_marl_within_budget": None}
     return {"final_marl_within_budget": marl[-1], "last5_marl_within_budget": statistics.mean(marl[-5:])}
 
 
@@ -88,6 +89,7 @@ def table(results: list[dict], random: dict | None = None) -> str:
     ]
     sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
     fmt = lambda xs, d: f"{statistics.mean(xs):.{d}f} ± {sd(xs):.{d}f}"  # noqa: E731
+    maybe = lambda xs, d: "-" if None in xs else fmt(xs, d)  # noqa: E731
     shown: set[str] = set()
     for (task, algo), rs in sorted(groups.items()):
         if random and task in random and task not in shown:
@@ -114,7 +116,7 @@ def table(results: list[dict], random: dict | None = None) -> str:
             win_cells = f" {fmt(fw, 2)} | {fmt(bw, 2)} |" if None not in fw else " - | - |"
         lines.append(
             f"| {task} | {algo} | {len(rs)} | {rs[0]['budget']} | {', '.join(map(str, at))} "
-            f"| {fmt(fin, digits)} | {fmt(best, digits)} | {fmt(marl, digits)} | {fmt(marl5, digits)} |{win_cells} "
+            f"| {fmt(fin, digits)} | {fmt(best, digits)} | {maybe(marl, digits)} | {maybe(marl5, digits)} |{win_cells} "
             f"{wall:.0f} | {statistics.mean(r['mean_sps'] for r in rs):.1f} |"
         )
     return "\n".join(lines)
