@@ -314,8 +314,9 @@ def on_device(buffer: ReplayBuffer) -> ReplayBuffer:
 
 
 def flops_per_update(learner, buffer: ReplayBuffer, population, batch_size: int) -> int:
-    """Forward + backward FLOPs of the matrix products of one update, averaged over a policy-delay cycle."""
-    n = learner.lcfg.policy_delay
+    """Forward + backward FLOPs of the matrix products of one update, averaged over a policy-delay cycle (the discrete
+    learners update every part at every update: a cycle of one)."""
+    n = learner.lcfg.policy_delay if hasattr(learner, "lcfg") else 1
     counter = FlopCounterMode(display=False)
     with counter:
         for _ in range(n):

@@ -1,15 +1,19 @@
-"""CPU update rate of MATD3 and RACE under two configs, measured side by side: by default float32 against bfloat16
-(`precision=fp32` vs `precision=bf16`, issue 19; earlier: issue 11's CPU lead).
+"""CPU update rate of MATD3 and RACE (on a discrete task: FACMAC and RACE-discrete) under two configs, measured side
+by side: by default float32 against bfloat16 (`precision=fp32` vs `precision=bf16`, issue 19; earlier: issue 11's CPU
+lead).
 
 The learners of both variants are built from the same seed, fed the same buffer (random-action transitions of
-the task), and timed in interleaved blocks (A B B A ...), so both see the same machine load; CPU time of the
+the task; on a discrete task, whole episodes that the first variant's teams played, with the run's own sampling of
+`discrete.batch_episodes` episodes per update), and timed in interleaved blocks (A B B A ...), so both see the same machine load; CPU time of the
 main thread (steadier than wall time on a shared machine) and wall time are both reported. Also: FLOPs per
 update (forward + backward matrix products, `torch.utils.flop_counter`), the FLOP rate and its share of both of the
 machine's peaks (the best float32 and the best bfloat16 2048^3 matrix product on one thread, in CPU time, each
 measured in the same run, before and after the timed blocks), and the CPU time of the target computation
-(`critic_target`: target encoder pass + smoothed target policy + target critic, under the variant's precision).
+(`critic_target`: target encoder pass + smoothed target policy + target critic, under the variant's precision;
+continuous tasks only).
 
     python benchmarks/update_speed.py                                  # precision=fp32 vs bf16, HalfCheetah-6x1
+    python benchmarks/update_speed.py --task smax/3m --out benchmarks/results/update_speed_smax_3m.json
     python benchmarks/update_speed.py --a net.fast_tanh=false --b net.fast_tanh=true --seconds 60
 """
 
@@ -21,6 +25,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +39,7 @@ from racemarl.algorithms.matd3 import MATD3  # noqa: E402
 from racemarl.algorithms.race import RaceLearner  # noqa: E402
 from racemarl.config import build_config  # noqa: E402
 from racemarl.data.buffer import ReplayBuffer  # noqa: E402
-from racemarl.envs import make_env  # noqa: E402
+from racemarl.envs import is_discrete_task, make_env  # noqa: E402
 from racemarl.nets.policy import init_heads  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
@@ -93,6 +98,15 @@ def build(task: str, algo: str, overrides: list[str], spec):
     return cfg, learner, pop
 
 
+def build_discrete(task: str, algo: str, overrides: list[str], run_dir: Path):
+    """A discrete task's learner and population, inside a Trainer (its episode buffer, its batch of episodes)."""
+    from racemarl.train import Trainer
+
+    cfg = build_config(None, list(overrides), algo=algo, env={"task": task}, progress=False, total_steps=10**9)
+    trainer = Trainer(cfg, run_dir)
+    return cfg, trainer
+
+
 def target_ms(learner, buffer, batch_size: int, n: int = 10) -> float:
     """CPU ms of the target computation of `MATD3.update` (the `critic_target` section)."""
     batches = [buffer.sample(batch_size) for _ in range(n)]
@@ -116,17 +130,32 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    spec = make_env(args.task).spec
     variants = {"A": [x for x in args.a.split(",") if x], "B": [x for x in args.b.split(",") if x]}
-    learners = {(v, algo): build(args.task, algo, ov, spec) for v, ov in variants.items() for algo in ("matd3", "race")}
-    any_learner = next(iter(learners.values()))[1]
-    buffer = random_transitions(args.task, 5000, spec, any_learner.max_obs, any_learner.layout.joint_dim)
+    discrete = is_discrete_task(args.task)
+    algos = ("facmac", "race") if discrete else ("matd3", "race")
+    trainers = []
+    if discrete:  # whole episodes, played by the first variant's RACE teams, shared by every learner
+        tmp = Path(tempfile.mkdtemp(prefix="update_speed_"))
+        built = {(v, a): build_discrete(args.task, a, ov, tmp / f"{v}_{a}") for v, ov in variants.items() for a in algos}
+        trainers = [t for _, t in built.values()]
+        source = built[("A", "race")][1]
+        while len(source.buffer) < 4 * source.cfg.discrete.batch_episodes:
+            source.play_generation()
+        buffer = source.buffer
+        learners = {k: (cfg, t.learner, t.population) for k, (cfg, t) in built.items()}
+        batch = {k: cfg.discrete.batch_episodes for k, (cfg, _) in built.items()}
+    else:
+        spec = make_env(args.task).spec
+        learners = {(v, algo): build(args.task, algo, ov, spec) for v, ov in variants.items() for algo in algos}
+        any_learner = next(iter(learners.values()))[1]
+        buffer = random_transitions(args.task, 5000, spec, any_learner.max_obs, any_learner.layout.joint_dim)
+        batch = {k: cfg.learner.batch_size for k, (cfg, _, _) in learners.items()}
     peaks = {"fp32": [cpu_peak()], "bf16": [cpu_peak(dtype=torch.bfloat16)]}
     flops, targets = {}, {k: [] for k in learners}
-    for key, (cfg, learner, pop) in learners.items():
+    for key, (_, learner, pop) in learners.items():
         for _ in range(4):
-            learner.update(buffer.sample(cfg.learner.batch_size), pop)
-        flops[key] = flops_per_update(learner, buffer, pop, cfg.learner.batch_size)
+            learner.update(buffer.sample(batch[key]), pop)
+        flops[key] = flops_per_update(learner, buffer, pop, batch[key])
     times = {k: {"cpu": [], "wall": []} for k in learners}
     order = list(learners)
     start, rounds = time.perf_counter(), 0
@@ -135,10 +164,11 @@ def main(argv=None) -> dict:
             cfg, learner, pop = learners[key]
             w, c = time.perf_counter(), time.thread_time()
             for _ in range(args.block):
-                learner.update(buffer.sample(cfg.learner.batch_size), pop)
+                learner.update(buffer.sample(batch[key]), pop)
             times[key]["cpu"].append((time.thread_time() - c) / args.block)
             times[key]["wall"].append((time.perf_counter() - w) / args.block)
-            targets[key].append(target_ms(learner, buffer, cfg.learner.batch_size, 3))
+            if not discrete:
+                targets[key].append(target_ms(learner, buffer, batch[key], 3))
         rounds += 1
     peaks["fp32"].append(cpu_peak())
     peaks["bf16"].append(cpu_peak(dtype=torch.bfloat16))
@@ -176,16 +206,20 @@ def main(argv=None) -> dict:
             "gflops_cpu": f / cpu / 1e9,
             "peak_share": f / cpu / 1e9 / peak,
             "peak_share_bf16": f / cpu / 1e9 / peak16,
-            "critic_target_cpu_ms": statistics.median(targets[(v, algo)]),
+            "critic_target_cpu_ms": statistics.median(targets[(v, algo)]) if targets[(v, algo)] else None,
             "blocks": len(t["cpu"]),
         }
         res["results"][f"{v}/{algo}"] = r
         lines.append(
             f"| {v}: {','.join(variants[v]) or 'defaults'} | {algo} | {r['cpu_ms_per_update']:.1f} | "
             f"{r['ups_cpu']:.1f} | {r['wall_ms_per_update']:.1f} | {f / 1e9:.2f} | {r['gflops_cpu']:.1f} | "
-            f"{r['peak_share']:.0%} | {r['peak_share_bf16']:.0%} | {r['critic_target_cpu_ms']:.1f} |"
+            f"{r['peak_share']:.0%} | {r['peak_share_bf16']:.0%} | "
+            + ("-" if r["critic_target_cpu_ms"] is None else f"{r['critic_target_cpu_ms']:.1f}")
+            + " |"
         )
-    for algo in ("matd3", "race"):
+    for trainer in trainers:
+        trainer.close()
+    for algo in algos:
         a, b = res["results"].get(f"A/{algo}"), res["results"].get(f"B/{algo}")
         if a and b:
             res[f"speedup_{algo}"] = a["cpu_ms_per_update"] / b["cpu_ms_per_update"]
