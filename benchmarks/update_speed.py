@@ -136,7 +136,9 @@ def main(argv=None) -> dict:
     trainers = []
     if discrete:  # whole episodes, played by the first variant's RACE teams, shared by every learner
         tmp = Path(tempfile.mkdtemp(prefix="update_speed_"))
-        built = {(v, a): build_discrete(args.task, a, ov, tmp / f"{v}_{a}") for v, ov in variants.items() for a in algos}
+        built = {
+            (v, a): build_discrete(args.task, a, ov, tmp / f"{v}_{a}") for v, ov in variants.items() for a in algos
+        }
         trainers = [t for _, t in built.values()]
         source = built[("A", "race")][1]
         while len(source.buffer) < 4 * source.cfg.discrete.batch_episodes:
