@@ -9,8 +9,8 @@ eligible candidate within the pooled standard deviation of the seeds' scores is 
 the one whose share (mean over seeds of the medians) is nearest 0.1 on a log scale; (3) none eligible: the
 largest beta. Writes `benchmarks/results/vmm_beta.json` and `.md`, and prints the table.
 
-    python benchmarks/choose_beta.py                       # candidates 0.001, 0.1, 10
-    python benchmarks/choose_beta.py --betas 0.001,0.1,10 --results benchmarks/results
+    python benchmarks/choose_beta.py                       # candidates 0.1, 1, 10
+    python benchmarks/choose_beta.py --betas 0.1,1,10 --results benchmarks/results
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def choose(candidates: dict[float, list[dict]]) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--betas", default="0.001,0.1,10")
+    ap.add_argument("--betas", default="0.1,1,10")
     ap.add_argument("--results", default=str(ROOT / "results"))
     args = ap.parse_args(argv)
     results = Path(args.results)

@@ -9,7 +9,7 @@
 #
 # Lane 1, RACE on MA-MuJoCo:
 #   1. the beta tuning, the procedure of docs/results.md "VMM on MA-MuJoCo": HalfCheetah-6x1, tuning seeds 101 and
-#      102, 100k steps, beta 0.001, 0.1 and 10; then benchmarks/choose_beta.py applies the rule;
+#      102, 100k steps, beta 0.1, 1 and 10; then benchmarks/choose_beta.py applies the rule;
 #   2. RACE with the chosen beta, seeds 1-5, 200k steps, HalfCheetah-6x1 and Hopper-3x1;
 #   3. the HalfCheetah-6x1 ablations, seeds 1-3, 200k steps: without VMM (beta 0), without the PeVFA term in the
 #      encoder loss (race.vfm_pevfa=false), MERL.
@@ -30,11 +30,11 @@ MUJOCO=mamujoco/HalfCheetah-6x1,mamujoco/Hopper-3x1
 bench() { "$PY" benchmarks/learning.py --workers 1 --runs-dir "$RUNS" --eval-interval 5000 "$@"; }
 
 lane1() {
-  for beta in 0.001 0.1 10; do
+  for beta in 0.1 1 10; do
     bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds 101,102 --total-steps 100000 \
       --set "race.vmm_beta=$beta" --name "vmm_beta_$beta"
   done
-  "$PY" benchmarks/choose_beta.py --betas 0.001,0.1,10
+  "$PY" benchmarks/choose_beta.py --betas 0.1,1,10
   beta=$("$PY" -c 'import json; print(json.load(open("benchmarks/results/vmm_beta.json"))["beta"])')
   bench --tasks "$MUJOCO" --algos race --seeds 1,2,3,4,5 --total-steps 200000 --set "race.vmm_beta=$beta" \
     --name repro_race_mamujoco

@@ -106,7 +106,7 @@ def train_critic_only(learner, buffer, population, steps: int, at: list[int], ba
 
 def trained(run: Path, batches: int, batch_size: int) -> dict:
     """Probe a trained run's learner on `batches` batches of its own buffer (means), from a copy of the run."""
-    from racemarl.config import load_yaml
+    from racemarl.config import from_dict, load_yaml
     from racemarl.train import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,7 +117,7 @@ def trained(run: Path, batches: int, batch_size: int) -> dict:
         for f in ("metrics.csv",):
             if (run / f).exists():
                 shutil.copy2(run / f, copy / f)
-        cfg = load_yaml(copy / "config.yaml")
+        cfg = from_dict(load_yaml(copy / "config.yaml"))
         cfg.precision = "fp32"  # probe in float32 whatever the run trained in
         trainer = Trainer(cfg, copy, resume=True)
         try:
