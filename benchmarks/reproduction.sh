@@ -58,4 +58,5 @@ for lane in $LANES; do
   "lane$lane" > "$RUNS/lane$lane.out" 2>&1 &
 done
 wait
-echo "done: benchmarks/results/{vmm_beta*,repro_*,ablation_*}.json"
+"$PY" benchmarks/reproduction_table.py --runs "$RUNS"
+echo "done: benchmarks/results/{vmm_beta*,repro_*,ablation_*,reproduction}.json"

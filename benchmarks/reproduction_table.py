@@ -1,0 +1,171 @@
+"""The Reproduction table: tasks x RACE (headline and MARL team) / MERL / base learner / EA-only, at our budgets,
+with P(RACE > base) for both of RACE's returns, the paper's order beside it, and the aggregate across tasks.
+
+Reads the run folders that `benchmarks/reproduction.sh` fills (RUNS_DIR/<group>/<task>__<algo>__s<seed>) and the
+random-policy values in the groups' results JSON (`--random-episodes`). Per task and algorithm: the final value
+within the task's budget (`eval_return` on MA-MuJoCo, `eval_win_rate` on SMAX), mean over seeds with rliable's
+bootstrap interval; P(X > Y): rliable's probability of improvement with its interval; the aggregate: the IQM over
+all runs and tasks of the final returns normalised between the random policy (0) and the task's best run (1).
+Only seeds 1-5 count (the beta-tuning seeds 101-102 live in their own groups and are never read). A second table
+holds the HalfCheetah-6x1 ablations on seeds 1-3. Writes `benchmarks/results/reproduction.json` and `.md`.
+
+    python benchmarks/reproduction_table.py                 # RUNS_DIR ~/racemarl_repro
+    python benchmarks/reproduction_table.py --runs /data/repro
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from racemarl.experiment import stats  # noqa: E402
+from racemarl.experiment.report import GroupStats, aggregate_table  # noqa: E402
+from racemarl.records.runs import load_runs  # noqa: E402
+
+GROUPS = {  # folder -> (task family's metric, budget)
+    "repro_race_mamujoco": ("eval_return", 200_000),
+    "repro_base_mamujoco": ("eval_return", 200_000),
+    "ablation_merl": ("eval_return", 200_000),
+    "repro_smax_3m": ("eval_win_rate", 150_000),
+    "repro_smax_2s3z": ("eval_win_rate", 150_000),
+}
+ABLATIONS = {"ablation_no_vmm": "RACE without VMM", "ablation_no_pevfa": "RACE without the PeVFA term"}
+SEEDS = {1, 2, 3, 4, 5}
+# The order of the methods at the paper's last tick (docs/results.md, "The paper's numbers"); MERL on SMAC too.
+PAPER_ORDER = {
+    "mamujoco/HalfCheetah-6x1": "RACE > MERL > MATD3 > EA-only > FACMAC",
+    "mamujoco/Hopper-3x1": "RACE > MERL > MATD3 > EA-only ≈ FACMAC",
+    "smax/2s3z": "RACE > MERL ≈ FACMAC > EA-only (SMAC 2s3z)",
+    "smax/3m": "(not in the paper)",
+}
+COLUMNS = [("race", "eval"), ("race", "marl"), ("merl", "eval"), ("base", "eval"), ("ea", "eval")]
+
+
+def finals(runs, metric: str, budget: int, seeds: set[int]) -> dict[tuple[str, str], dict[int, float]]:
+    """{(task, algo): {seed: the last value of `metric` at or before `budget`}} for runs with a value."""
+    out: dict[tuple[str, str], dict[int, float]] = {}
+    for run in runs:
+        if run.seed not in seeds:
+            continue
+        xs, ys = run.series(metric)
+        kept = [y for x, y in zip(xs, ys) if x <= budget]
+        if kept:
+            out.setdefault((run.config.env.task, run.algo), {})[run.seed] = kept[-1]
+    return out
+
+
+def cell(values: dict[int, float] | None, digits: int) -> str:
+    if not values:
+        return "-"
+    x = np.array(list(values.values()))
+    mean, lo, hi = stats.bootstrap_ci(x)
+    ci = "" if len(x) < 2 else f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return f"{mean:.{digits}f}{ci} (n={len(x)})"
+
+
+def p_improvement(x: dict[int, float] | None, y: dict[int, float] | None) -> str:
+    if not x or not y:
+        return "-"
+    p, lo, hi = stats.probability_of_improvement(
+        np.array(list(x.values()))[:, None], np.array(list(y.values()))[:, None]
+    )
+    return f"{p:.2f}" + ("" if lo is None else f" [{lo:.2f}, {hi:.2f}]")
+
+
+def collect(runs_dir: Path, results: Path) -> tuple[dict, dict, dict]:
+    """(values, randoms, budgets): values[(task, column, team)] = {seed: final}; the random policy per task."""
+    values: dict = {}
+    randoms: dict[str, float] = {}
+    budgets: dict[str, tuple[str, int]] = {}
+    for group, (metric, budget) in GROUPS.items():
+        folder = runs_dir / group
+        if not folder.is_dir() or not any(folder.rglob("metrics.csv")):
+            continue
+        runs = load_runs([folder])
+        for team, m in (("eval", metric), ("marl", metric + "_marl")):
+            for (task, algo), per_seed in finals(runs, m, budget, SEEDS).items():
+                column = "base" if algo in ("matd3", "facmac") else algo
+                values[(task, column, team)] = per_seed
+                budgets[task] = (metric, budget)
+        summary = results / f"{group}.json"
+        if summary.is_file():
+            for task, b in (json.loads(summary.read_text()).get("random_policy") or {}).items():
+                randoms[task] = b["win_rate"] if metric == "eval_win_rate" else b["mean"]
+    return values, randoms, budgets
+
+
+def ablation_table(runs_dir: Path, values: dict) -> list[str]:
+    """HalfCheetah-6x1, seeds 1-3: RACE (its reproduction runs), each ablation group, MERL and MATD3."""
+    task, seeds = "mamujoco/HalfCheetah-6x1", {1, 2, 3}
+    rows = [("RACE", values.get((task, "race", "eval")), values.get((task, "race", "marl")))]
+    for group, label in ABLATIONS.items():
+        folder = runs_dir / group
+        if folder.is_dir() and any(folder.rglob("metrics.csv")):
+            runs = load_runs([folder])
+            got = [finals(runs, m, 200_000, seeds).get((task, "race")) for m in ("eval_return", "eval_return_marl")]
+            rows.append((label, *got))
+    rows.append(("MERL", values.get((task, "merl", "eval")), values.get((task, "merl", "marl"))))
+    rows.append(("MATD3", values.get((task, "base", "eval")), values.get((task, "base", "eval"))))
+    keep = lambda v: None if v is None else {k: x for k, x in v.items() if k in seeds}  # noqa: E731
+    lines = [
+        f"Ablations, {task}, seeds 1-3, final eval_return within 200k:",
+        "",
+        "| variant | headline | MARL team |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {label} | {cell(keep(h), 0)} | {cell(keep(m), 0)} |" for label, h, m in rows]
+    return lines
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default=str(Path.home() / "racemarl_repro"))
+    ap.add_argument("--results", default=str(ROOT / "results"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "reproduction"))
+    args = ap.parse_args(argv)
+    values, randoms, budgets = collect(Path(args.runs), Path(args.results))
+    tasks = sorted(budgets)
+    lines = [
+        "| task (metric, budget) | RACE | RACE: MARL team | MERL | MATD3 / FACMAC | EA-only | "
+        "P(RACE > base) | P(RACE's MARL team > base) | the paper's order |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task in tasks:
+        metric, budget = budgets[task]
+        digits = 2 if metric == "eval_win_rate" else 0
+        cells = [cell(values.get((task, col, team)), digits) for col, team in COLUMNS]
+        base = values.get((task, "base", "eval"))
+        lines.append(
+            f"| {task} ({metric}, {budget // 1000}k) | " + " | ".join(cells) + f" | "
+            f"{p_improvement(values.get((task, 'race', 'eval')), base)} | "
+            f"{p_improvement(values.get((task, 'race', 'marl')), base)} | {PAPER_ORDER.get(task, '')} |"
+        )
+    lines += ["", "mean over seeds [95% bootstrap CI] (n = seeds); P(X > Y): rliable's probability of improvement [CI]"]
+    # the aggregate across the MA-MuJoCo tasks, normalised between the random policy and each task's best run
+    stats_rows = []
+    for (task, col, team), per_seed in values.items():
+        if team == "eval" and task.startswith("mamujoco/"):
+            stats_rows.append(GroupStats(task, col, list(per_seed), list(per_seed.values()), [], [], 0))
+    mujoco_random = {t: v for t, v in randoms.items() if t.startswith("mamujoco/")}
+    aggregate = aggregate_table(stats_rows, mujoco_random, "eval_return")
+    if aggregate:
+        lines += ["", *aggregate]
+    lines += ["", *ablation_table(Path(args.runs), values)]
+    text = "\n".join(lines)
+    out = {"tasks": tasks, "random_policy": randoms, "values": {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in values.items()}}
+    out["table"] = text
+    Path(args.out).with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
+    Path(args.out).with_suffix(".md").write_text(text + "\n")
+    print(text)
+    return out
+
+
+if __name__ == "__main__":
+    main()
