@@ -61,7 +61,30 @@ def compare(fp32: dict, bf16: dict, budget: int, points: list[int]) -> dict:
             out[m] = {"fp32": f, "bf16": h, "bf16_minus_fp32": h - f}
         out["seeds"] = [r["fp32"]["seed"] for r in mine]
         per_algo[algo] = out
-    return {"budget": budget, "points": points, "runs": rows, "per_algo": per_algo}
+    return {"budget": budget, "points": points, "runs": rows, "per_algo": per_algo, "rule": rule(rows, per_algo)}
+
+
+def rule(rows: list[dict], per_algo: dict) -> dict:
+    """The rule fixed before the comparison finished (docs/performance.md, Precision): bf16 passes if, for every
+    algorithm and for both the final return and the mean over the run, |bf16 - fp32| of the seeds' means is at most
+    the float32 seeds' own spread (max - min of their values)."""
+    checks = {}
+    for algo, o in per_algo.items():
+        for m in ("final", "mean"):
+            fp32 = [r["fp32"][m] for r in rows if r["fp32"]["algo"] == algo]
+            spread = max(fp32) - min(fp32)
+            diff = o[m]["bf16_minus_fp32"]
+            checks[f"{algo}/{m}"] = {"difference": diff, "fp32_spread": spread, "within": abs(diff) <= spread}
+    complete = all(len(o["seeds"]) >= 2 for o in per_algo.values()) and all(
+        r[prec]["final_step"] >= 0.9 * max(r["fp32"]["final_step"], r["bf16"]["final_step"])
+        for r in rows
+        for prec in ("fp32", "bf16")
+    )  # every run has reached (about) the budget
+    return {
+        "checks": checks,
+        "complete": complete,
+        "bf16_passes": complete and all(c["within"] for c in checks.values()),
+    }
 
 
 def table(res: dict) -> str:
@@ -88,6 +111,14 @@ def table(res: dict) -> str:
             f"| {algo} | {','.join(map(str, o['seeds']))} | {f['fp32']:.0f} | {f['bf16']:.0f} | "
             f"{f['bf16_minus_fp32']:+.0f} | {m['fp32']:.0f} | {m['bf16']:.0f} | {m['bf16_minus_fp32']:+.0f} |"
         )
+    r = res["rule"]
+    lines += ["", "| check | bf16 - fp32 | float32 seeds' spread | within |", "|---|---|---|---|"]
+    lines += [
+        f"| {k} | {c['difference']:+.0f} | {c['fp32_spread']:.0f} | {'yes' if c['within'] else 'no'} |"
+        for k, c in r["checks"].items()
+    ]
+    verdict = "passes" if r["bf16_passes"] else ("fails" if r["complete"] else "is not decided: runs are incomplete")
+    lines += ["", f"The rule (docs/performance.md, Precision): bf16 {verdict}."]
     return "\n".join(lines)
 
 
