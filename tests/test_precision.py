@@ -48,7 +48,7 @@ def test_configs_saved_before_the_setting_load_as_fp32():
     data = to_dict(build_config(None, []))
     del data["precision"]
     assert from_dict(data).precision == "fp32"
-    assert build_config(None, []).precision == "fp32"  # a new run's default (until the learning comparison is complete)
+    assert build_config(None, []).precision == "fp32"  # a new run's default (bf16 failed the learning comparison)
 
 
 def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):

@@ -286,7 +286,7 @@ class Config:
     optimiser, targets and losses; see `racemarl.precision`); auto = bf16 where the training device multiplies
     bfloat16 natively (a CPU with AVX512-BF16/AMX, a CUDA GPU of compute capability >= 8.0), else fp32. A run
     records the resolved value; runs saved before this setting existed load as fp32. Acting is always float32.
-    The default stays fp32 until the bf16 learning comparison (docs: Precision) has all its seeds."""
+    The default is fp32: bf16 failed the rule of the learning comparison (docs: Performance, Precision)."""
     checkpoint_minutes: float = 5.0
     """Also write checkpoints/latest.pt every this many wall-clock minutes (at the end of a generation or
     between updates), besides every evaluation, so a killed run loses at most this much work (0 = only at
