@@ -45,8 +45,8 @@ def run_one(task: str, algo: str, seed: int, steps: int, out: Path, extra: list[
     data["run_dir"] = str(out)
     # A run stops at the end of the generation that reaches the budget (RACE: all teams' episodes),
     # so it may overshoot; compare algorithms on the evaluations made within the budget.
-    within = [r for r in data["curve"] if r["env_steps"] <= steps]
     data["budget"] = steps
+    within = _within(data)
     data["final_within_budget"] = within[-1]["eval_return"]
     data["final_step_within_budget"] = int(within[-1]["env_steps"])
     data["best_within_budget"] = max(r["eval_return"] for r in within)

@@ -135,7 +135,8 @@ def main(argv=None) -> dict:
     algos = ("facmac", "race") if discrete else ("matd3", "race")
     trainers = []
     if discrete:  # whole episodes, played by the first variant's RACE teams, shared by every learner
-        tmp = Path(tempfile.mkdtemp(prefix="update_speed_"))
+        tmp_dir = tempfile.TemporaryDirectory(prefix="update_speed_")  # the trainers' run folders, removed at the end
+        tmp = Path(tmp_dir.name)
         built = {
             (v, a): build_discrete(args.task, a, ov, tmp / f"{v}_{a}") for v, ov in variants.items() for a in algos
         }
@@ -221,6 +222,8 @@ def main(argv=None) -> dict:
         )
     for trainer in trainers:
         trainer.close()
+    if discrete:
+        tmp_dir.cleanup()
     for algo in algos:
         a, b = res["results"].get(f"A/{algo}"), res["results"].get(f"B/{algo}")
         if a and b:
