@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -80,7 +81,13 @@ def main(argv=None) -> dict:
     results = Path(args.results)
     candidates, per_run = {}, {}
     for text in args.betas.split(","):
-        data = json.loads((results / f"vmm_beta_{text}.json").read_text())
+        path = results / f"vmm_beta_{text}.json"
+        if not path.is_file():
+            print(
+                f"choose_beta.py: error: {path} does not exist (run the tuning for beta {text} first)", file=sys.stderr
+            )
+            raise SystemExit(2)
+        data = json.loads(path.read_text())
         runs = {r["seed"]: run_measures(r["curve"]) for r in data["runs"]}
         candidates[float(text)] = list(runs.values())
         per_run[text] = runs

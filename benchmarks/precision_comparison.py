@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -164,6 +165,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--name", default="precision_comparison")
     ap.add_argument("--figure", default=str(ROOT.parent / "docs" / "figures" / "precision_comparison.png"))
     args = ap.parse_args(argv)
+    for path in (args.fp32, args.bf16):
+        if not Path(path).is_file():
+            print(f"precision_comparison.py: error: {path} does not exist", file=sys.stderr)
+            raise SystemExit(2)
     fp32, bf16 = json.loads(Path(args.fp32).read_text()), json.loads(Path(args.bf16).read_text())
     res = compare(fp32, bf16, args.budget, [int(p) for p in args.points.split(",")])
     res["command"] = "python benchmarks/precision_comparison.py " + " ".join(

@@ -130,6 +130,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--results", default=str(ROOT / "results"))
     ap.add_argument("--out", default=str(ROOT / "results" / "reproduction"))
     args = ap.parse_args(argv)
+    if not Path(args.runs).is_dir():
+        print(
+            f"reproduction_table.py: error: {args.runs} is not a folder (reproduction.sh's RUNS_DIR)", file=sys.stderr
+        )
+        raise SystemExit(2)
     values, randoms, budgets = collect(Path(args.runs), Path(args.results))
     tasks = sorted(budgets)
     lines = [
