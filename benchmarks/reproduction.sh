@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# The reproduction (docs/results.md, "Reproduction"): RACE against its base learners across tasks and seeds, in
-# two lanes (one per core). Restartable: run it again after an interruption and every benchmark resumes its
-# unfinished runs from their checkpoints and skips the finished ones (benchmarks/learning.py), then rewrites its
-# results JSON. A session's end kills the lanes; the last checkpoints survive in RUNS_DIR.
+# The reproduction (docs/results.md, "Reproduction"): RACE against its base learners across tasks and seeds, one
+# run per core. Restartable: run it again after an interruption and every benchmark resumes its unfinished runs
+# from their checkpoints and skips the finished ones (benchmarks/learning.py), then rewrites its results JSON. A
+# session's end kills the runs; the last checkpoints survive in RUNS_DIR.
 #
-#   benchmarks/reproduction.sh [RUNS_DIR]          # default ~/racemarl_repro; logs in RUNS_DIR/lane{1,2}.out
-#   LANES=2 benchmarks/reproduction.sh             # one lane only (1 or 2)
+#   benchmarks/reproduction.sh [RUNS_DIR]          # default ~/racemarl_repro; logs in RUNS_DIR/{tune,lane}{1,2}.out
+#   LANES=2 benchmarks/reproduction.sh             # after the tuning, one lane only (1 or 2)
 #
-# Lane 1, RACE on MA-MuJoCo:
-#   1. the beta tuning, the procedure of docs/results.md "VMM on MA-MuJoCo": HalfCheetah-6x1, tuning seeds 101 and
-#      102, 100k steps, beta 0.1, 1 and 10; then benchmarks/choose_beta.py applies the rule;
-#   2. RACE with the chosen beta, seeds 1-5, 200k steps, HalfCheetah-6x1 and Hopper-3x1;
-#   3. the HalfCheetah-6x1 ablations, seeds 1-3, 200k steps: without VMM (beta 0), without the PeVFA term in the
-#      encoder loss (race.vfm_pevfa=false), MERL.
-# Lane 2, what does not depend on beta:
-#   1. SMAX 3m, RACE (discrete) and FACMAC, seeds 1-5, 150k steps;
-#   2. MATD3 and EA-only, seeds 1-5, 200k steps, HalfCheetah-6x1 and Hopper-3x1 (with a random policy's return);
-#   3. SMAX 2s3z, RACE and FACMAC, seeds 1-5, 150k steps.
+# Phase 1, the beta tuning (the procedure of docs/results.md "VMM on MA-MuJoCo"), on the critical path because
+#   everything RACE-on-MA-MuJoCo waits for it: HalfCheetah-6x1, 100k steps, beta 0.1, 1 and 10; tuning seed 101 on
+#   one core and 102 on the other; then benchmarks/choose_beta.py applies the rule (skipped once
+#   benchmarks/results/vmm_beta.json holds a choice).
+# Phase 2, two lanes of about equal compute (~45 core-hours each at fp32 on this 2-core machine):
+#   lane 1: RACE with the chosen beta, seeds 1-5, 200k steps, HalfCheetah-6x1 and Hopper-3x1; then the MERL
+#           ablation on HalfCheetah-6x1, seeds 1-3, 200k steps;
+#   lane 2: SMAX 3m, RACE (discrete) and FACMAC, seeds 1-5, 150k steps; MATD3 and EA-only, seeds 1-5, 200k steps,
+#           HalfCheetah-6x1 and Hopper-3x1 (with a random policy's return); SMAX 2s3z like 3m; the HalfCheetah-6x1
+#           ablations, seeds 1-3, 200k steps: without VMM (beta 0), without the PeVFA term in the encoder loss
+#           (race.vfm_pevfa=false).
 # Every run uses the defaults of the code it starts with (precision included); a resumed run keeps its config.
-# On 2 cores this is days of compute: about 2-4 h per 200k-step RACE run, 1-2 h per MATD3 run.
+# Measured speeds with two runs sharing the cores (fp32): RACE on HalfCheetah-6x1 ~16 env steps/s (3.5 h per 200k),
+# MATD3 ~35/s, RACE on SMAX ~100/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-$HOME/racemarl_repro}"
@@ -29,19 +31,29 @@ MUJOCO=mamujoco/HalfCheetah-6x1,mamujoco/Hopper-3x1
 
 bench() { "$PY" benchmarks/learning.py --workers 1 --runs-dir "$RUNS" --eval-interval 5000 "$@"; }
 
-lane1() {
-  for beta in 0.1 1 10; do
-    bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds 101,102 --total-steps 100000 \
+BETAS="0.1 1 10"
+tune() {  # one tuning seed through every candidate beta
+  for beta in $BETAS; do
+    bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds "$1" --total-steps 100000 \
       --set "race.vmm_beta=$beta" --name "vmm_beta_$beta"
   done
-  "$PY" benchmarks/choose_beta.py --betas 0.1,1,10
-  beta=$("$PY" -c 'import json; print(json.load(open("benchmarks/results/vmm_beta.json"))["beta"])')
+}
+
+if [ ! -f benchmarks/results/vmm_beta.json ]; then
+  tune 101 > "$RUNS/tune1.out" 2>&1 &
+  tune 102 > "$RUNS/tune2.out" 2>&1 &
+  wait
+  for beta in $BETAS; do  # every run is finished: this only rewrites the JSON with both seeds
+    bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds 101,102 --total-steps 100000 \
+      --set "race.vmm_beta=$beta" --name "vmm_beta_$beta" > /dev/null
+  done
+  "$PY" benchmarks/choose_beta.py --betas "${BETAS// /,}"
+fi
+beta=$("$PY" -c 'import json; print(json.load(open("benchmarks/results/vmm_beta.json"))["beta"])')
+
+lane1() {
   bench --tasks "$MUJOCO" --algos race --seeds 1,2,3,4,5 --total-steps 200000 --set "race.vmm_beta=$beta" \
     --name repro_race_mamujoco
-  bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds 1,2,3 --total-steps 200000 --set race.vmm_beta=0 \
-    --name ablation_no_vmm
-  bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds 1,2,3 --total-steps 200000 --set "race.vmm_beta=$beta" \
-    --set race.vfm_pevfa=false --name ablation_no_pevfa
   bench --tasks mamujoco/HalfCheetah-6x1 --algos merl --seeds 1,2,3 --total-steps 200000 --name ablation_merl
 }
 
@@ -52,6 +64,10 @@ lane2() {
     --name repro_base_mamujoco
   bench --tasks smax/2s3z --algos race,facmac --seeds 1,2,3,4,5 --total-steps 150000 --eval-episodes 32 \
     --random-episodes 64 --name repro_smax_2s3z
+  bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds 1,2,3 --total-steps 200000 --set race.vmm_beta=0 \
+    --name ablation_no_vmm
+  bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds 1,2,3 --total-steps 200000 --set "race.vmm_beta=$beta" \
+    --set race.vfm_pevfa=false --name ablation_no_pevfa
 }
 
 for lane in $LANES; do
