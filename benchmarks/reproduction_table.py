@@ -7,7 +7,10 @@ within the task's budget (`eval_return` on MA-MuJoCo, `eval_win_rate` on SMAX), 
 bootstrap interval; P(X > Y): rliable's probability of improvement with its interval; the aggregate: the IQM over
 all runs and tasks of the final returns normalised between the random policy (0) and the task's best run (1).
 Only seeds 1-5 count (the beta-tuning seeds 101-102 live in their own groups and are never read). A second table
-holds the HalfCheetah-6x1 ablations on seeds 1-3. Writes `benchmarks/results/reproduction.json` and `.md`.
+holds the HalfCheetah-6x1 ablations on seeds 1-3, a third the diagnostics that say why a result went the way it
+did: the gradient each encoder-loss term puts on the shared encoders (VMM's and the MARL actor's relative to VFM's,
+the median over the evaluations after 20k steps), the MI bound's estimate and the MARL critic's bias (`q_bias_marl`)
+at the last evaluation within the budget. Writes `benchmarks/results/reproduction.json` and `.md`.
 
     python benchmarks/reproduction_table.py                 # RUNS_DIR ~/racemarl_repro
     python benchmarks/reproduction_table.py --runs /data/repro
@@ -46,6 +49,15 @@ PAPER_ORDER = {
     "smax/3m": "(not in the paper)",
 }
 COLUMNS = [("race", "eval"), ("race", "marl"), ("merl", "eval"), ("base", "eval"), ("ea", "eval")]
+DIAGNOSED = {  # folder -> label of the runs whose diagnostics are tabled
+    "repro_race_mamujoco": "",
+    "repro_base_mamujoco": "",
+    "repro_smax_3m": "",
+    "repro_smax_2s3z": "",
+    "ablation_merl": "",
+    **{group: f" ({label})" for group, label in ABLATIONS.items()},
+}
+SHARE_AFTER = 20_000  # as in benchmarks/choose_beta.py: the shares once the updates have started in earnest
 
 
 def finals(runs, metric: str, budget: int, seeds: set[int]) -> dict[tuple[str, str], dict[int, float]]:
@@ -124,6 +136,65 @@ def ablation_table(runs_dir: Path, values: dict) -> list[str]:
     return lines
 
 
+def run_diagnostics(run, budget: int) -> dict[str, float | None]:
+    """One run's VMM and actor shares of VFM's encoder gradient (medians after SHARE_AFTER), and its last MI
+    estimate and MARL-critic bias within `budget`; None where the run does not log the quantity."""
+
+    def ratio(num: str) -> float | None:
+        top, bottom = dict(zip(*run.series(num))), dict(zip(*run.series("grad_enc_vfm")))
+        ratios = [top[x] / bottom[x] for x in top if SHARE_AFTER < x <= budget and bottom.get(x)]
+        return float(np.median(ratios)) if ratios else None
+
+    def last(metric: str) -> float | None:
+        kept = [y for x, y in zip(*run.series(metric)) if x <= budget]
+        return kept[-1] if kept else None
+
+    return {
+        "vmm_share": ratio("grad_enc_vmm"),
+        "actor_share": ratio("grad_enc_actor"),
+        "mi_estimate": last("mi_estimate"),
+        "q_bias_marl": last("q_bias_marl"),
+    }
+
+
+def diagnostics_table(runs_dir: Path) -> tuple[list[str], dict]:
+    """Per group, task and algorithm (seeds 1-5): the median over seeds of each run's diagnostics."""
+    budgets = {**{g: b for g, (_, b) in GROUPS.items()}, **{g: 200_000 for g in ABLATIONS}}
+    rows, data = [], {}
+    for group, label in DIAGNOSED.items():
+        folder = runs_dir / group
+        if not folder.is_dir() or not any(folder.rglob("metrics.csv")):
+            continue
+        per: dict[tuple[str, str], list[dict]] = {}
+        for run in load_runs([folder]):
+            if run.seed in SEEDS and run.algo != "ea":  # EA-only has no encoders' losses nor a MARL critic
+                per.setdefault((run.config.env.task, run.algo), []).append(run_diagnostics(run, budgets[group]))
+        for (task, algo), measured in sorted(per.items()):
+            medians = {}
+            for key in ("vmm_share", "actor_share", "mi_estimate", "q_bias_marl"):
+                got = [m[key] for m in measured if m[key] is not None]
+                medians[key] = float(np.median(got)) if got else None
+            data[f"{group}|{task}|{algo}"] = {**medians, "seeds": len(measured)}
+            fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+            rows.append(
+                f"| {task} | {algo}{label} | {len(measured)} | {fmt(medians['vmm_share'], '.2g')} | "
+                f"{fmt(medians['actor_share'], '.2g')} | {fmt(medians['mi_estimate'], '.3f')} | "
+                f"{fmt(medians['q_bias_marl'], '.3g')} |"
+            )
+    if not rows:
+        return [], data
+    lines = [
+        "Diagnostics (median over seeds): the encoders' gradient from VMM and from the MARL actor term, each "
+        f"relative to VFM's (median over the evaluations after {SHARE_AFTER // 1000}k steps); the MI bound's estimate "
+        "(at most log 4 = 1.386) and the MARL critic's bias, both at the last evaluation within the budget:",
+        "",
+        "| task | algo | seeds | VMM / VFM | actor / VFM | MI estimate | q_bias_marl |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    return lines, data
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default=str(Path.home() / "racemarl_repro"))
@@ -163,8 +234,12 @@ def main(argv=None) -> dict:
     if aggregate:
         lines += ["", *aggregate]
     lines += ["", *ablation_table(Path(args.runs), values)]
+    diagnostics, diagnosed = diagnostics_table(Path(args.runs))
+    if diagnostics:
+        lines += ["", *diagnostics]
     text = "\n".join(lines)
     out = {"tasks": tasks, "random_policy": randoms, "values": {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in values.items()}}
+    out["diagnostics"] = diagnosed
     out["table"] = text
     Path(args.out).with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
     Path(args.out).with_suffix(".md").write_text(text + "\n")

@@ -42,3 +42,40 @@ def test_the_table_has_both_teams_the_base_learner_and_the_aggregate(tmp_path, c
     assert "RACE > MERL > MATD3" in cells[8]
     assert "normalised per task" in out["table"]  # the aggregate across tasks, from the random policy's return
     assert (tmp_path / "rep.md").read_text().startswith("| task (metric, budget) |")
+
+
+def test_the_diagnostics_are_the_medians_of_each_runs_shares_after_20k_and_its_last_values(tmp_path):
+    runs = tmp_path / "runs"
+    steps = [10_000, 50_000, 100_000, 200_000, 210_000]  # the first is before 20k, the last past the budget
+    for seed, scale in ((1, 1.0), (2, 3.0), (3, 100.0)):
+        rows = {
+            i: {
+                "grad_enc_vfm": 2.0,
+                "grad_enc_vmm": scale * (0.5 if i == 0 else 0.1 * i),  # ratios after 20k: 0.05, 0.1, 0.15 (x scale)
+                "grad_enc_actor": 1.0,
+                "mi_estimate": 0.01 * i,
+                "q_bias_marl": 5.0 * i * scale,
+            }
+            for i in range(len(steps))
+        }
+        rows[4].update(mi_estimate=9.0, q_bias_marl=9.0)  # past 200k: never read
+        write_fake_run(runs / "repro_race_mamujoco" / f"r{seed}", "race", seed, steps, [0.0] * 5, extra=rows)
+    write_fake_run(runs / "repro_race_mamujoco" / "tuning", "race", 101, steps, [0.0] * 5)  # not seeds 1-5
+    out = table.main(["--runs", str(runs), "--results", str(tmp_path), "--out", str(tmp_path / "rep")])
+    d = out["diagnostics"]["repro_race_mamujoco|mamujoco/HalfCheetah-6x1|race"]
+    assert d["seeds"] == 3
+    # per run the median share after 20k is 0.1 x scale; over seeds the median of 0.1, 0.3 and 10 is 0.3
+    assert abs(d["vmm_share"] - 0.3) < 1e-9
+    assert d["actor_share"] == 0.5
+    assert abs(d["mi_estimate"] - 0.03) < 1e-9  # the last evaluation within 200k, in every seed
+    assert d["q_bias_marl"] == 45.0  # 15 x (1, 3, 100) -> median 45
+    row = next(line for line in out["table"].splitlines() if line.startswith("| mamujoco/HalfCheetah-6x1 | race |"))
+    assert [c.strip() for c in row.split("|")[1:-1]] == [
+        "mamujoco/HalfCheetah-6x1",
+        "race",
+        "3",
+        "0.3",
+        "0.5",
+        "0.030",
+        "45",
+    ]
