@@ -16,6 +16,21 @@ TINY = [
 ]
 
 
+# The tiny settings of the tests that train through the command line (`--set` pairs).
+TINY_CLI_SETS = [
+    x
+    for s in [
+        "env.max_episode_steps=20",
+        "net.encoder_hidden=16",
+        "net.embed_dim=8",
+        "net.critic_hidden=[16,16]",
+        "learner.batch_size=16",
+        "learner.start_steps=20",
+    ]
+    for x in ("--set", s)
+]
+
+
 def tiny_config(algo: str = "race", total_steps: int = 160, extra: list[str] = (), **top) -> Config:
     """A config that trains in about a second: short episodes, tiny networks."""
     top = {"eval_interval": 40, "eval_episodes": 1, "progress": False, **top}

@@ -11,7 +11,7 @@ from racemarl.cli import main
 from racemarl.records import checkpoint as ckpt
 from racemarl.records.metrics import WALL_CLOCK_COLUMNS, read_metrics
 from racemarl.train import RunError, Trainer, TrainingInterrupted, _eval_postfix, train
-from tests.conftest import tiny_config
+from tests.conftest import TINY_CLI_SETS, tiny_config
 
 
 def _rows(run_dir):
@@ -125,18 +125,7 @@ def test_cli_sigterm_message_names_the_run(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(train_mod.Trainer, "play_generation", play)
     out = tmp_path / "run"
-    sets = [
-        x
-        for s in [
-            "env.max_episode_steps=20",
-            "net.encoder_hidden=16",
-            "net.embed_dim=8",
-            "net.critic_hidden=[16,16]",
-            "learner.batch_size=16",
-            "learner.start_steps=20",
-        ]
-        for x in ("--set", s)
-    ]
+    sets = TINY_CLI_SETS
     code = main(["train", "--algo", "matd3", "--total-steps", "400", "--no-progress", "--out", str(out), *sets])
     err = capsys.readouterr().err
     assert code == 143

@@ -14,7 +14,7 @@ from racemarl.records.metrics import read_metrics
 from racemarl.records.runs import load_runs
 from racemarl.records.tracking import TrackingError, make_trackers
 from racemarl.train import train
-from tests.conftest import tiny_config
+from tests.conftest import TINY_CLI_SETS, tiny_config
 from tests.test_plot import write_fake_run
 
 
@@ -162,15 +162,7 @@ def test_tracking_without_the_package_is_a_clear_error(tmp_path, monkeypatch, ca
         "--set",
         f"{key}=true",
     ]
-    for s in [
-        "env.max_episode_steps=20",
-        "net.encoder_hidden=16",
-        "net.embed_dim=8",
-        "net.critic_hidden=[16,16]",
-        "learner.batch_size=16",
-        "learner.start_steps=20",
-    ]:
-        args += ["--set", s]
+    args += TINY_CLI_SETS
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "racemarl[tracking]" in err

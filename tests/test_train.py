@@ -10,7 +10,7 @@ import torch
 from racemarl.records import checkpoint as ckpt
 from racemarl.records.metrics import COLUMNS, WALL_CLOCK_COLUMNS, read_metrics
 from racemarl.train import RunError, Trainer, train
-from tests.conftest import poison_replay_batch, tiny_config
+from tests.conftest import TINY_CLI_SETS, poison_replay_batch, tiny_config
 
 
 def _deterministic_columns(rows):
@@ -142,18 +142,7 @@ def test_cli_resume_of_a_non_run(tmp_path):
 
 def test_cli_train_and_resume(tmp_path):
     out = tmp_path / "run"
-    sets = [
-        x
-        for s in [
-            "env.max_episode_steps=20",
-            "net.encoder_hidden=16",
-            "net.embed_dim=8",
-            "net.critic_hidden=[16,16]",
-            "learner.batch_size=16",
-            "learner.start_steps=20",
-        ]
-        for x in ("--set", s)
-    ]
+    sets = TINY_CLI_SETS
     res = _cli(
         "train",
         "--algo",

@@ -18,7 +18,7 @@ from racemarl.config import ConfigError
 from racemarl.records import checkpoint as ckpt
 from racemarl.records.metrics import WALL_CLOCK_COLUMNS, read_metrics
 from racemarl.train import RunError, Trainer
-from tests.conftest import tiny_config
+from tests.conftest import TINY_CLI_SETS, tiny_config
 
 STEPS = 320  # 4 generations of 4 slots (MARL team + 3 population teams) x 20 steps
 
@@ -215,18 +215,7 @@ def test_workers_stop_when_the_run_fails_between_generations(tmp_path, monkeypat
 
 def test_cli_process_backend_and_resume_inline(tmp_path):
     out = tmp_path / "run"
-    sets = [
-        x
-        for s in [
-            "env.max_episode_steps=20",
-            "net.encoder_hidden=16",
-            "net.embed_dim=8",
-            "net.critic_hidden=[16,16]",
-            "learner.batch_size=16",
-            "learner.start_steps=20",
-        ]
-        for x in ("--set", s)
-    ]
+    sets = TINY_CLI_SETS
     base = [sys.executable, "-m", "racemarl", "train"]
     res = subprocess.run(
         [
