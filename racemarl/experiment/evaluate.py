@@ -342,7 +342,6 @@ def evaluate_run(
     finally:
         if writer is not None:
             writer.close()
-    r = np.array(returns)
     result = {
         "run_dir": str(run.path),
         "checkpoint": str(ckpt_path),
@@ -351,14 +350,7 @@ def evaluate_run(
         "team": label,
         "episodes": episodes,
         "seed": seed,
-        "env_steps": int(loaded.progress.get("env_steps", 0)),
-        "generation": int(loaded.progress.get("generation", 0)),
-        "mean": float(r.mean()),
-        "std": float(r.std()),
-        "min": float(r.min()),
-        "max": float(r.max()),
-        "returns": returns,
-        "lengths": lengths,
+        **_episode_summary(loaded, returns, lengths),
     }
     if infos and all("battle_won" in i for i in infos):
         result["win_rate"] = float(np.mean([bool(i["battle_won"]) for i in infos]))
@@ -400,6 +392,14 @@ def _evaluate_discrete(loaded: LoadedRun, heads, episodes: int, seed: int | list
         returns += [float(r) for r in stats.returns]
         lengths += [int(x) for x in stats.lengths]
         won += [bool(w) for w in stats.won]
+    return {
+        **_episode_summary(loaded, returns, lengths),
+        **({"win_rate": float(np.mean(won))} if getattr(envs, "reports_wins", True) else {}),
+    }
+
+
+def _episode_summary(loaded: LoadedRun, returns: list[float], lengths: list[int]) -> dict:
+    """Where the checkpoint stands and the statistics of the evaluation episodes' returns."""
     r = np.array(returns)
     return {
         "env_steps": int(loaded.progress.get("env_steps", 0)),
@@ -410,5 +410,4 @@ def _evaluate_discrete(loaded: LoadedRun, heads, episodes: int, seed: int | list
         "max": float(r.max()),
         "returns": returns,
         "lengths": lengths,
-        **({"win_rate": float(np.mean(won))} if getattr(envs, "reports_wins", True) else {}),
     }
