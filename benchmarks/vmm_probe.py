@@ -62,7 +62,7 @@ def probe(learner, batch, population, shuffle: torch.Tensor | None = None) -> di
         other = scores[:, off]  # [N, B * (B - 1)]
         # scores[i, l, k] = T(s_k, z_l): for sample t (a column), its own state's row should win
         top1 = (scores.argmax(-2) == torch.arange(b)).float().mean()
-    beta = learner.rcfg.vmm_beta
+    beta = learner.vmm_beta
     # the learner's own losses (unshuffled): reported only where the batch is the learner's own
     grads = learner.encoder_grad_norms(batch, population) if shuffle is None else {"actor": math.nan}
     out = {

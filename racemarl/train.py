@@ -17,7 +17,7 @@ from racemarl.acting.families import make_family
 from racemarl.acting.rollout import GenerationPlan, SlotResult
 from racemarl.acting.workers import RolloutError
 from racemarl.algorithms.evolution import evolve, follow_sources, inject, mutate_encoders
-from racemarl.config import Config, save_yaml
+from racemarl.config import Config, resolve_vmm_beta, save_yaml
 from racemarl.device import DeviceError, resolve_device
 from racemarl.nets.policy import init_heads
 from racemarl.precision import resolve_precision
@@ -78,6 +78,7 @@ class Trainer(RunState):
         except RolloutError as e:
             raise RunError(str(e)) from e
         self.spec = self.family.spec
+        cfg.race.vmm_beta = resolve_vmm_beta(cfg.race.vmm_beta, self.spec.discrete)  # config.yaml records the number
         self.learner = self.family.learner_class()(self.spec, cfg, self.torch_gen)
         self.actor = self.learner  # the CPU copy that acts (see the class docstring)
         if self._uses_acting_copy():

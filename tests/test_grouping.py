@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from racemarl.cli import main
-from racemarl.config import save_yaml
+from racemarl.config import resolve_vmm_beta, save_yaml
+from racemarl.envs import is_discrete_task
 from racemarl.experiment.stats import bootstrap_ci, interval, probability_of_improvement
 from racemarl.experiment.sweep import Sweep, SweepSpec
 from tests.conftest import tiny_config
@@ -13,16 +14,12 @@ from tests.test_plot import write_fake_run
 
 def fake(root, name, algo, seed, values, sets=(), diverged=False, **kw):
     path = write_fake_run(root / name, algo, seed, [0, 100, 200], values, **kw)
-    save_yaml(
-        tiny_config(
-            algo,
-            seed=seed,
-            total_steps=200,
-            extra=list(sets),
-            **({"env": {"task": kw["task"]}} if "task" in kw else {}),
-        ),
-        path / "config.yaml",
+    cfg = tiny_config(
+        algo, seed=seed, total_steps=200, extra=list(sets), **({"env": {"task": kw["task"]}} if "task" in kw else {})
     )
+    # a run's config.yaml records the number `auto` stood for on its task
+    cfg.race.vmm_beta = resolve_vmm_beta(cfg.race.vmm_beta, is_discrete_task(cfg.env.task))
+    save_yaml(cfg, path / "config.yaml")
     if diverged:
         (path / "summary.json").unlink()
         (path / "checkpoints").mkdir()

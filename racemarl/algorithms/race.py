@@ -20,7 +20,7 @@ from torch import nn
 
 from racemarl.algorithms.base import Learner
 from racemarl.algorithms.matd3 import MATD3, section
-from racemarl.config import Config, RaceConfig
+from racemarl.config import Config, RaceConfig, resolve_vmm_beta
 from racemarl.data.buffer import Batch
 from racemarl.envs.base import EnvSpec
 from racemarl.nets.critics import PeVFA, StateValue
@@ -35,6 +35,7 @@ class RaceParts(Learner):
     bases (`RaceLearner(RaceParts, MATD3)`), so its methods wrap the base learner's."""
 
     rcfg: RaceConfig
+    spec: EnvSpec
     last_mi: torch.Tensor
     pevfa: nn.Module
     pevfa_targ: nn.Module
@@ -43,12 +44,17 @@ class RaceParts(Learner):
     opt_value: torch.optim.Optimizer
     opt_mi: torch.optim.Optimizer
 
+    @property
+    def vmm_beta(self) -> float:
+        """VMM's weight on this learner's task (`race.vmm_beta`, with `auto` resolved by the action space)."""
+        return resolve_vmm_beta(self.rcfg.vmm_beta, self.spec.discrete)
+
     def update(
         self, batch, population: torch.Tensor | None = None, pop_encoders: dict | None = None
     ) -> dict[str, torch.Tensor]:
         losses = super().update(batch, population, pop_encoders)
         if "vmm" in losses:  # report L_VMM itself, not beta * L_VMM (divided in double precision, as reported before)
-            losses["vmm"] = losses["vmm"].double() / self.rcfg.vmm_beta
+            losses["vmm"] = losses["vmm"].double() / self.vmm_beta
             losses["mi"] = self.last_mi
         return losses
 
@@ -161,11 +167,11 @@ class RaceLearner(RaceParts, MATD3):
                 a = self.policy(z, teams)  # heads detached: gradient reaches the encoders only
                 # Q_1 of the PeVFA only (first_only: the second twin is not computed)
                 out["vfm"] = -self.pevfa(batch.state.expand(k, *batch.state.shape), a, teams, first_only=True).mean()
-        if self.rcfg.vmm_beta > 0:
+        if self.vmm_beta > 0:
             with section("vmm_loss"):
                 mi = jsd_mi_per_sample(self.mi_critic(batch.state, z))  # [N, B]
                 with torch.no_grad():
                     w = value_weights(self.value(batch.state))
                 self.last_mi = mi.detach().mean()
-                out["vmm"] = -self.rcfg.vmm_beta * (w * mi).mean()
+                out["vmm"] = -self.vmm_beta * (w * mi).mean()
         return out

@@ -137,7 +137,7 @@ class RaceDiscreteLearner(RaceParts, FACMAC):
             logits = masked_logits(team_logits(z, teams), batch.avail[:, :t_max])  # heads detached: encoder only
             pi = gumbel_straight_through(logits, self.generator)
             out["vfm"] = -masked_mean(self.pevfa(batch.obs[:, :t_max], pi, state, teams), mask)
-        if self.rcfg.vmm_beta > 0:
+        if self.vmm_beta > 0:
             # the real steps' flat indices: from the buffer's sampling (host-side lengths, no device read), else here
             real = batch.real if batch.real is not None else mask.flatten().nonzero().squeeze(1)
             pick = real[torch.randperm(len(real), generator=self.generator, device=real.device)[:MI_SAMPLES]]
@@ -150,5 +150,5 @@ class RaceDiscreteLearner(RaceParts, FACMAC):
             vmm = (w * mi).mean()  # per real step
             if self.dcfg.vmm_time_reduction == "sum":  # summed over each episode's steps, as the official code
                 vmm = vmm * mask.sum() / mask.shape[0]  # mean real steps per episode of the batch
-            out["vmm"] = -self.rcfg.vmm_beta * vmm
+            out["vmm"] = -self.vmm_beta * vmm
         return out

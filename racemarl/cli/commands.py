@@ -27,7 +27,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
     episodes are played, and the session's own settings. Flags that repeat the run's settings are accepted;
     flags that would change them are refused, naming them."""
     from racemarl.config import apply_dict, apply_override
-    from racemarl.records.runs import check_preset_file, experiment_settings, require_run_dir
+    from racemarl.records.runs import check_preset_file, experiment_settings, require_run_dir, resolved_auto_vmm_beta
     from racemarl.train import RunError
 
     require_run_dir(run_dir)
@@ -54,6 +54,8 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
         wanted.precision = args.precision
     if wanted.precision == "auto":  # auto on a resume: the run keeps the precision it resolved when it started
         wanted.precision = cfg.precision
+    if wanted.race.vmm_beta == "auto":  # the number it stands for on the run's task
+        wanted.race.vmm_beta = resolved_auto_vmm_beta(wanted)
     saved_flat, wanted_flat = experiment_settings(cfg), experiment_settings(wanted)
     changed = [
         f"{k}={wanted_flat[k]} (the run has {saved_flat[k]})"

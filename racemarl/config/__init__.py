@@ -36,6 +36,7 @@ from racemarl.config.schema import (
     RaceConfig,
     RolloutConfig,
     check_ranges,
+    resolve_vmm_beta,
     valid_keys,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "apply_override",
     "build_config",
     "check_ranges",
+    "resolve_vmm_beta",
     "from_dict",
     "load_yaml",
     "resolve_preset",

@@ -12,6 +12,19 @@ from typing import Any, Literal
 
 ALGOS = ("race", "matd3", "facmac", "ea", "merl")
 ROLLOUT_BACKENDS = ("inline", "process", "ray")
+# What `race.vmm_beta: auto` becomes. Discrete tasks: the official SMAC run script's 0.001, with the loss summed
+# over each episode's steps as there (`discrete.vmm_time_reduction`). Continuous tasks: the value that the
+# pre-registered tuning on HalfCheetah-6x1 chooses (docs/results.md, "VMM on MA-MuJoCo"); until its runs have
+# finished, the 0.001 that every earlier run used, so nothing changes before the choice.
+VMM_BETA_DISCRETE = 0.001
+VMM_BETA_CONTINUOUS = 0.001
+
+
+def resolve_vmm_beta(value: float | str, discrete: bool) -> float:
+    """The number `race.vmm_beta` stands for on a task with discrete (or continuous) actions."""
+    if value == "auto":
+        return VMM_BETA_DISCRETE if discrete else VMM_BETA_CONTINUOUS
+    return float(value)
 
 
 class ConfigError(ValueError):
@@ -182,8 +195,10 @@ class RaceConfig:
     """Copy the MARL team into the population every this many generations (0 = never)."""
     episodes_per_team: int = 1
     """Episodes each population team plays per generation to estimate its fitness."""
-    vmm_beta: float = 0.001
-    """Weight beta of the value-aware MI loss in the encoder loss (0 = no VMM; official default 0.001)."""
+    vmm_beta: float | Literal["auto"] = "auto"
+    """Weight beta of the value-aware MI loss in the encoder loss (0 = no VMM). `auto`: the task family's
+    value, 0.001 on discrete tasks (the official SMAC value) and the tuned one on continuous tasks
+    (docs/results.md, "VMM on MA-MuJoCo"); a run's config.yaml records the number it used."""
     vfm_pevfa: bool = True
     """Train the encoder through the PeVFA for sampled teams (off: MARL critic only)."""
     shared_encoder: bool = True
@@ -319,7 +334,7 @@ class Config:
             (self.race.operators in ("agent", "row"), "race.operators must be 'agent' or 'row'"),
             (self.race.injection_interval >= 0, "race.injection_interval must be >= 0"),
             (self.race.episodes_per_team >= 1, "race.episodes_per_team must be >= 1"),
-            (self.race.vmm_beta >= 0, "race.vmm_beta must be >= 0"),
+            (self.race.vmm_beta == "auto" or self.race.vmm_beta >= 0, "race.vmm_beta must be >= 0 or auto"),
             (self.race.pevfa_teams_per_update >= 1, "race.pevfa_teams_per_update must be >= 1"),
             (0 <= self.race.fitness_mc_prob <= 1, "race.fitness_mc_prob must be in [0, 1]"),
             (self.race.fitness_steps >= 1, "race.fitness_steps must be >= 1"),

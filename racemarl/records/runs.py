@@ -14,6 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from racemarl.config import Config, ConfigError, from_dict, load_yaml
 
@@ -223,12 +224,32 @@ def check_new_run_dir(path: str | Path, cfg: Config) -> Path:
     mine.pop("total_steps"), theirs.pop("total_steps")
     if mine["precision"] == "auto":  # the earlier start saved what `auto` resolved to on this machine
         mine["precision"] = _resolved_auto_precision(cfg.device)
+    if mine["race.vmm_beta"] == "auto":  # and the number `auto` stands for on its task
+        mine["race.vmm_beta"] = resolved_auto_vmm_beta(cfg)
     diff = [k for k in mine if mine[k] != theirs.get(k)]
     if diff:
         raise RunDirError(
             f"{path} holds the start of {what} with other settings ({', '.join(diff)}); choose another folder"
         )
     return path
+
+
+def resolved_auto_vmm_beta(cfg: Config) -> float | Literal["auto"]:
+    """The number `race.vmm_beta: auto` stands for on `cfg`'s task (`auto` itself when the task cannot be read
+    here: the run then fails on its task, with its own message)."""
+    from racemarl.config import resolve_vmm_beta
+    from racemarl.envs import is_discrete_task
+
+    try:
+        discrete = is_discrete_task(
+            cfg.env.task,
+            agent_obsk=cfg.env.agent_obsk,
+            max_episode_steps=cfg.env.max_episode_steps,
+            kwargs=cfg.env.kwargs,
+        )
+    except Exception:
+        return "auto"
+    return resolve_vmm_beta("auto", discrete)
 
 
 def _resolved_auto_precision(device: str) -> str:
