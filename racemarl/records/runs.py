@@ -224,8 +224,9 @@ def check_new_run_dir(path: str | Path, cfg: Config) -> Path:
     mine.pop("total_steps"), theirs.pop("total_steps")
     if mine["precision"] == "auto":  # the earlier start saved what `auto` resolved to on this machine
         mine["precision"] = _resolved_auto_precision(cfg.device)
-    if mine["race.vmm_beta"] == "auto":  # and the number `auto` stands for on its task
-        mine["race.vmm_beta"] = resolved_auto_vmm_beta(cfg)
+    for flat in (mine, theirs):  # and the number `auto` stands for on its task
+        if flat.get("race.vmm_beta") == "auto":
+            flat["race.vmm_beta"] = resolved_auto_vmm_beta(cfg)
     diff = [k for k in mine if mine[k] != theirs.get(k)]
     if diff:
         raise RunDirError(
