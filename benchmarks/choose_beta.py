@@ -29,20 +29,27 @@ MIN_SHARE = 0.01
 TARGET_SHARE = 0.1
 
 
+def median_share(curve: list[dict], term: str = "vmm", until: float = math.inf) -> float | None:
+    """The median of `grad_enc_<term> / grad_enc_vfm` over a run's evaluations (metrics.csv rows) after
+    SHARE_AFTER and up to `until` env steps; None if there are none."""
+    ratios = [
+        r[f"grad_enc_{term}"] / r["grad_enc_vfm"]
+        for r in curve
+        if SHARE_AFTER < r["env_steps"] <= until and r.get(f"grad_enc_{term}") is not None and r.get("grad_enc_vfm")
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
 def run_measures(curve: list[dict]) -> dict:
     """The score and the VMM share of one run from its curve (metrics.csv rows)."""
     lo, hi = SCORE_WINDOW
     window = [
         r["eval_return_marl"] for r in curve if lo < r["env_steps"] <= hi and r.get("eval_return_marl") is not None
     ]
-    ratios = [
-        r["grad_enc_vmm"] / r["grad_enc_vfm"]
-        for r in curve
-        if r["env_steps"] > SHARE_AFTER and r.get("grad_enc_vmm") is not None and r.get("grad_enc_vfm")
-    ]
-    if not window or not ratios:
+    share = median_share(curve)
+    if not window or share is None:
         raise ValueError("a run without evaluations in the score window or without gradient shares")
-    return {"score": statistics.mean(window), "share": statistics.median(ratios), "evaluations": len(window)}
+    return {"score": statistics.mean(window), "share": share, "evaluations": len(window)}
 
 
 def choose(candidates: dict[float, list[dict]]) -> dict:

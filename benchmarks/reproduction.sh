@@ -32,7 +32,7 @@ MUJOCO=mamujoco/HalfCheetah-6x1,mamujoco/Hopper-3x1
 bench() { "$PY" benchmarks/learning.py --workers 1 --runs-dir "$RUNS" --eval-interval 5000 "$@"; }
 
 BETAS="0.1 1 10"
-tune() {  # one tuning seed through every candidate beta
+tune() {  # the tuning seeds $1 through every candidate beta
   for beta in $BETAS; do
     bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds "$1" --total-steps 100000 \
       --set "race.vmm_beta=$beta" --name "vmm_beta_$beta"
@@ -43,10 +43,7 @@ if [ ! -f benchmarks/results/vmm_beta.json ]; then
   tune 101 > "$RUNS/tune1.out" 2>&1 &
   tune 102 > "$RUNS/tune2.out" 2>&1 &
   wait
-  for beta in $BETAS; do  # every run is finished: this only rewrites the JSON with both seeds
-    bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds 101,102 --total-steps 100000 \
-      --set "race.vmm_beta=$beta" --name "vmm_beta_$beta" > /dev/null
-  done
+  tune 101,102 > /dev/null  # every run is finished: this only rewrites each JSON with both seeds
   "$PY" benchmarks/choose_beta.py --betas "${BETAS// /,}"
 fi
 beta=$("$PY" -c 'import json; print(json.load(open("benchmarks/results/vmm_beta.json"))["beta"])')

@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from benchmarks.choose_beta import SHARE_AFTER, median_share  # noqa: E402
 from racemarl.experiment import stats  # noqa: E402
 from racemarl.experiment.report import GroupStats, aggregate_table  # noqa: E402
 from racemarl.records.runs import load_runs  # noqa: E402
@@ -49,15 +50,7 @@ PAPER_ORDER = {
     "smax/3m": "(not in the paper)",
 }
 COLUMNS = [("race", "eval"), ("race", "marl"), ("merl", "eval"), ("base", "eval"), ("ea", "eval")]
-DIAGNOSED = {  # folder -> label of the runs whose diagnostics are tabled
-    "repro_race_mamujoco": "",
-    "repro_base_mamujoco": "",
-    "repro_smax_3m": "",
-    "repro_smax_2s3z": "",
-    "ablation_merl": "",
-    **{group: f" ({label})" for group, label in ABLATIONS.items()},
-}
-SHARE_AFTER = 20_000  # as in benchmarks/choose_beta.py: the shares once the updates have started in earnest
+DIAGNOSED = {**{group: "" for group in GROUPS}, **{group: f" ({label})" for group, label in ABLATIONS.items()}}
 
 
 def finals(runs, metric: str, budget: int, seeds: set[int]) -> dict[tuple[str, str], dict[int, float]]:
@@ -140,18 +133,13 @@ def run_diagnostics(run, budget: int) -> dict[str, float | None]:
     """One run's VMM and actor shares of VFM's encoder gradient (medians after SHARE_AFTER), and its last MI
     estimate and MARL-critic bias within `budget`; None where the run does not log the quantity."""
 
-    def ratio(num: str) -> float | None:
-        top, bottom = dict(zip(*run.series(num))), dict(zip(*run.series("grad_enc_vfm")))
-        ratios = [top[x] / bottom[x] for x in top if SHARE_AFTER < x <= budget and bottom.get(x)]
-        return float(np.median(ratios)) if ratios else None
-
     def last(metric: str) -> float | None:
         kept = [y for x, y in zip(*run.series(metric)) if x <= budget]
         return kept[-1] if kept else None
 
     return {
-        "vmm_share": ratio("grad_enc_vmm"),
-        "actor_share": ratio("grad_enc_actor"),
+        "vmm_share": median_share(run.rows, "vmm", until=budget),  # the beta rule's share (choose_beta.py)
+        "actor_share": median_share(run.rows, "actor", until=budget),
         "mi_estimate": last("mi_estimate"),
         "q_bias_marl": last("q_bias_marl"),
     }
