@@ -25,8 +25,10 @@ def test_the_default_is_auto_and_a_number_or_auto_is_accepted():
     assert build_config(None, []).race.vmm_beta == "auto"
     assert build_config(None, ["race.vmm_beta=0.5"]).race.vmm_beta == 0.5
     assert build_config(None, ["race.vmm_beta=auto"]).race.vmm_beta == "auto"
-    with pytest.raises(ConfigError, match="race.vmm_beta"):
+    with pytest.raises(ConfigError, match="race.vmm_beta: 'big' is not float or 'auto'"):
         build_config(None, ["race.vmm_beta=big"])
+    with pytest.raises(ConfigError, match="env.max_episode_steps: 'abc' is not int or null"):
+        build_config(None, ["env.max_episode_steps=abc"])
     with pytest.raises(ConfigError, match="race.vmm_beta must be >= 0 or auto"):
         build_config(None, ["race.vmm_beta=-1"])
 

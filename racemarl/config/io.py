@@ -37,6 +37,15 @@ def resolve_preset(path: str | Path) -> Path:
     return given
 
 
+def _type_name(tp: Any) -> str:
+    """How an error names one option of a union: `float`, `null`, `'auto'`."""
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against annotation `tp`, allowing int -> float."""
     origin = typing.get_origin(tp)
@@ -51,7 +60,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+        raise ConfigError(f"{key}: {value!r} is not {' or '.join(_type_name(o) for o in typing.get_args(tp))}")
     if tp is type(None):
         if value is not None:
             raise ConfigError(f"{key}: expected null, got {value!r}")
