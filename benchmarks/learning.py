@@ -4,6 +4,12 @@ Runs `racemarl train` for every (task, algo, seed) in parallel worker processes 
 default), skips runs that already finished, then writes `benchmarks/results/learning.json` and a
 Markdown table, and prints the table.
 
+Every finished run leaves a record, `benchmarks/results/run_records/<name>/<run>/` (its config.yaml,
+metrics.csv and summary.json, a few kB, meant to be committed): a run whose record exists is not run again,
+even on a machine that lost the run folders, and the record is itself a run folder that `racemarl table`,
+`racemarl plot` and `benchmarks/reproduction_table.py` read. A record made with other settings (task,
+algorithm, seed, budget, overrides) than the ones asked for stops the benchmark with an error.
+
     python benchmarks/learning.py --tasks mamujoco/HalfCheetah-6x1,mamujoco/HalfCheetah \
         --algos matd3 --seeds 1,2 --total-steps 50000 --name foundation
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,10 +34,67 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
+RECORDS = RESULTS / "run_records"
+RECORD_FILES = ("config.yaml", "metrics.csv", "summary.json")
 
 
-def run_one(task: str, algo: str, seed: int, steps: int, out: Path, extra: list[str], log_dir: Path) -> dict:
+def run_name(task: str, algo: str, seed: int) -> str:
+    """The run's folder name inside the benchmark's runs folder and inside its records."""
+    return f"{task.replace('/', '_').replace('|', '_')}__{algo}__s{seed}"
+
+
+def request_of(task: str, algo: str, seed: int, steps: int, extra: list[str]) -> dict:
+    """What a run is asked to be; a record holds it (request.json) so that a later benchmark can check it."""
+    return {"task": task, "algo": algo, "seed": seed, "total_steps": steps, "args": extra}
+
+
+def record_conflict(record: Path, request: dict) -> str | None:
+    """Why the record in `record` cannot stand for the run `request` asks for, or None (no record, or it fits)."""
+    if not (record / "summary.json").exists():
+        return None
+    if not (record / "request.json").exists():
+        return f"{record} has no request.json (what the run was asked to be); delete it or give another --name"
+    made = json.loads((record / "request.json").read_text())
+    if made == request:
+        return None
+    differ = ", ".join(f"{k} {made.get(k)!r} (asked: {request[k]!r})" for k in request if made.get(k) != request[k])
+    return f"{record} was made with other settings: {differ}; delete it or give the benchmark another --name"
+
+
+def restore_record(out: Path, record: Path | None) -> bool:
+    """Copy a finished run's record into its run folder `out` if `out` has not finished; True if it did."""
+    if record is None or (out / "summary.json").exists() or not (record / "summary.json").exists():
+        return False
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        shutil.copy2(record / name, out / name)
+    return True
+
+
+def write_record(out: Path, record: Path | None, request: dict) -> None:
+    """Keep a finished run's small files, and what it was asked to be, in `record`."""
+    if record is None:
+        return
+    record.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        shutil.copy2(out / name, record / name)
+    (record / "request.json").write_text(json.dumps(request, indent=1) + "\n")
+
+
+def run_one(
+    task: str,
+    algo: str,
+    seed: int,
+    steps: int,
+    out: Path,
+    extra: list[str],
+    log_dir: Path,
+    record: Path | None = None,
+) -> dict:
+    """Run (or resume, or take from its record) one benchmark run, and return its summary with its curve."""
     summary = out / "summary.json"
+    request = request_of(task, algo, seed, steps, extra)
+    restore_record(out, record)
     if not summary.exists():
         cmd = [sys.executable, "-m", "racemarl", "train", "--total-steps", str(steps), "--no-progress"]
         if (out / "checkpoints" / "latest.pt").exists():  # an interrupted run: continue it
@@ -40,6 +104,8 @@ def run_one(task: str, algo: str, seed: int, steps: int, out: Path, extra: list[
         log = log_dir / f"{out.name}.log"
         with log.open("a") as f:
             subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True)
+    if record is not None and not (record / "summary.json").exists():
+        write_record(out, record, request)
     data = json.loads(summary.read_text())
     data["curve"] = _curve(out / "metrics.csv")
     data["run_dir"] = str(out)
@@ -168,6 +234,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--name", default="learning", help="results file stem and run folder")
     ap.add_argument("--runs-dir", default=str(ROOT / "_runs"))
+    ap.add_argument(
+        "--records",
+        default=str(RECORDS),
+        help="folder of the finished runs' records (<records>/<name>/<run>); 'none': keep no records",
+    )
     ap.add_argument("--set", action="append", default=[], help="config override passed to every run")
     ap.add_argument(
         "--random-episodes",
@@ -186,13 +257,19 @@ def main() -> None:
         return
 
     runs_dir = Path(args.runs_dir) / args.name
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    records = None if args.records == "none" else Path(args.records) / args.name
     extra = ["--eval-interval", str(args.eval_interval)] + [x for s in args.set for x in ("--set", s)]
     if args.eval_episodes is not None:
         extra += ["--eval-episodes", str(args.eval_episodes)]
     # Seed-major order: the first runs to finish give a complete comparison of every algorithm.
     grid = [(t, a, int(s)) for s in args.seeds.split(",") for t in args.tasks.split(",") for a in args.algos.split(",")]
+    if records is not None:  # before anything runs or is written
+        conflicts = [record_conflict(records / run_name(*g), request_of(*g, args.total_steps, extra)) for g in grid]
+        if any(conflicts):
+            print("\n".join(f"learning.py: error: {c}" for c in conflicts if c), file=sys.stderr)
+            raise SystemExit(2)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         futures = [
@@ -202,9 +279,10 @@ def main() -> None:
                 a,
                 s,
                 args.total_steps,
-                runs_dir / f"{t.replace('/', '_').replace('|', '_')}__{a}__s{s}",
+                runs_dir / run_name(t, a, s),
                 extra,
                 runs_dir,
+                None if records is None else records / run_name(t, a, s),
             )
             for t, a, s in grid
         ]

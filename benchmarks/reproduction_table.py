@@ -1,8 +1,9 @@
 """The Reproduction table: tasks x RACE (headline and MARL team) / MERL / base learner / EA-only, at our budgets,
 with P(RACE > base) for both of RACE's returns, the paper's order beside it, and the aggregate across tasks.
 
-Reads the run folders that `benchmarks/reproduction.sh` fills (RUNS_DIR/<group>/<task>__<algo>__s<seed>) and the
-random-policy values in the groups' results JSON (`--random-episodes`). Per task and algorithm: the final value
+Reads the finished runs' records that `benchmarks/learning.py` keeps for `benchmarks/reproduction.sh`
+(`benchmarks/results/run_records/<group>/<task>__<algo>__s<seed>`, committed; or any folder laid out like them, such
+as the script's RUNS_DIR, with `--runs`) and the random-policy values in the groups' results JSON (`--random-episodes`). Per task and algorithm: the final value
 within the task's budget (`eval_return` on MA-MuJoCo, `eval_win_rate` on SMAX), mean over seeds with rliable's
 bootstrap interval; P(X > Y): rliable's probability of improvement with its interval; the aggregate: the IQM over
 all runs and tasks of the final returns normalised between the random policy (0) and the task's best run (1).
@@ -12,8 +13,8 @@ did: the gradient each encoder-loss term puts on the shared encoders (VMM's and 
 the median over the evaluations after 20k steps), the MI bound's estimate and the MARL critic's bias (`q_bias_marl`)
 at the last evaluation within the budget. Writes `benchmarks/results/reproduction.json` and `.md`.
 
-    python benchmarks/reproduction_table.py                 # RUNS_DIR ~/racemarl_repro
-    python benchmarks/reproduction_table.py --runs /data/repro
+    python benchmarks/reproduction_table.py                 # the committed records
+    python benchmarks/reproduction_table.py --runs ~/racemarl_repro   # the run folders, unfinished runs too
 """
 
 from __future__ import annotations
@@ -185,13 +186,14 @@ def diagnostics_table(runs_dir: Path) -> tuple[list[str], dict]:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default=str(Path.home() / "racemarl_repro"))
+    ap.add_argument("--runs", default=str(ROOT / "results" / "run_records"))
     ap.add_argument("--results", default=str(ROOT / "results"))
     ap.add_argument("--out", default=str(ROOT / "results" / "reproduction"))
     args = ap.parse_args(argv)
     if not Path(args.runs).is_dir():
         print(
-            f"reproduction_table.py: error: {args.runs} is not a folder (reproduction.sh's RUNS_DIR)", file=sys.stderr
+            f"reproduction_table.py: error: {args.runs} is not a folder (of run records, or reproduction.sh's RUNS_DIR)",
+            file=sys.stderr,
         )
         raise SystemExit(2)
     values, randoms, budgets = collect(Path(args.runs), Path(args.results))
