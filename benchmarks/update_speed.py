@@ -15,6 +15,10 @@ continuous tasks only).
     python benchmarks/update_speed.py                                  # precision=fp32 vs bf16, HalfCheetah-6x1
     python benchmarks/update_speed.py --task smax/3m --out benchmarks/results/update_speed_smax_3m.json
     python benchmarks/update_speed.py --a net.fast_tanh=false --b net.fast_tanh=true --seconds 60
+    python benchmarks/update_speed.py --a torch_threads=1 --b torch_threads=2 --out benchmarks/results/update_speed_threads.json
+
+A variant with `torch_threads` above 1 runs its blocks with that many intra-op threads: compare its wall time (the
+CPU time is the main thread's only).
 """
 
 from __future__ import annotations
@@ -165,11 +169,13 @@ def main(argv=None) -> dict:
     while rounds < 2 or time.perf_counter() - start < args.seconds:
         for key in order if rounds % 2 == 0 else order[::-1]:
             cfg, learner, pop = learners[key]
+            torch.set_num_threads(cfg.torch_threads)  # the variant's intra-op threads (default 1)
             w, c = time.perf_counter(), time.thread_time()
             for _ in range(args.block):
                 learner.update(buffer.sample(batch[key]), pop)
             times[key]["cpu"].append((time.thread_time() - c) / args.block)
             times[key]["wall"].append((time.perf_counter() - w) / args.block)
+            torch.set_num_threads(1)
             if not discrete:
                 targets[key].append(target_ms(learner, buffer, batch[key], 3))
         rounds += 1
