@@ -61,20 +61,17 @@ def record_conflict(record: Path, request: dict) -> str | None:
     return f"{record} was made with other settings: {differ}; delete it or give the benchmark another --name"
 
 
-def restore_record(out: Path, record: Path | None) -> bool:
-    """Copy a finished run's record into its run folder `out` if `out` has not finished; True if it did."""
-    if record is None or (out / "summary.json").exists() or not (record / "summary.json").exists():
-        return False
+def restore_record(out: Path, record: Path) -> None:
+    """Copy a finished run's record into its run folder `out` if `out` has not finished."""
+    if (out / "summary.json").exists() or not (record / "summary.json").exists():
+        return
     out.mkdir(parents=True, exist_ok=True)
     for name in RECORD_FILES:
         shutil.copy2(record / name, out / name)
-    return True
 
 
-def write_record(out: Path, record: Path | None, request: dict) -> None:
+def write_record(out: Path, record: Path, request: dict) -> None:
     """Keep a finished run's small files, and what it was asked to be, in `record`."""
-    if record is None:
-        return
     record.mkdir(parents=True, exist_ok=True)
     for name in RECORD_FILES:
         shutil.copy2(out / name, record / name)
@@ -94,7 +91,8 @@ def run_one(
     """Run (or resume, or take from its record) one benchmark run, and return its summary with its curve."""
     summary = out / "summary.json"
     request = request_of(task, algo, seed, steps, extra)
-    restore_record(out, record)
+    if record is not None:
+        restore_record(out, record)
     if not summary.exists():
         cmd = [sys.executable, "-m", "racemarl", "train", "--total-steps", str(steps), "--no-progress"]
         if (out / "checkpoints" / "latest.pt").exists():  # an interrupted run: continue it

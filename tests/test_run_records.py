@@ -39,7 +39,7 @@ def test_a_finished_run_is_recorded_and_a_lost_run_folder_is_restored_without_tr
     assert run.seed == 101 and run.series("eval_return")[1] == [1.0, 7.0, 3.0]
 
 
-def test_an_unfinished_run_with_a_record_elsewhere_is_not_recorded_until_it_finishes(tmp_path, monkeypatch):
+def test_a_run_that_trains_is_recorded_when_it_finishes(tmp_path, monkeypatch):
     out, records = tmp_path / "runs" / "r", tmp_path / "records" / "r"
     started = []
 
