@@ -11,10 +11,13 @@ Only seeds 1-5 count (the beta-tuning seeds 101-102 live in their own groups and
 holds the HalfCheetah-6x1 ablations on seeds 1-3, a third the diagnostics that say why a result went the way it
 did: the gradient each encoder-loss term puts on the shared encoders (VMM's and the MARL actor's relative to VFM's,
 the median over the evaluations after 20k steps), the MI bound's estimate and the MARL critic's bias (`q_bias_marl`)
-at the last evaluation within the budget. Writes `benchmarks/results/reproduction.json` and `.md`.
+at the last evaluation within the budget. Writes `benchmarks/results/reproduction.json` and `.md`, and per task a
+figure of the learning curves (`docs/figures/reproduction_<task>.png`: every method of the task's groups, seeds
+1-5, RACE's and MERL's MARL teams dashed beside their headline, 95% bootstrap bands, the random policy's value).
 
     python benchmarks/reproduction_table.py                 # the committed records
     python benchmarks/reproduction_table.py --runs ~/racemarl_repro   # the run folders, unfinished runs too
+    python benchmarks/reproduction_table.py --figures none             # the tables only
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,7 @@ sys.path.insert(0, str(ROOT.parent))
 
 from benchmarks.choose_beta import SHARE_AFTER, median_share  # noqa: E402
 from racemarl.experiment import stats  # noqa: E402
+from racemarl.experiment.plot import learning_curves, marl_team_curves, plot_curves  # noqa: E402
 from racemarl.experiment.report import GroupStats, aggregate_table  # noqa: E402
 from racemarl.records.runs import load_runs  # noqa: E402
 
@@ -184,11 +189,42 @@ def diagnostics_table(runs_dir: Path) -> tuple[list[str], dict]:
     return lines, data
 
 
+def within(curves: dict, budget: int) -> dict:
+    """The curves up to the budget (a run's last evaluation may fall a few steps past it)."""
+    return {
+        k: replace(c, **{f: getattr(c, f)[c.x <= budget] for f in ("x", "mean", "lo", "hi")}) for k, c in curves.items()
+    }
+
+
+def figures(runs_dir: Path, randoms: dict[str, float], budgets: dict[str, tuple[str, int]], out_dir: Path) -> list:
+    """One learning-curve figure per task from the reproduction groups' runs (seeds 1-5); returns the paths."""
+    by_task: dict[str, list] = {}
+    for group in GROUPS:
+        folder = runs_dir / group
+        if folder.is_dir() and any(folder.rglob("metrics.csv")):
+            for run in load_runs([folder]):
+                if run.seed in SEEDS:
+                    by_task.setdefault(run.config.env.task, []).append(run)
+    written = []
+    for task, runs in sorted(by_task.items()):
+        metric, budget = budgets[task]
+        curves = within(learning_curves(runs, metric, ci="bootstrap"), budget)
+        marl = within(marl_team_curves(runs, metric, ci="bootstrap"), budget)
+        baselines = [("random policy", randoms[task])] if task in randoms else []
+        path = out_dir / f"reproduction_{task.replace('/', '_')}.png"
+        title = f"{task}, {budget // 1000}k env steps: mean over seeds, 95% bootstrap CI"
+        written.append(
+            plot_curves(curves, path, metric, "bootstrap", title=title, baselines=baselines, marl_curves=marl)
+        )
+    return written
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default=str(ROOT / "results" / "run_records"))
     ap.add_argument("--results", default=str(ROOT / "results"))
     ap.add_argument("--out", default=str(ROOT / "results" / "reproduction"))
+    ap.add_argument("--figures", default=str(ROOT.parent / "docs" / "figures"), help="a folder, or none")
     args = ap.parse_args(argv)
     if not Path(args.runs).is_dir():
         print(
@@ -234,6 +270,9 @@ def main(argv=None) -> dict:
     Path(args.out).with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
     Path(args.out).with_suffix(".md").write_text(text + "\n")
     print(text)
+    if args.figures != "none":
+        out["figures"] = [str(p) for p in figures(Path(args.runs), randoms, budgets, Path(args.figures))]
+        print("\n".join(f"written: {p}" for p in out["figures"]))
     return out
 
 

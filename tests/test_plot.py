@@ -100,6 +100,22 @@ def test_smoothing_and_bootstrap(tmp_path):
     np.testing.assert_allclose(lo[2], 3.0)  # no spread, no band
 
 
+def test_win_rate_bands_stay_inside_0_and_1(tmp_path):
+    """Three seeds' t-interval of a win rate reaches past 1 and below 0; the band is clipped, the mean is not."""
+    for seed, wins in ((1, [0.0, 1.0]), (2, [0.0, 0.1]), (3, [1.0, 1.0])):
+        write_fake_run(tmp_path / f"r{seed}", "facmac", seed, [0, 100], wins, task="smax/3m", metric="eval_win_rate")
+    runs = load_runs([tmp_path])
+    (c,) = learning_curves(runs, "eval_win_rate").values()
+    np.testing.assert_allclose(c.mean, [1 / 3, 0.7])
+    np.testing.assert_allclose(c.lo, [0.0, 0.0])
+    np.testing.assert_allclose(c.hi, [1.0, 1.0])
+    assert learning_curves(runs, "eval_win_rate", ci="bootstrap")[("smax/3m", "facmac")].hi[0] <= 1.0
+    for seed, values in ((1, [0.0, 1.0]), (2, [0.0, 0.1]), (3, [1.0, 1.0])):  # the same numbers as returns
+        write_fake_run(tmp_path / "returns" / f"r{seed}", "facmac", seed, [0, 100], values, task="smax/3m")
+    (r,) = learning_curves(load_runs([tmp_path / "returns"])).values()
+    assert r.lo[0] < -1.0 and r.hi[0] > 1.7  # an unbounded metric keeps its whole t-interval
+
+
 def test_sweep_folders_are_searched_recursively(tmp_path):
     write_fake_run(tmp_path / "sweep" / "x" / "r1", "race", 1, [0, 100], [0.0, 1.0])
     write_fake_run(tmp_path / "sweep" / "r2", "race", 2, [0, 100], [0.0, 1.0])

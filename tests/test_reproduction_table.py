@@ -30,7 +30,10 @@ def test_the_table_has_both_teams_the_base_learner_and_the_aggregate(tmp_path, c
         write_fake_run(runs / "repro_base_mamujoco" / f"m{seed}", "matd3", seed, [0, 200_000], [0.0, base])
     write_fake_run(runs / "repro_race_mamujoco" / "tuning", "race", 101, [0, 200_000], [0.0, 5000.0])  # never read
     (results / "repro_base_mamujoco.json").write_text(json.dumps({"random_policy": {task: {"mean": 0.0}}}))
-    out = table.main(["--runs", str(runs), "--results", str(results), "--out", str(tmp_path / "rep")])
+    figs = tmp_path / "figs"
+    out = table.main(
+        ["--runs", str(runs), "--results", str(results), "--out", str(tmp_path / "rep"), "--figures", str(figs)]
+    )
     row = next(line for line in out["table"].splitlines() if line.startswith(f"| {task}"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[1].startswith("40 [30, 50] (n=2)")  # RACE's headline within the budget (not 999 nor seed 101)
@@ -42,6 +45,38 @@ def test_the_table_has_both_teams_the_base_learner_and_the_aggregate(tmp_path, c
     assert "RACE > MERL > MATD3" in cells[8]
     assert "normalised per task" in out["table"]  # the aggregate across tasks, from the random policy's return
     assert (tmp_path / "rep.md").read_text().startswith("| task (metric, budget) |")
+    assert out["figures"] == [str(figs / "reproduction_mamujoco_HalfCheetah-6x1.png")]  # one per task
+    assert (figs / "reproduction_mamujoco_HalfCheetah-6x1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_figures_hold_seeds_1_to_5_within_the_budget(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        write_fake_run(
+            runs / "repro_smax_3m" / f"r{seed}",
+            "facmac",
+            seed,
+            [0, 75_000, 150_000, 150_500],
+            [0.0, 0.5, 1.0, 0.0],
+            task="smax/3m",
+            metric="eval_win_rate",
+        )
+    write_fake_run(
+        runs / "repro_smax_3m" / "tuning",
+        "facmac",
+        101,
+        [0, 150_000],
+        [0.0, 0.0],
+        task="smax/3m",
+        metric="eval_win_rate",
+    )
+    budgets = {"smax/3m": ("eval_win_rate", 150_000)}
+    drawn = {}
+    monkeypatch.setattr(table, "plot_curves", lambda curves, path, *a, **k: drawn.update(curves) or path)
+    table.figures(runs, {}, budgets, tmp_path / "figs")
+    (curve,) = drawn.values()
+    assert curve.n_seeds == 2 and list(curve.x) == [0, 75_000, 150_000]  # not seed 101, nothing past 150k
+    assert list(curve.mean) == [0.0, 0.5, 1.0]
 
 
 def test_the_diagnostics_are_the_medians_of_each_runs_shares_after_20k_and_its_last_values(tmp_path):
@@ -61,7 +96,9 @@ def test_the_diagnostics_are_the_medians_of_each_runs_shares_after_20k_and_its_l
         rows[4].update(mi_estimate=9.0, q_bias_marl=9.0)  # past 200k: never read
         write_fake_run(runs / "repro_race_mamujoco" / f"r{seed}", "race", seed, steps, [0.0] * 5, extra=rows)
     write_fake_run(runs / "repro_race_mamujoco" / "tuning", "race", 101, steps, [0.0] * 5)  # not seeds 1-5
-    out = table.main(["--runs", str(runs), "--results", str(tmp_path), "--out", str(tmp_path / "rep")])
+    out = table.main(
+        ["--runs", str(runs), "--results", str(tmp_path), "--out", str(tmp_path / "rep"), "--figures", "none"]
+    )
     d = out["diagnostics"]["repro_race_mamujoco|mamujoco/HalfCheetah-6x1|race"]
     assert d["seeds"] == 3
     # per run the median share after 20k is 0.1 x scale; over seeds the median of 0.1, 0.3 and 10 is 0.3

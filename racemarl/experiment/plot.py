@@ -18,7 +18,8 @@ the settings that tell the groups apart (see `racemarl.experiment.grouping.group
 Bands. `ci="t"` (default): Student-t interval of the mean over seeds,
 mean +- t_{(1+level)/2, n-1} * sd / sqrt(n), sd with n-1 degrees of freedom (scipy). `ci="bootstrap"`:
 rliable's percentile stratified bootstrap of the mean over seeds (2000 resamples, fixed seed).
-One seed gives no band (lo = hi = mean).
+One seed gives no band (lo = hi = mean). A metric with a bounded range (the win rates, in [0, 1]) gets its band
+clipped to that range: the t-interval of a few seeds' win rates reaches past 1 and below 0, where the mean cannot be.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def confidence_band(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """values `[n_seeds, n_points]` -> (mean, lo, hi), each `[n_points]` (see `racemarl.experiment.stats.interval`)."""
     return interval(values, ci, level)
+
+
+def metric_range(metric: str) -> tuple[float, float] | None:
+    """The range a metric's values (and so its mean) cannot leave: [0, 1] for the win rates; None if unbounded."""
+    return (0.0, 1.0) if "win_rate" in metric else None
 
 
 def moving_average(y: np.ndarray, window: int) -> np.ndarray:
@@ -125,6 +131,9 @@ def learning_curves(
             continue
         grid, values = align(series)
         mean, lo, hi = confidence_band(values, ci, level)
+        bounds = metric_range(metric)
+        if bounds is not None:
+            lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
         curves[(task, algo)] = Curve(task, algo, grid, mean, lo, hi, len(series), seeds)
     if not curves:
         raise RunDirError(f"no run has values of {metric!r} yet")
