@@ -1,38 +1,44 @@
 #!/usr/bin/env bash
 # The reproduction (docs/results.md, "Reproduction"): RACE against its base learners across tasks and seeds, one
-# run per core. Restartable: run it again after an interruption and every benchmark resumes its unfinished runs
-# from their checkpoints and skips the finished ones (benchmarks/learning.py), then rewrites its results JSON. A
-# session's end kills the runs; the last checkpoints survive in RUNS_DIR. Every finished run also leaves its record
-# (config, metrics, summary: a few kB) in benchmarks/results/run_records/<group>/: commit those as runs finish, and a
-# machine that lost RUNS_DIR skips the recorded runs instead of running them again.
+# run per core. Restartable: run it again after an interruption and every run resumes from its checkpoint, finished
+# runs are skipped (benchmarks/learning.py). A session's end kills the runs; the last checkpoints survive in
+# RUNS_DIR. Every finished run also leaves its record (config, metrics, summary: a few kB) in
+# benchmarks/results/run_records/<group>/: commit those as runs finish, and a machine that lost RUNS_DIR skips the
+# recorded runs instead of running them again.
 #
-#   benchmarks/reproduction.sh [RUNS_DIR]          # default ~/racemarl_repro; logs in RUNS_DIR/{tune,lane}{1,2}.out
-#   LANES=2 benchmarks/reproduction.sh             # after the tuning, one lane only (1 or 2)
+#   benchmarks/reproduction.sh [RUNS_DIR]            # default ~/racemarl_repro; logs in RUNS_DIR/{tune,worker}{1,2}.out
+#   WORKERS=1 benchmarks/reproduction.sh             # one run at a time (default 2: one per core)
+#   benchmarks/reproduction.sh --list [RUNS_DIR]     # the queue of runs and where each stands; nothing runs
+#   benchmarks/reproduction.sh --collect [RUNS_DIR]  # no training: write the results JSON of every group whose runs
+#                                                    # are all recorded, then the Reproduction table and figures
 #
 # Phase 1, the beta tuning (the procedure of docs/results.md "VMM on MA-MuJoCo"), on the critical path because
 #   everything RACE-on-MA-MuJoCo waits for it: HalfCheetah-6x1, 100k steps, beta 1, 10 and 0.1 (0.1 last: its
 #   first runs, on a machine that was wiped later, measured it ineligible, see the results page); tuning seed 101 on
 #   one core and 102 on the other; then benchmarks/choose_beta.py applies the rule (skipped once
 #   benchmarks/results/vmm_beta.json holds a choice).
-# Phase 2, two lanes of about equal compute (~45 core-hours each at fp32 on this 2-core machine):
-#   lane 1: RACE with the chosen beta, seeds 1-5, 200k steps, HalfCheetah-6x1 and Hopper-3x1; then the MERL
-#           ablation on HalfCheetah-6x1, seeds 1-3, 200k steps;
-#   lane 2: SMAX 3m, RACE (discrete) and FACMAC, seeds 1-5, 150k steps; MATD3 and EA-only, seeds 1-5, 200k steps,
-#           HalfCheetah-6x1 and Hopper-3x1 (with a random policy's return); SMAX 2s3z like 3m; the HalfCheetah-6x1
-#           ablations, seeds 1-3, 200k steps: without VMM (beta 0), without the PeVFA term in the encoder loss
-#           (race.vfm_pevfa=false).
+# Phase 2, a queue of single runs that the workers (one per core) take in order, each the next one no worker has
+#   taken, so that the cores stay busy whatever a run costs. The order puts first what the issue's "done" needs:
+#   SMAX 3m (RACE, FACMAC, seeds 1-5, 150k); RACE with the chosen beta on HalfCheetah-6x1 and Hopper-3x1 (seeds
+#   1-5, 200k); MATD3 and EA-only there (seeds 1-5, 200k); then SMAX 2s3z like 3m; then the HalfCheetah-6x1
+#   ablations, seeds 1-3, 200k: MERL, RACE without VMM (beta 0), RACE without the PeVFA term in the encoder loss
+#   (race.vfm_pevfa=false). Once every run is done each group's results JSON is written from all its runs (with
+#   the random policy's value where the group measures one), then the Reproduction table.
 # Every run uses the defaults of the code it starts with (precision included); a resumed run keeps its config.
-# Measured speeds with two runs sharing the cores (fp32): RACE on HalfCheetah-6x1 ~16 env steps/s (3.5 h per 200k),
-# MATD3 ~35/s, RACE on SMAX ~100/s.
+# Measured speeds with two runs sharing the cores (fp32): RACE on HalfCheetah-6x1 ~14-16 env steps/s (3.5-4 h per
+# 200k), MATD3 ~35/s, RACE on SMAX ~100/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=run
+case "${1:-}" in --collect | --list) MODE="${1#--}"; shift ;; esac
 RUNS="${1:-$HOME/racemarl_repro}"
 PY="${PYTHON:-.venv/bin/python}"
-LANES="${LANES:-1 2}"
+WORKERS="${WORKERS:-2}"
+RECORDS="${RECORDS:-benchmarks/results/run_records}"  # learning.py's default
 mkdir -p "$RUNS"
 MUJOCO=mamujoco/HalfCheetah-6x1,mamujoco/Hopper-3x1
 
-bench() { "$PY" benchmarks/learning.py --workers 1 --runs-dir "$RUNS" --eval-interval 5000 "$@"; }
+bench() { "$PY" benchmarks/learning.py --workers 1 --runs-dir "$RUNS" --records "$RECORDS" --eval-interval 5000 "$@"; }
 
 BETAS="1 10 0.1"
 tune() {  # the tuning seeds $1 through every candidate beta
@@ -42,37 +48,94 @@ tune() {  # the tuning seeds $1 through every candidate beta
   done
 }
 
-if [ ! -f benchmarks/results/vmm_beta.json ]; then
+if [ "$MODE" = run ] && [ ! -f benchmarks/results/vmm_beta.json ]; then
   tune 101 > "$RUNS/tune1.out" 2>&1 &
   tune 102 > "$RUNS/tune2.out" 2>&1 &
   wait
   tune 101,102 > /dev/null  # every run is finished: this only rewrites each JSON with both seeds
   "$PY" benchmarks/choose_beta.py --betas "${BETAS// /,}"
 fi
-beta=$("$PY" -c 'import json; print(json.load(open("benchmarks/results/vmm_beta.json"))["beta"])')
+beta=$("$PY" -c 'import json; print(json.load(open("benchmarks/results/vmm_beta.json"))["beta"])' 2>/dev/null || echo none)
 
-lane1() {
-  bench --tasks "$MUJOCO" --algos race --seeds 1,2,3,4,5 --total-steps 200000 --set "race.vmm_beta=$beta" \
-    --name repro_race_mamujoco
-  bench --tasks mamujoco/HalfCheetah-6x1 --algos merl --seeds 1,2,3 --total-steps 200000 --name ablation_merl
+# The groups, in the queue's order: name;tasks;algos;seeds;total steps;flags of every run;random-policy episodes
+GROUP_LIST=(
+  "repro_smax_3m;smax/3m;race,facmac;1,2,3,4,5;150000;--eval-episodes 32;64"
+  "repro_race_mamujoco;$MUJOCO;race;1,2,3,4,5;200000;--set race.vmm_beta=$beta;0"
+  "repro_base_mamujoco;$MUJOCO;matd3,ea;1,2,3,4,5;200000;;20"
+  "repro_smax_2s3z;smax/2s3z;race,facmac;1,2,3,4,5;150000;--eval-episodes 32;64"
+  "ablation_merl;mamujoco/HalfCheetah-6x1;merl;1,2,3;200000;;0"
+  "ablation_no_vmm;mamujoco/HalfCheetah-6x1;race;1,2,3;200000;--set race.vmm_beta=0;0"
+  "ablation_no_pevfa;mamujoco/HalfCheetah-6x1;race;1,2,3;200000;--set race.vmm_beta=$beta --set race.vfm_pevfa=false;0"
+)
+
+JOBS=()  # one run each, seed-major within a group: bench's arguments
+for g in "${GROUP_LIST[@]}"; do
+  IFS=';' read -r name tasks algos seeds steps flags _ <<< "$g"
+  for s in ${seeds//,/ }; do
+    for t in ${tasks//,/ }; do
+      for a in ${algos//,/ }; do
+        JOBS+=("--tasks $t --algos $a --seeds $s --total-steps $steps $flags --name $name")
+      done
+    done
+  done
+done
+
+collect() {  # $1 = a group's entry: its results JSON from all its runs (each finished or recorded: no training)
+  local name tasks algos seeds steps flags random
+  IFS=';' read -r name tasks algos seeds steps flags random <<< "$1"
+  # shellcheck disable=SC2086  # $flags holds several arguments
+  bench --tasks "$tasks" --algos "$algos" --seeds "$seeds" --total-steps "$steps" $flags --random-episodes "$random" \
+    --name "$name" > /dev/null
+  echo "written: benchmarks/results/$name.json"
 }
 
-lane2() {
-  bench --tasks smax/3m --algos race,facmac --seeds 1,2,3,4,5 --total-steps 150000 --eval-episodes 32 \
-    --random-episodes 64 --name repro_smax_3m
-  bench --tasks "$MUJOCO" --algos matd3,ea --seeds 1,2,3,4,5 --total-steps 200000 --random-episodes 20 \
-    --name repro_base_mamujoco
-  bench --tasks smax/2s3z --algos race,facmac --seeds 1,2,3,4,5 --total-steps 150000 --eval-episodes 32 \
-    --random-episodes 64 --name repro_smax_2s3z
-  bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds 1,2,3 --total-steps 200000 --set race.vmm_beta=0 \
-    --name ablation_no_vmm
-  bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds 1,2,3 --total-steps 200000 --set "race.vmm_beta=$beta" \
-    --set race.vfm_pevfa=false --name ablation_no_pevfa
+recorded() {  # $1 = a group's entry: are all its runs recorded?
+  local name tasks algos seeds _rest s t a
+  IFS=';' read -r name tasks algos seeds _rest <<< "$1"
+  for s in ${seeds//,/ }; do for t in ${tasks//,/ }; do for a in ${algos//,/ }; do
+    [ -f "$RECORDS/$name/${t//\//_}__${a}__s${s}/summary.json" ] || return 1
+  done; done; done
 }
 
-for lane in $LANES; do
-  "lane$lane" > "$RUNS/lane$lane.out" 2>&1 &
+if [ "$MODE" = list ]; then
+  for i in "${!JOBS[@]}"; do
+    read -r _ t _ a _ s _ steps _ <<< "${JOBS[$i]}"
+    name="${JOBS[$i]##* }"
+    run="${t//\//_}__${a}__s${s}"
+    if [ -f "$RECORDS/$name/$run/summary.json" ]; then state=recorded
+    elif [ -f "$RUNS/$name/$run/summary.json" ]; then state="finished, not recorded"
+    elif [ -f "$RUNS/$name/$run/checkpoints/latest.pt" ]; then
+      state="started, $(tail -n 1 "$RUNS/$name/$run/metrics.csv" | cut -d, -f1) of $steps env steps"
+    else state="not started"; fi
+    echo "$i $name/$run: $state"
+  done
+  exit 0
+fi
+
+if [ "$MODE" = collect ]; then
+  for g in "${GROUP_LIST[@]}"; do
+    if [ "$beta" = none ] && [[ "$g" == *"=none"* ]]; then echo "${g%%;*}: waits for the beta tuning"; continue; fi
+    if recorded "$g"; then collect "$g"; else echo "${g%%;*}: not every run is recorded yet"; fi
+  done
+  "$PY" benchmarks/reproduction_table.py --runs "$RECORDS"
+  exit 0
+fi
+
+CLAIMS="$RUNS/claims"  # a job is taken by creating its folder here (atomic); cleared at every start
+rm -rf "$CLAIMS"
+mkdir -p "$CLAIMS"
+worker() {
+  for i in "${!JOBS[@]}"; do
+    mkdir "$CLAIMS/$i" 2> /dev/null || continue
+    echo "$(date -u +%FT%TZ) job $i/${#JOBS[@]}: ${JOBS[$i]}"
+    # shellcheck disable=SC2086  # a job is a list of arguments
+    bench ${JOBS[$i]} > /dev/null || echo "$(date -u +%FT%TZ) job $i FAILED (its log is in $RUNS/<group>/)"
+  done
+}
+for w in $(seq 1 "$WORKERS"); do
+  worker > "$RUNS/worker$w.out" 2>&1 &
 done
 wait
-"$PY" benchmarks/reproduction_table.py  # from the run records
-echo "done: benchmarks/results/{vmm_beta*,repro_*,ablation_*,reproduction}.json and run_records/"
+for g in "${GROUP_LIST[@]}"; do collect "$g"; done
+"$PY" benchmarks/reproduction_table.py --runs "$RECORDS"  # from the run records
+echo "done: benchmarks/results/{vmm_beta*,repro_*,ablation_*,reproduction}.json, run_records/ and docs/figures/"
