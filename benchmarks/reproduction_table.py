@@ -5,8 +5,9 @@ Reads the finished runs' records that `benchmarks/learning.py` keeps for `benchm
 (`benchmarks/results/run_records/<group>/<task>__<algo>__s<seed>`, committed; or any folder laid out like them, such
 as the script's RUNS_DIR, with `--runs`) and the random-policy values in the groups' results JSON (`--random-episodes`). Per task and algorithm: the final value
 within the task's budget (`eval_return` on MA-MuJoCo, `eval_win_rate` on SMAX), mean over seeds with rliable's
-bootstrap interval; P(X > Y): rliable's probability of improvement with its interval; the aggregate: the IQM over
-all runs and tasks of the final returns normalised between the random policy (0) and the task's best run (1).
+bootstrap interval; P(X > Y): rliable's probability of improvement with its interval; the aggregates: the IQM over
+all runs and tasks of the final values normalised between the random policy (0) and the task's best run (1), across
+the MA-MuJoCo tasks (returns) and across every task (with SMAX's win rates), RACE's MARL team a row of its own.
 Only seeds 1-5 count (the beta-tuning seeds 101-102 live in their own groups and are never read). A second table
 holds the HalfCheetah-6x1 ablations on seeds 1-3, a third the diagnostics that say why a result went the way it
 did: the gradient each encoder-loss term puts on the shared encoders (VMM's and the MARL actor's relative to VFM's,
@@ -110,6 +111,29 @@ def collect(runs_dir: Path, results: Path) -> tuple[dict, dict, dict]:
             for task, b in (json.loads(summary.read_text()).get("random_policy") or {}).items():
                 randoms[task] = b["win_rate"] if metric == "eval_win_rate" else b["mean"]
     return values, randoms, budgets
+
+
+ALL_TASKS_METRIC = "value (the return on MA-MuJoCo, the win rate on SMAX)"
+
+
+def aggregates(values: dict, randoms: dict[str, float]) -> list[str]:
+    """The IQM over runs and tasks of the final values normalised between the random policy (0) and the task's best
+    run (1): across the MA-MuJoCo tasks (returns), then across every task (returns there, win rates on SMAX). A row
+    per method that ran every task of the aggregate with as many seeds each; RACE's MARL team is a row of its own."""
+    rows = []
+    for (task, col, team), per_seed in values.items():
+        if team == "eval" or col in ("race", "merl"):
+            label = {"base": "MATD3 / FACMAC", "ea": "EA-only"}.get(col, col.upper())
+            label += ": MARL team" if team == "marl" else ""
+            rows.append(GroupStats(task, label, list(per_seed), list(per_seed.values()), [], [], 0))
+    lines = []
+    for keep, metric in ((lambda t: t.startswith("mamujoco/"), "eval_return"), (lambda t: True, ALL_TASKS_METRIC)):
+        table = aggregate_table(
+            [r for r in rows if keep(r.task)], {t: v for t, v in randoms.items() if keep(t)}, metric
+        )
+        if table and (metric != ALL_TASKS_METRIC or any(not t.startswith("mamujoco/") for t in randoms)):
+            lines += ["", *table]
+    return lines
 
 
 def ablation_table(runs_dir: Path, values: dict) -> list[str]:
@@ -250,15 +274,7 @@ def main(argv=None) -> dict:
             f"{p_improvement(values.get((task, 'race', 'marl')), base)} | {PAPER_ORDER.get(task, '')} |"
         )
     lines += ["", "mean over seeds [95% bootstrap CI] (n = seeds); P(X > Y): rliable's probability of improvement [CI]"]
-    # the aggregate across the MA-MuJoCo tasks, normalised between the random policy and each task's best run
-    stats_rows = []
-    for (task, col, team), per_seed in values.items():
-        if team == "eval" and task.startswith("mamujoco/"):
-            stats_rows.append(GroupStats(task, col, list(per_seed), list(per_seed.values()), [], [], 0))
-    mujoco_random = {t: v for t, v in randoms.items() if t.startswith("mamujoco/")}
-    aggregate = aggregate_table(stats_rows, mujoco_random, "eval_return")
-    if aggregate:
-        lines += ["", *aggregate]
+    lines += aggregates(values, randoms)
     lines += ["", *ablation_table(Path(args.runs), values)]
     diagnostics, diagnosed = diagnostics_table(Path(args.runs))
     if diagnostics:

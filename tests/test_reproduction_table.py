@@ -44,9 +44,55 @@ def test_the_table_has_both_teams_the_base_learner_and_the_aggregate(tmp_path, c
     assert cells[6].startswith("0.88") and cells[7].startswith("0.75")
     assert "RACE > MERL > MATD3" in cells[8]
     assert "normalised per task" in out["table"]  # the aggregate across tasks, from the random policy's return
+    assert "| RACE: MARL team | 1 | 2 |" in out["table"] and "win rate on SMAX" not in out["table"]  # MA-MuJoCo only
     assert (tmp_path / "rep.md").read_text().startswith("| task (metric, budget) |")
     assert out["figures"] == [str(figs / "reproduction_mamujoco_HalfCheetah-6x1.png")]  # one per task
     assert (figs / "reproduction_mamujoco_HalfCheetah-6x1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_aggregate_across_every_task_normalises_returns_and_win_rates_per_task(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    results.mkdir()
+    finals = {  # seed -> (RACE, its MARL team, base); MA-MuJoCo returns, SMAX win rates
+        "mamujoco/HalfCheetah-6x1": {1: (30.0, 20.0, 10.0), 2: (50.0, 40.0, 30.0)},
+        "smax/3m": {1: (0.5, 0.5, 0.25), 2: (1.0, 0.75, 0.5)},
+    }
+    for task, per_seed in finals.items():
+        smax = task.startswith("smax/")
+        metric = "eval_win_rate" if smax else "eval_return"
+        race_group, base_group = ("repro_smax_3m",) * 2 if smax else ("repro_race_mamujoco", "repro_base_mamujoco")
+        for seed, (head, marl, base) in per_seed.items():
+            write_fake_run(
+                runs / race_group / f"r{task[-2:]}{seed}",
+                "race",
+                seed,
+                [0, 100],
+                [0.0, head],
+                task=task,
+                metric=metric,
+                extra={1: {metric + "_marl": marl}},
+            )
+            write_fake_run(
+                runs / base_group / f"b{task[-2:]}{seed}",
+                "facmac" if smax else "matd3",
+                seed,
+                [0, 100],
+                [0.0, base],
+                task=task,
+                metric=metric,
+            )
+    (results / "repro_base_mamujoco.json").write_text(
+        json.dumps({"random_policy": {"mamujoco/HalfCheetah-6x1": {"mean": 0.0}}})
+    )
+    (results / "repro_smax_3m.json").write_text(json.dumps({"random_policy": {"smax/3m": {"win_rate": 0.0}}}))
+    args = ["--runs", str(runs), "--results", str(results), "--out", str(tmp_path / "rep"), "--figures", "none"]
+    text = table.main(args)["table"]
+    every = text[text.index("Across tasks (mamujoco/HalfCheetah-6x1, smax/3m), final value (the return on MA-MuJoCo") :]
+    # base normalised by each task's best run (50; 1.0): 0.2, 0.6 and 0.25, 0.5 -> mean 0.3875
+    base = next(line for line in every.splitlines() if line.startswith("| MATD3 / FACMAC |"))
+    assert base.startswith("| MATD3 / FACMAC | 2 | 2 |") and base.split("|")[6].strip() == "0.39"
+    marl = next(line for line in every.splitlines() if line.startswith("| RACE: MARL team |"))
+    assert marl.split("|")[6].strip() == f"{(0.4 + 0.8 + 0.5 + 0.75) / 4:.2f}"
 
 
 def test_the_figures_hold_seeds_1_to_5_within_the_budget(tmp_path, monkeypatch):
