@@ -181,6 +181,52 @@ def test_killed_worker_is_restarted_and_replayed(tmp_path, inline_run, monkeypat
     assert _children() == []
 
 
+def test_a_send_cut_off_by_a_workers_death_never_reaches_its_replacement(tmp_path, inline_run, monkeypatch):
+    """The orders go out from a thread. One that was preempted inside its write (here: it took the pipe's file
+    descriptor, then slept) while the driver saw the worker die must not finish that write into the replacement's
+    pipe, which may reuse the descriptor: the replacement would get the orders twice and answer a later generation
+    with a stale episode. The driver waits for the sender before it closes the old pipe."""
+    import struct
+    import time
+
+    from racemarl.acting import process_workers
+
+    real_send, dispatch = process_workers._send_quietly, ProcessWorkers._dispatch
+    generation, killed = [0], []
+
+    def preempted_send(conn, data):
+        if getattr(conn, "preempted", False):
+            fd = conn.fileno()
+            time.sleep(1.0)  # the driver sees the death, restarts the worker, dispatches again
+            try:
+                os.write(fd, struct.pack("!i", len(data)) + data)  # what send_bytes writes
+            except OSError:
+                pass  # the old pipe's reader is dead (EPIPE) or the descriptor is gone
+            return
+        real_send(conn, data)
+
+    def killing_dispatch(self, i, job):
+        if generation[0] == 2 and i == 1 and not killed:
+            self.procs[1].conn.preempted = True
+            dispatch(self, i, job)
+            killed.append(self.procs[1].process.pid)
+            os.kill(killed[-1], signal.SIGKILL)
+            return
+        dispatch(self, i, job)
+
+    def counting_play(self, plan, play=ProcessWorkers._play):
+        generation[0] += 1
+        return play(self, plan)
+
+    monkeypatch.setattr(process_workers, "_send_quietly", preempted_send)
+    monkeypatch.setattr(ProcessWorkers, "_dispatch", killing_dispatch)
+    monkeypatch.setattr(ProcessWorkers, "_play", counting_play)
+    trainer = _train(_config("process", 2), tmp_path)
+    assert killed and trainer.workers.restarts == 1
+    _assert_same(_outcome(tmp_path), inline_run)
+    assert _children() == []
+
+
 def test_a_worker_that_keeps_failing_stops_the_run(tmp_path, monkeypatch):
     dispatch = ProcessWorkers._dispatch
 

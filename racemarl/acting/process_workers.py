@@ -79,6 +79,7 @@ def _exit_reason(process: mp.process.BaseProcess) -> str:
 class _Proc:
     def __init__(self, process: mp.process.BaseProcess, conn: mp.connection.Connection):
         self.process, self.conn = process, conn
+        self.sender: threading.Thread | None = None  # the thread that sends this worker its latest orders
 
 
 class ProcessWorkers(RolloutWorkers):
@@ -110,13 +111,20 @@ class ProcessWorkers(RolloutWorkers):
     def _dispatch(self, i: int, data: bytes) -> None:
         # Sent from a thread: a big message blocks until the worker reads it, and a worker may be
         # still starting (or hung); the wait in `_play` has the timeout.
-        threading.Thread(target=_send_quietly, args=(self.procs[i].conn, data), daemon=True).start()
+        p = self.procs[i]
+        p.sender = threading.Thread(target=_send_quietly, args=(p.conn, data), daemon=True)
+        p.sender.start()
 
     def _kill(self, i: int) -> None:
         p = self.procs[i]
         if p.process.is_alive():
             p.process.kill()
         p.process.join(timeout=10)
+        # A sender still inside its write would, once the pipe is closed, write into whatever reuses the file
+        # descriptor, such as the replacement's pipe (orders twice, then a stale answer). With the reader dead
+        # its write fails at once (EPIPE), so wait for it before closing.
+        if p.sender is not None:
+            p.sender.join(timeout=10)
         p.conn.close()
 
     def _restart(self, i: int, why: str, job: bytes) -> None:
