@@ -245,6 +245,12 @@ def main() -> None:
         help="also play a uniformly random policy for this many episodes per task (its row in the table)",
     )
     ap.add_argument(
+        "--no-results",
+        action="store_true",
+        help="train and record the runs but write no results file (a queue's single runs; the group's results"
+        " come from a later call with all its seeds)",
+    )
+    ap.add_argument(
         "--report-only",
         action="store_true",
         help="run nothing: rebuild benchmarks/results/RESULTS.md from the JSON files (today's table columns)",
@@ -285,6 +291,8 @@ def main() -> None:
             for t, a, s in grid
         ]
         results = [f.result() for f in futures]
+    if args.no_results:
+        return
     random = None
     if args.random_episodes > 0:
         import racemarl

@@ -18,7 +18,10 @@
 #   one core and 102 on the other; then benchmarks/choose_beta.py applies the rule (skipped once
 #   benchmarks/results/vmm_beta.json holds a choice).
 # Phase 2, a queue of single runs that the workers (one per core) take in order, each the next one no worker has
-#   taken, so that the cores stay busy whatever a run costs. The order puts first what the issue's "done" needs:
+#   taken, so that the cores stay busy whatever a run costs. Worker 1 takes the queue in order; the others take the
+#   groups whose runs fit in a working session (SHORT: MATD3, EA-only, SMAX 2s3z) first and then the queue, so
+#   that runs finish in every session even where a machine loses its unfinished runs between sessions (a RACE run
+#   on MA-MuJoCo takes longer than a session). The queue's order puts first what the issue's "done" needs:
 #   SMAX 3m (RACE, FACMAC, seeds 1-5, 150k); RACE with the chosen beta on HalfCheetah-6x1 and Hopper-3x1 (seeds
 #   1-5, 200k); MATD3 and EA-only there (seeds 1-5, 200k); then SMAX 2s3z like 3m; then the HalfCheetah-6x1
 #   ablations, seeds 1-3, 200k: MERL, RACE without VMM (beta 0), RACE without the PeVFA term in the encoder loss
@@ -39,20 +42,23 @@ mkdir -p "$RUNS"
 MUJOCO=mamujoco/HalfCheetah-6x1,mamujoco/Hopper-3x1
 
 bench() { "$PY" benchmarks/learning.py --workers 1 --runs-dir "$RUNS" --records "$RECORDS" --eval-interval 5000 "$@"; }
+# One run of a group (a tuning run, a queue's job): its record, not the group's results file, which a single run
+# would overwrite with itself alone; the group's results come from one call with all its runs (tune, collect).
+bench_one() { bench --no-results "$@"; }
 
 BETAS="1 10 0.1"
-tune() {  # the tuning seeds $1 through every candidate beta
+tune() {  # the tuning seeds $1 through every candidate beta, each with $2 (bench_one: one seed; bench: the JSON)
   for beta in $BETAS; do
-    bench --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds "$1" --total-steps 100000 \
+    "$2" --tasks mamujoco/HalfCheetah-6x1 --algos race --seeds "$1" --total-steps 100000 \
       --set "race.vmm_beta=$beta" --name "vmm_beta_$beta"
   done
 }
 
 if [ "$MODE" = run ] && [ ! -f benchmarks/results/vmm_beta.json ]; then
-  tune 101 > "$RUNS/tune1.out" 2>&1 &
-  tune 102 > "$RUNS/tune2.out" 2>&1 &
+  tune 101 bench_one > "$RUNS/tune1.out" 2>&1 &
+  tune 102 bench_one > "$RUNS/tune2.out" 2>&1 &
   wait
-  tune 101,102 > /dev/null  # every run is finished: this only rewrites each JSON with both seeds
+  tune 101,102 bench > /dev/null  # every run is finished: this only writes each JSON with both seeds
   "$PY" benchmarks/choose_beta.py --betas "${BETAS// /,}"
 fi
 beta=$("$PY" -c 'import json; print(json.load(open("benchmarks/results/vmm_beta.json"))["beta"])' 2>/dev/null || echo none)
@@ -124,16 +130,24 @@ fi
 CLAIMS="$RUNS/claims"  # a job is taken by creating its folder here (atomic); cleared at every start
 rm -rf "$CLAIMS"
 mkdir -p "$CLAIMS"
-worker() {
-  for i in "${!JOBS[@]}"; do
+SHORT=" repro_base_mamujoco repro_smax_2s3z "
+order() {  # $1 = a worker's number: the jobs' indices in the order it tries them (each is taken once, by one worker)
+  local i
+  if [ "$1" -gt 1 ]; then
+    for i in "${!JOBS[@]}"; do [[ "$SHORT" == *" ${JOBS[$i]##* } "* ]] && echo "$i"; done
+  fi
+  for i in "${!JOBS[@]}"; do echo "$i"; done
+}
+worker() {  # $1 = its number
+  for i in $(order "$1"); do
     mkdir "$CLAIMS/$i" 2> /dev/null || continue
     echo "$(date -u +%FT%TZ) job $i/${#JOBS[@]}: ${JOBS[$i]}"
     # shellcheck disable=SC2086  # a job is a list of arguments
-    bench ${JOBS[$i]} > /dev/null || echo "$(date -u +%FT%TZ) job $i FAILED (its log is in $RUNS/<group>/)"
+    bench_one ${JOBS[$i]} > /dev/null || echo "$(date -u +%FT%TZ) job $i FAILED (its log is in $RUNS/<group>/)"
   done
 }
 for w in $(seq 1 "$WORKERS"); do
-  worker > "$RUNS/worker$w.out" 2>&1 &
+  worker "$w" > "$RUNS/worker$w.out" 2>&1 &
 done
 wait
 for g in "${GROUP_LIST[@]}"; do collect "$g"; done

@@ -42,11 +42,11 @@ def test_runs_with_other_settings_are_not_pooled(ablation, capsys):
     assert main(["table", str(ablation)]) == 0
     out = capsys.readouterr().out
     assert "| mamujoco/HalfCheetah-6x1 | race race.vmm_beta=0.0 | 2 | 200 | 3.0 ± 1.0 |" in out
-    assert "| mamujoco/HalfCheetah-6x1 | race race.vmm_beta=0.001 | 2 | 200 | 25.0 ± 5.0 |" in out
-    assert "| mamujoco/HalfCheetah-6x1 | race race.vmm_beta=0.001 (diverged) | 1 (0 finished) |" in out
+    assert "| mamujoco/HalfCheetah-6x1 | race race.vmm_beta=10.0 | 2 | 200 | 25.0 ± 5.0 |" in out
+    assert "| mamujoco/HalfCheetah-6x1 | race race.vmm_beta=10.0 (diverged) | 1 (0 finished) |" in out
     assert "5 run(s) in 3 group(s)" in out and "groups differ in race.vmm_beta" in out
     # both vmm_beta=0 runs end below both default runs: P(X > Y) = 0 for X = the ablation
-    assert "| race race.vmm_beta=0.0 | race race.vmm_beta=0.001 | 1 | 0.00 | [0.00, 0.00] |" in out
+    assert "| race race.vmm_beta=0.0 | race race.vmm_beta=10.0 | 1 | 0.00 | [0.00, 0.00] |" in out
 
 
 def test_runs_differing_only_in_arithmetic_settings_are_pooled(tmp_path, capsys):

@@ -50,7 +50,7 @@ def test_every_preset_value_cites_a_source_or_says_there_is_none():
             if re.match(r"\s*[a-z_]+:\s*\S", line):  # a key with a value (not a section header)
                 comment = line.partition("#")[2]
                 assert comment.strip(), f"{f.name}: no source for {line.strip()!r}"
-                sources = ("[paper]", "[spec]", "no source", "the grid sets", "SMAX's own limit")
+                sources = ("[paper]", "[spec]", "[tuned]", "no source", "the grid sets", "SMAX's own limit")
                 assert any(s in comment for s in sources), f"{f.name}: {line.strip()!r}"
 
 
@@ -107,7 +107,7 @@ def test_paper_grid_sweep_runs_at_a_tiny_budget(tmp_path, capsys):
     index = json.loads((out / "index.json").read_text())
     assert [(r["algo"], r["status"]) for r in index["runs"]] == [("race", "finished"), ("ea", "finished")]
     saved = load_yaml(out / index["runs"][0]["run_dir"] / "config.yaml")
-    assert saved["eval_interval"] == 10_000 and saved["race"]["vmm_beta"] == 0.001  # from the preset
+    assert saved["eval_interval"] == 10_000 and saved["race"]["vmm_beta"] == 10.0  # from the preset
     assert saved["learner"]["start_steps"] == 40  # --set still wins
     assert main(args) == 0  # restartable: a second call skips the finished runs
     assert capsys.readouterr().out.count("skip") == 2

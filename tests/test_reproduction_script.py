@@ -74,8 +74,14 @@ def test_the_tuning_then_every_job_once_then_each_groups_results(tmp_path):
     jobs = [c for c in lines[len(tuning) + 1 :] if "--seeds " in c and "," not in c.split("--seeds ")[1].split()[0]]
     listed = listing(tmp_path / "runs", tmp_path / "records")
     assert len(jobs) == len(set(jobs)) == len(listed)  # every job once, however the workers interleave
+    # worker 2 starts with the groups that fit in a session (MATD3 and EA-only first), worker 1 with the queue's head
+    assert "--name repro_base_mamujoco" in (tmp_path / "runs" / "worker2.out").read_text().splitlines()[0]
+    assert "--name repro_smax_3m" in (tmp_path / "runs" / "worker1.out").read_text().splitlines()[0]
+    single = tuning[:6] + jobs  # one run each: its record only, never its group's results file
+    assert all("--no-results" in c for c in single)
     race = [c for c in jobs if "--name repro_race_mamujoco" in c]
     assert len(race) == 10 and all("--set race.vmm_beta=1.0 " in c for c in race)  # the chosen beta
     collect = [c for c in lines if "--seeds 1,2,3" in c]
+    assert tuning[6:] and not any("--no-results" in c for c in tuning[6:] + collect)
     assert len(collect) == 7 and "--random-episodes 20 --name repro_base_mamujoco" in collect[2]
     assert lines[-1].startswith("benchmarks/reproduction_table.py --runs")

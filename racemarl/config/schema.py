@@ -13,11 +13,11 @@ from typing import Any, Literal
 ALGOS = ("race", "matd3", "facmac", "ea", "merl")
 ROLLOUT_BACKENDS = ("inline", "process", "ray")
 # What `race.vmm_beta: auto` becomes. Discrete tasks: the official SMAC run script's 0.001, with the loss summed
-# over each episode's steps as there (`discrete.vmm_time_reduction`). Continuous tasks: the value that the
-# pre-registered tuning on HalfCheetah-6x1 chooses (docs/results.md, "VMM on MA-MuJoCo"); until its runs have
-# finished, the 0.001 that every earlier run used, so nothing changes before the choice.
+# over each episode's steps as there (`discrete.vmm_time_reduction`). Continuous tasks: 10, the value that the
+# pre-registered tuning on HalfCheetah-6x1 chose (tuning seeds 101-102, 100k steps, beta 0.1 / 1 / 10; docs/results.md,
+# "VMM on MA-MuJoCo", and benchmarks/results/vmm_beta.json). Runs made before it used 0.001 and record it.
 VMM_BETA_DISCRETE = 0.001
-VMM_BETA_CONTINUOUS = 0.001
+VMM_BETA_CONTINUOUS = 10.0
 
 
 def resolve_vmm_beta(value: float | str, discrete: bool) -> float:
@@ -197,8 +197,8 @@ class RaceConfig:
     """Episodes each population team plays per generation to estimate its fitness."""
     vmm_beta: float | Literal["auto"] = "auto"
     """Weight beta of the value-aware MI loss in the encoder loss (0 = no VMM). `auto`: the task family's
-    value, 0.001 on discrete tasks (the official SMAC value) and the tuned one on continuous tasks
-    (docs/results.md, "VMM on MA-MuJoCo"); a run's config.yaml records the number it used."""
+    value, 0.001 on discrete tasks (the official SMAC value) and 10 on continuous tasks (chosen by a
+    pre-registered tuning, docs/results.md, "VMM on MA-MuJoCo"); a run's config.yaml records the number it used."""
     vfm_pevfa: bool = True
     """Train the encoder through the PeVFA for sampled teams (off: MARL critic only)."""
     shared_encoder: bool = True
