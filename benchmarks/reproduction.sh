@@ -7,6 +7,7 @@
 # recorded runs instead of running them again.
 #
 #   benchmarks/reproduction.sh [RUNS_DIR]            # default ~/racemarl_repro; logs in RUNS_DIR/{tune,worker}{1,2}.out
+#                                                    # (a run's checkpoints are deleted once its record is written)
 #   WORKERS=1 benchmarks/reproduction.sh             # one run at a time (default 2: one per core)
 #   benchmarks/reproduction.sh --list [RUNS_DIR]     # the queue of runs and where each stands; nothing runs
 #   benchmarks/reproduction.sh --collect [RUNS_DIR]  # no training: write the results JSON of every group whose runs
@@ -103,15 +104,22 @@ recorded() {  # $1 = a group's entry: are all its runs recorded?
   done; done; done
 }
 
+job_run() {  # $1 = a job's index: its run folder under RUNS (and its record under RECORDS), <group>/<run>
+  local t a s
+  read -r _ t _ a _ s _ <<< "${JOBS[$1]}"
+  echo "${JOBS[$1]##* }/${t//\//_}__${a}__s${s}"
+}
+
 if [ "$MODE" = list ]; then
   for i in "${!JOBS[@]}"; do
-    read -r _ t _ a _ s _ steps _ <<< "${JOBS[$i]}"
-    name="${JOBS[$i]##* }"
-    run="${t//\//_}__${a}__s${s}"
+    read -r _ _ _ _ _ _ _ steps _ <<< "${JOBS[$i]}"
+    IFS=/ read -r name run <<< "$(job_run "$i")"
     if [ -f "$RECORDS/$name/$run/summary.json" ]; then state=recorded
     elif [ -f "$RUNS/$name/$run/summary.json" ]; then state="finished, not recorded"
     elif [ -f "$RUNS/$name/$run/checkpoints/latest.pt" ]; then
-      state="started, $(tail -n 1 "$RUNS/$name/$run/metrics.csv" | cut -d, -f1) of $steps env steps"
+      done_steps=$({ tail -n 1 "$RUNS/$name/$run/metrics.csv" 2> /dev/null || true; } | cut -d, -f1)
+      state="started, before its first evaluation"
+      if [[ "$done_steps" =~ ^[0-9]+$ ]]; then state="started, $done_steps of $steps env steps"; fi
     else state="not started"; fi
     echo "$i $name/$run: $state"
   done
@@ -144,6 +152,8 @@ worker() {  # $1 = its number
     echo "$(date -u +%FT%TZ) job $i/${#JOBS[@]}: ${JOBS[$i]}"
     # shellcheck disable=SC2086  # a job is a list of arguments
     bench_one ${JOBS[$i]} > /dev/null || echo "$(date -u +%FT%TZ) job $i FAILED (its log is in $RUNS/<group>/)"
+    # a recorded run needs its checkpoint no more (the tables read the record): keep RUNS small
+    if [ -f "$RECORDS/$(job_run "$i")/summary.json" ]; then rm -rf "$RUNS/$(job_run "$i")/checkpoints"; fi
   done
 }
 for w in $(seq 1 "$WORKERS"); do

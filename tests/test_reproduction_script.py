@@ -58,6 +58,12 @@ def test_the_tuning_then_every_job_once_then_each_groups_results(tmp_path):
     python.chmod(0o755)
     calls = tmp_path / "calls"
     env = {**os.environ, "PYTHON": str(python), "CALLS": str(calls), "RECORDS": str(tmp_path / "records")}
+    recorded, unrecorded = "repro_smax_3m/smax_3m__race__s1", "repro_smax_3m/smax_3m__facmac__s1"
+    (tmp_path / "records" / recorded).mkdir(parents=True)
+    (tmp_path / "records" / recorded / "summary.json").write_text("{}")
+    for run in (recorded, unrecorded):
+        (tmp_path / "runs" / run / "checkpoints").mkdir(parents=True)
+        (tmp_path / "runs" / run / "checkpoints" / "latest.pt").write_bytes(b"")
     subprocess.run(
         ["bash", str(repo / "benchmarks" / "reproduction.sh"), str(tmp_path / "runs")],
         env=env,
@@ -85,3 +91,7 @@ def test_the_tuning_then_every_job_once_then_each_groups_results(tmp_path):
     assert tuning[6:] and not any("--no-results" in c for c in tuning[6:] + collect)
     assert len(collect) == 7 and "--random-episodes 20 --name repro_base_mamujoco" in collect[2]
     assert lines[-1].startswith("benchmarks/reproduction_table.py --runs")
+    # a recorded run's checkpoints are deleted, an unrecorded run keeps its own
+    assert not (tmp_path / "runs" / recorded / "checkpoints").exists()
+    assert (tmp_path / "runs" / unrecorded / "checkpoints" / "latest.pt").exists()
+    assert f"1 {unrecorded}: started, before its first evaluation" in listed  # no metrics.csv yet
