@@ -7,7 +7,8 @@
 # recorded runs instead of running them again.
 #
 #   benchmarks/reproduction.sh [RUNS_DIR]            # default ~/racemarl_repro; logs in RUNS_DIR/{tune,worker}{1,2}.out
-#                                                    # (a run's checkpoints are deleted once its record is written)
+#                                                    # (a run's checkpoints are deleted once its record is written;
+#                                                    # one script at a time per RUNS_DIR: a second one exits 2)
 #   WORKERS=1 benchmarks/reproduction.sh             # one run at a time (default 2: one per core)
 #   benchmarks/reproduction.sh --list [RUNS_DIR]     # the queue of runs and where each stands; nothing runs
 #   benchmarks/reproduction.sh --collect [RUNS_DIR]  # no training: write the results JSON of every group whose runs
@@ -40,6 +41,10 @@ PY="${PYTHON:-.venv/bin/python}"
 WORKERS="${WORKERS:-2}"
 RECORDS="${RECORDS:-benchmarks/results/run_records}"  # learning.py's default
 mkdir -p "$RUNS"
+if [ "$MODE" = run ]; then  # one script per RUNS_DIR: a second one would find every started run locked, and fail it
+  exec 9> "$RUNS/.reproduction.lock"
+  if ! flock -n 9; then echo "reproduction.sh: error: another reproduction.sh is running on $RUNS" >&2; exit 2; fi
+fi
 MUJOCO=mamujoco/HalfCheetah-6x1,mamujoco/Hopper-3x1
 
 bench() { "$PY" benchmarks/learning.py --workers 1 --runs-dir "$RUNS" --records "$RECORDS" --eval-interval 5000 "$@"; }

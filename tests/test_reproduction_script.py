@@ -95,3 +95,19 @@ def test_the_tuning_then_every_job_once_then_each_groups_results(tmp_path):
     assert not (tmp_path / "runs" / recorded / "checkpoints").exists()
     assert (tmp_path / "runs" / unrecorded / "checkpoints" / "latest.pt").exists()
     assert f"1 {unrecorded}: started, before its first evaluation" in listed  # no metrics.csv yet
+
+
+def test_a_second_script_on_the_same_runs_folder_stops_before_touching_it(tmp_path):
+    """While one reproduction.sh works on RUNS_DIR (it holds RUNS_DIR/.reproduction.lock), a second one ends with
+    one line and exit 2, and leaves the first one's job claims alone."""
+    import fcntl
+
+    runs = tmp_path / "runs"
+    (runs / "claims" / "10").mkdir(parents=True)
+    with open(runs / ".reproduction.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        env = {**os.environ, "PYTHON": "/bin/false", "RECORDS": str(tmp_path / "records")}
+        out = subprocess.run([str(SCRIPT), str(runs)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"reproduction.sh: error: another reproduction.sh is running on {runs}"
+    assert (runs / "claims" / "10").is_dir() and not (runs / "worker1.out").exists()
