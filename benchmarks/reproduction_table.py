@@ -8,8 +8,8 @@ within the task's budget (`eval_return` on MA-MuJoCo, `eval_win_rate` on SMAX), 
 bootstrap interval; P(X > Y): rliable's probability of improvement with its interval; the aggregates: the IQM over
 all runs and tasks of the final values normalised between the random policy (0) and the task's best run (1), across
 the MA-MuJoCo tasks (returns) and across every task (with SMAX's win rates), RACE's MARL team a row of its own.
-Only seeds 1-5 count (the beta-tuning seeds 101-102 live in their own groups and are never read). A second table
-holds the HalfCheetah-6x1 ablations on seeds 1-3, a third the diagnostics that say why a result went the way it
+Only seeds 1-5 count (the beta-tuning seeds 101-102 live in their own groups and are never read). Further tables
+hold the ablations (HalfCheetah-6x1 on seeds 1-3, SMAX 3m without VMM on seeds 1-5), another the diagnostics that say why a result went the way it
 did: the gradient each encoder-loss term puts on the shared encoders (VMM's and the MARL actor's relative to VFM's,
 the median over the evaluations after 20k steps), the MI bound's estimate and the MARL critic's bias (`q_bias_marl`)
 at the last evaluation within the budget. Writes `benchmarks/results/reproduction.json` and `.md`, and per task a
@@ -47,7 +47,15 @@ GROUPS = {  # folder -> (task family's metric, budget)
     "repro_smax_3m": ("eval_win_rate", 150_000),
     "repro_smax_2s3z": ("eval_win_rate", 150_000),
 }
-ABLATIONS = {"ablation_no_vmm": "RACE without VMM", "ablation_no_pevfa": "RACE without the PeVFA term"}
+ABLATIONS = {  # folder -> (label, task)
+    "ablation_no_vmm": ("RACE without VMM", "mamujoco/HalfCheetah-6x1"),
+    "ablation_no_pevfa": ("RACE without the PeVFA term", "mamujoco/HalfCheetah-6x1"),
+    "ablation_smax_3m_no_vmm": ("RACE without VMM", "smax/3m"),
+}
+ABLATED = {  # task -> (seeds, metric, budget) of its ablations
+    "mamujoco/HalfCheetah-6x1": ({1, 2, 3}, "eval_return", 200_000),
+    "smax/3m": ({1, 2, 3, 4, 5}, "eval_win_rate", 150_000),
+}
 SEEDS = {1, 2, 3, 4, 5}
 # The order of the methods at the paper's last tick (docs/results.md, "The paper's numbers"); MERL on SMAC too.
 PAPER_ORDER = {
@@ -57,7 +65,7 @@ PAPER_ORDER = {
     "smax/3m": "(not in the paper)",
 }
 COLUMNS = [("race", "eval"), ("race", "marl"), ("merl", "eval"), ("base", "eval"), ("ea", "eval")]
-DIAGNOSED = {**{group: "" for group in GROUPS}, **{group: f" ({label})" for group, label in ABLATIONS.items()}}
+DIAGNOSED = {**{group: "" for group in GROUPS}, **{group: f" ({label})" for group, (label, _) in ABLATIONS.items()}}
 
 
 def finals(runs, metric: str, budget: int, seeds: set[int]) -> dict[tuple[str, str], dict[int, float]]:
@@ -136,26 +144,39 @@ def aggregates(values: dict, randoms: dict[str, float]) -> list[str]:
     return lines
 
 
+def only(values: dict[int, float] | None, seeds: set[int]) -> dict[int, float] | None:
+    """`values` of the given seeds only (None stays None)."""
+    return None if values is None else {k: x for k, x in values.items() if k in seeds}
+
+
 def ablation_table(runs_dir: Path, values: dict) -> list[str]:
-    """HalfCheetah-6x1, seeds 1-3: RACE (its reproduction runs), each ablation group, MERL and MATD3."""
-    task, seeds = "mamujoco/HalfCheetah-6x1", {1, 2, 3}
-    rows = [("RACE", values.get((task, "race", "eval")), values.get((task, "race", "marl")))]
-    for group, label in ABLATIONS.items():
-        folder = runs_dir / group
-        if folder.is_dir() and any(folder.rglob("metrics.csv")):
-            runs = load_runs([folder])
-            got = [finals(runs, m, 200_000, seeds).get((task, "race")) for m in ("eval_return", "eval_return_marl")]
-            rows.append((label, *got))
-    rows.append(("MERL", values.get((task, "merl", "eval")), values.get((task, "merl", "marl"))))
-    rows.append(("MATD3", values.get((task, "base", "eval")), values.get((task, "base", "eval"))))
-    keep = lambda v: None if v is None else {k: x for k, x in v.items() if k in seeds}  # noqa: E731
-    lines = [
-        f"Ablations, {task}, seeds 1-3, final eval_return within 200k:",
-        "",
-        "| variant | headline | MARL team |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {label} | {cell(keep(h), 0)} | {cell(keep(m), 0)} |" for label, h, m in rows]
+    """Per ablated task (HalfCheetah-6x1 on seeds 1-3, SMAX 3m on seeds 1-5): RACE (its reproduction runs), each
+    ablation group of the task, MERL (MA-MuJoCo) and the base learner, on the same seeds."""
+    lines: list[str] = []
+    for task, (seeds, metric, budget) in ABLATED.items():
+        rows = [("RACE", values.get((task, "race", "eval")), values.get((task, "race", "marl")))]
+        for group, (label, ablated) in ABLATIONS.items():
+            folder = runs_dir / group
+            if ablated == task and folder.is_dir() and any(folder.rglob("metrics.csv")):
+                runs = load_runs([folder])
+                got = [finals(runs, m, budget, seeds).get((task, "race")) for m in (metric, metric + "_marl")]
+                rows.append((label, *got))
+        if task.startswith("mamujoco/"):
+            rows.append(("MERL", values.get((task, "merl", "eval")), values.get((task, "merl", "marl"))))
+        base = "MATD3" if task.startswith("mamujoco/") else "FACMAC"
+        rows.append((base, values.get((task, "base", "eval")), values.get((task, "base", "eval"))))
+        digits = 2 if metric == "eval_win_rate" else 0
+        first, last = min(seeds), max(seeds)
+        lines += [
+            *([""] if lines else []),
+            f"Ablations, {task}, seeds {first}-{last}, final {metric} within {budget // 1000}k:",
+            "",
+            "| variant | headline | MARL team |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {label} | {cell(only(h, seeds), digits)} | {cell(only(m, seeds), digits)} |" for label, h, m in rows
+        ]
     return lines
 
 
@@ -177,7 +198,7 @@ def run_diagnostics(run, budget: int) -> dict[str, float | None]:
 
 def diagnostics_table(runs_dir: Path) -> tuple[list[str], dict]:
     """Per group, task and algorithm (seeds 1-5): the median over seeds of each run's diagnostics."""
-    budgets = {**{g: b for g, (_, b) in GROUPS.items()}, **{g: 200_000 for g in ABLATIONS}}
+    budgets = {**{g: b for g, (_, b) in GROUPS.items()}, **{g: ABLATED[t][2] for g, (_, t) in ABLATIONS.items()}}
     rows, data = [], {}
     for group, label in DIAGNOSED.items():
         folder = runs_dir / group

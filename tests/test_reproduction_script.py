@@ -25,15 +25,15 @@ def test_the_queue_puts_what_done_needs_first_and_says_where_each_run_stands(tmp
     lines = listing(runs, records)
     names = [line.split(" ")[1].rstrip(":") for line in lines]
     assert [line.split(" ")[0] for line in lines] == [str(i) for i in range(len(lines))]
-    assert len(names) == len(set(names)) == 10 + 10 + 20 + 10 + 3 * 3
+    assert len(names) == len(set(names)) == 10 + 5 + 10 + 20 + 10 + 3 * 3
     groups = [n.split("/")[0] for n in names]
-    order = ["repro_smax_3m", "repro_race_mamujoco", "repro_base_mamujoco", "repro_smax_2s3z", "ablation_merl"]
-    assert [g for i, g in enumerate(groups) if i == 0 or groups[i - 1] != g][:5] == order
+    order = ["repro_smax_3m", "ablation_smax_3m_no_vmm", "repro_race_mamujoco", "repro_base_mamujoco"]
+    assert [g for i, g in enumerate(groups) if i == 0 or groups[i - 1] != g][:4] == order
     assert names[:2] == ["repro_smax_3m/smax_3m__race__s1", "repro_smax_3m/smax_3m__facmac__s1"]  # seed-major
-    assert sum(n.endswith("__s5") for n in names) == 2 + 2 + 4 + 2  # the ablations stop at seed 3
+    assert sum(n.endswith("__s5") for n in names) == 2 + 1 + 2 + 4 + 2  # HalfCheetah's ablations stop at seed 3
     state = dict(line.split(": ", 1) for line in lines)
     assert state["1 repro_smax_3m/smax_3m__facmac__s1"] == "recorded"
-    assert state["13 repro_race_mamujoco/mamujoco_Hopper-3x1__race__s2"] == "started, 10021 of 200000 env steps"
+    assert state["18 repro_race_mamujoco/mamujoco_Hopper-3x1__race__s2"] == "started, 10021 of 200000 env steps"
     assert state["0 repro_smax_3m/smax_3m__race__s1"] == "not started"
     assert not (runs / "claims").exists()  # listing takes no job
 
@@ -80,8 +80,8 @@ def test_the_tuning_then_every_job_once_then_each_groups_results(tmp_path):
     jobs = [c for c in lines[len(tuning) + 1 :] if "--seeds " in c and "," not in c.split("--seeds ")[1].split()[0]]
     listed = listing(tmp_path / "runs", tmp_path / "records")
     assert len(jobs) == len(set(jobs)) == len(listed)  # every job once, however the workers interleave
-    # worker 2 starts with the groups that fit in a session (MATD3 and EA-only first), worker 1 with the queue's head
-    assert "--name repro_base_mamujoco" in (tmp_path / "runs" / "worker2.out").read_text().splitlines()[0]
+    # worker 2 starts with the groups that fit in a session (the SMAX ablation first), worker 1 with the queue's head
+    assert "--name ablation_smax_3m_no_vmm" in (tmp_path / "runs" / "worker2.out").read_text().splitlines()[0]
     assert "--name repro_smax_3m" in (tmp_path / "runs" / "worker1.out").read_text().splitlines()[0]
     single = tuning[:6] + jobs  # one run each: its record only, never its group's results file
     assert all("--no-results" in c for c in single)
@@ -89,7 +89,7 @@ def test_the_tuning_then_every_job_once_then_each_groups_results(tmp_path):
     assert len(race) == 10 and all("--set race.vmm_beta=1.0 " in c for c in race)  # the chosen beta
     collect = [c for c in lines if "--seeds 1,2,3" in c]
     assert tuning[6:] and not any("--no-results" in c for c in tuning[6:] + collect)
-    assert len(collect) == 7 and "--random-episodes 20 --name repro_base_mamujoco" in collect[2]
+    assert len(collect) == 8 and "--random-episodes 20 --name repro_base_mamujoco" in collect[3]
     assert lines[-1].startswith("benchmarks/reproduction_table.py --runs")
     # a recorded run's checkpoints are deleted, an unrecorded run keeps its own
     assert not (tmp_path / "runs" / recorded / "checkpoints").exists()

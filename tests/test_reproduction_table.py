@@ -162,3 +162,27 @@ def test_the_diagnostics_are_the_medians_of_each_runs_shares_after_20k_and_its_l
         "0.030",
         "45",
     ]
+
+
+def test_the_smax_ablation_sits_beside_race_and_facmac_on_the_same_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    smax = {"task": "smax/3m", "metric": "eval_win_rate"}
+    for seed in (1, 2, 3, 4, 5, 6):  # seed 6 is not an evaluation seed: never read
+        rate = seed / 10
+        write_fake_run(runs / "repro_smax_3m" / f"r{seed}", "race", seed, [0, 150_000], [0.0, rate], **smax)
+        write_fake_run(runs / "repro_smax_3m" / f"f{seed}", "facmac", seed, [0, 150_000], [0.0, 0.5], **smax)
+        # past the budget the ablation's value is never read
+        write_fake_run(
+            runs / "ablation_smax_3m_no_vmm" / f"a{seed}", "race", seed, [0, 150_000, 155_000], [0.0, 1.0, 0.0], **smax
+        )
+    out = table.main(
+        ["--runs", str(runs), "--results", str(tmp_path), "--out", str(tmp_path / "rep"), "--figures", "none"]
+    )
+    text = out["table"]
+    part = text[text.index("Ablations, smax/3m, seeds 1-5, final eval_win_rate within 150k:") :].splitlines()
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in part if line.startswith("| ")}
+    assert rows["RACE"].startswith("0.30 [") and rows["RACE"].endswith("(n=5)")  # mean of 0.1 ... 0.5
+    assert rows["RACE without VMM"] == "1.00 [1.00, 1.00] (n=5)"
+    assert rows["FACMAC"].startswith("0.50") and "MERL" not in rows and "MATD3" not in rows
+    assert "Ablations, mamujoco/HalfCheetah-6x1, seeds 1-3" in text  # the MA-MuJoCo ablations keep their table
+    assert "ablation_smax_3m_no_vmm|smax/3m|race" in out["diagnostics"]
