@@ -157,11 +157,14 @@ def test_fp32_runs_no_autocast(tmp_path):
 
 CONTINUOUS = ["matd3", "race", "facmac", "merl"]
 DISCRETE = ["facmac", "race"]
-# Measured on these tiny networks and batches (64 samples, 16 units), from float32-trained states: per parameter,
-# worst cosine 0.976 and worst relative norm error 22% (RACE's critic first-layer bias: a LayerNorm follows, so its
-# gradient is a small sum of nearly cancelling terms; bfloat16 keeps 8 bits of mantissa, 0.4% per rounding); all
-# parameters together, cosine >= 0.999. Two different batches' gradients differ by far more than either.
-MIN_COSINE, MAX_NORM_ERROR, MIN_TOTAL_COSINE = 0.95, 0.30, 0.995
+# The yardstick is sampling noise: the difference between the float32 gradients of two batches. bfloat16 rounding
+# must move each parameter's gradient by well under that, and all of them together by a small part of it. Measured
+# on these tiny networks (16 units) from float32-trained states, seeds 1-4 of each continuous learner and of both
+# discrete ones (24 states): per parameter at most 0.43 of the batch noise (RACE-discrete's V_zeta last bias), all
+# parameters together at most 0.11 (MERL). Cosines and relative errors of single parameters are no yardstick here:
+# a bias followed by a LayerNorm has a gradient that is a small sum of nearly cancelling terms (relative errors up
+# to 43% in RACE's PeVFA at beta 10, 16x in one FACMAC state), while the same rounding is 0.1-0.4 of the batch noise.
+MAX_PARAM_NOISE_SHARE, MAX_TOTAL_NOISE_SHARE = 0.6, 0.25
 
 
 def _gradients(trainer: Trainer, batch, prec: str) -> dict[str, torch.Tensor]:
@@ -180,37 +183,39 @@ def _gradients(trainer: Trainer, batch, prec: str) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
 
 
-def _check_agreement(trainer: Trainer, same_zeros: bool = True) -> None:
-    """bf16 gradients within MIN_COSINE / MAX_NORM_ERROR of fp32, parameter by parameter; `same_zeros`: and zero in
-    exactly the same places (the padded rows of grouped layers and heads get no gradient in either precision; with
-    ReLU encoders, as on discrete tasks, a unit at the edge of its dead zone may differ)."""
-    batch = trainer.buffer.sample(trainer._batch_size())
-    g32, g16 = _gradients(trainer, batch, "fp32"), _gradients(trainer, batch, "bf16")
-    assert g32.keys() == g16.keys() and len(g32) > 5
-    worst, worst_name = (1.0, 0.0), ""
+def _check_agreement(trainer: Trainer) -> None:
+    """bf16 gradients differ from fp32 ones on the same batch by well under what another batch changes (per parameter
+    at most MAX_PARAM_NOISE_SHARE of it, all together MAX_TOTAL_NOISE_SHARE), and where float32 gives no gradient on
+    either batch (the padded rows of grouped layers and heads) bfloat16 gives none either, or at most a thousandth of
+    the parameter's largest gradient (a ReLU unit at the edge of its dead zone may be alive in one precision only:
+    measured 3e-6 against 0.1 in FACMAC's agent critic)."""
+    batch, other = trainer.buffer.sample(trainer._batch_size()), trainer.buffer.sample(trainer._batch_size())
+    g32, g16, noise = (
+        _gradients(trainer, batch, "fp32"),
+        _gradients(trainer, batch, "bf16"),
+        _gradients(trainer, other, "fp32"),
+    )
+    assert g32.keys() == g16.keys() == noise.keys() and len(g32) > 5
+    worst, worst_name = 0.0, ""
     for name, a in g32.items():
         b = g16[name]
-        if same_zeros:
-            assert torch.equal(a == 0, b == 0), f"{name}: gradient zero in one precision only"
-        if a.norm() == 0:
+        structural = (a == 0) & (noise[name] == 0)  # at most a rounding's worth there (a dead-zone edge)
+        leak = b[structural].abs().max().item() if structural.any() else 0.0
+        assert leak <= 1e-3 * a.abs().max().item(), (
+            f"{name}: bf16 gives a gradient ({leak:.3g}) where float32 gives none"
+        )
+        yardstick = (noise[name] - a).norm()
+        if yardstick == 0:  # no gradient in either batch (padding): nothing to compare
+            assert torch.equal(a, b), f"{name}: no gradient in float32, one in bfloat16"
             continue
-        cos = torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
-        rel = ((a - b).norm() / a.norm()).item()
-        if rel > worst[1]:
-            worst_name = name
-        worst = (min(worst[0], cos), max(worst[1], rel))
-        assert cos >= MIN_COSINE and rel <= MAX_NORM_ERROR, f"{name}: cosine {cos:.5f}, relative error {rel:.4f}"
-    total = torch.nn.functional.cosine_similarity(
-        torch.cat([g.flatten() for g in g32.values()]).double(),
-        torch.cat([g16[k].flatten() for k in g32]).double(),
-        dim=0,
-    ).item()
-    assert total >= MIN_TOTAL_COSINE, f"all parameters: cosine {total:.5f}"
-    print(
-        f"all parameters: cosine {total:.5f};",
-        f"worst cosine {worst[0]:.5f}, worst relative norm error {worst[1]:.4f}",
-        worst_name,
-    )
+        share = ((b - a).norm() / yardstick).item()
+        if share > worst:
+            worst, worst_name = share, name
+        assert share <= MAX_PARAM_NOISE_SHARE, f"{name}: bf16 moves the gradient by {share:.3f} of the batch noise"
+    flat = lambda g: torch.cat([g[k].flatten() for k in g32]).double()  # noqa: E731
+    total = ((flat(g16) - flat(g32)).norm() / (flat(noise) - flat(g32)).norm()).item()
+    assert total <= MAX_TOTAL_NOISE_SHARE, f"all parameters: bf16 moves the gradient by {total:.3f} of the batch noise"
+    print(f"all parameters: {total:.3f} of the batch noise; worst parameter {worst:.3f} ({worst_name})")
 
 
 @pytest.mark.parametrize("algo", CONTINUOUS)
@@ -228,7 +233,7 @@ def test_bf16_gradients_agree_with_fp32_discrete(tmp_path, algo):
 
     trainer = Trainer(discrete_config(algo, total_steps=160, task="smax/3m"), tmp_path / "run")
     trainer.train()
-    _check_agreement(trainer, same_zeros=False)
+    _check_agreement(trainer)
     trainer.close()
 
 
