@@ -25,7 +25,8 @@
 #   that runs finish in every session even where a machine loses its unfinished runs between sessions (a RACE run
 #   on MA-MuJoCo takes longer than a session). The queue's order puts first what the issue's "done" needs:
 #   SMAX 3m (RACE, FACMAC, seeds 1-5, 150k), then RACE without VMM there (seeds 1-5, a few hours in all: do two of
-#   RACE's five seeds fail there because of VMM?), then RACE with the chosen beta on HalfCheetah-6x1 and Hopper-3x1 (seeds
+#   RACE's five seeds fail there because of VMM? no) and without both representation losses (VMM and the PeVFA
+#   term: does the MARL critic still fail with only the population's episodes added?), then RACE with the chosen beta on HalfCheetah-6x1 and Hopper-3x1 (seeds
 #   1-5, 200k); MATD3 and EA-only there (seeds 1-5, 200k); then SMAX 2s3z like 3m; then the HalfCheetah-6x1
 #   ablations, seeds 1-3, 200k: MERL, RACE without VMM (beta 0), RACE without the PeVFA term in the encoder loss
 #   (race.vfm_pevfa=false). Once every run is done each group's results JSON is written from all its runs (with
@@ -74,6 +75,7 @@ beta=$("$PY" -c 'import json; print(json.load(open("benchmarks/results/vmm_beta.
 GROUP_LIST=(
   "repro_smax_3m;smax/3m;race,facmac;1,2,3,4,5;150000;--eval-episodes 32;64"
   "ablation_smax_3m_no_vmm;smax/3m;race;1,2,3,4,5;150000;--eval-episodes 32 --set race.vmm_beta=0;0"
+  "ablation_smax_3m_no_repr;smax/3m;race;1,2,3,4,5;150000;--eval-episodes 32 --set race.vmm_beta=0 --set race.vfm_pevfa=false;0"
   "repro_race_mamujoco;$MUJOCO;race;1,2,3,4,5;200000;--set race.vmm_beta=$beta;0"
   "repro_base_mamujoco;$MUJOCO;matd3,ea;1,2,3,4,5;200000;;20"
   "repro_smax_2s3z;smax/2s3z;race,facmac;1,2,3,4,5;150000;--eval-episodes 32;64"
@@ -145,7 +147,7 @@ fi
 CLAIMS="$RUNS/claims"  # a job is taken by creating its folder here (atomic); cleared at every start
 rm -rf "$CLAIMS"
 mkdir -p "$CLAIMS"
-SHORT=" ablation_smax_3m_no_vmm repro_base_mamujoco repro_smax_2s3z "
+SHORT=" ablation_smax_3m_no_vmm ablation_smax_3m_no_repr repro_base_mamujoco repro_smax_2s3z "
 order() {  # $1 = a worker's number: the jobs' indices in the order it tries them (each is taken once, by one worker)
   local i
   if [ "$1" -gt 1 ]; then

@@ -9,7 +9,7 @@ bootstrap interval; P(X > Y): rliable's probability of improvement with its inte
 all runs and tasks of the final values normalised between the random policy (0) and the task's best run (1), across
 the MA-MuJoCo tasks (returns) and across every task (with SMAX's win rates), RACE's MARL team a row of its own.
 Only seeds 1-5 count (the beta-tuning seeds 101-102 live in their own groups and are never read). Further tables
-hold the ablations (HalfCheetah-6x1 on seeds 1-3, SMAX 3m without VMM on seeds 1-5), another the diagnostics that say why a result went the way it
+hold the ablations (HalfCheetah-6x1 on seeds 1-3, SMAX 3m on seeds 1-5), another the diagnostics that say why a result went the way it
 did: the gradient each encoder-loss term puts on the shared encoders (VMM's and the MARL actor's relative to VFM's,
 the median over the evaluations after 20k steps), the MI bound's estimate and the MARL critic's bias (`q_bias_marl`)
 at the last evaluation within the budget. Writes `benchmarks/results/reproduction.json` and `.md`, and per task a
@@ -51,6 +51,7 @@ ABLATIONS = {  # folder -> (label, task)
     "ablation_no_vmm": ("RACE without VMM", "mamujoco/HalfCheetah-6x1"),
     "ablation_no_pevfa": ("RACE without the PeVFA term", "mamujoco/HalfCheetah-6x1"),
     "ablation_smax_3m_no_vmm": ("RACE without VMM", "smax/3m"),
+    "ablation_smax_3m_no_repr": ("RACE without VMM and the PeVFA term", "smax/3m"),
 }
 ABLATED = {  # task -> (seeds, metric, budget) of its ablations
     "mamujoco/HalfCheetah-6x1": ({1, 2, 3}, "eval_return", 200_000),
