@@ -26,8 +26,8 @@
 #   on MA-MuJoCo takes longer than a session). The queue's order puts first what the issue's "done" needs:
 #   SMAX 3m (RACE, FACMAC, seeds 1-5, 150k), then RACE without VMM there (seeds 1-5, a few hours in all: do two of
 #   RACE's five seeds fail there because of VMM? no) and without both representation losses (VMM and the PeVFA
-#   term: does the MARL critic still fail with only the population's episodes added?), then RACE with the chosen beta on HalfCheetah-6x1 and Hopper-3x1 (seeds
-#   1-5, 200k); MATD3 and EA-only there (seeds 1-5, 200k); then SMAX 2s3z like 3m; then the HalfCheetah-6x1
+#   term: does the MARL critic still fail with only the population's episodes added?), then RACE with the chosen
+#   beta on HalfCheetah-6x1 and Hopper-3x1 (seeds 1-5, 200k); MATD3 and EA-only there (seeds 1-5, 200k); then SMAX 2s3z like 3m; then the HalfCheetah-6x1
 #   ablations, seeds 1-3, 200k: MERL, RACE without VMM (beta 0), RACE without the PeVFA term in the encoder loss
 #   (race.vfm_pevfa=false). Once every run is done each group's results JSON is written from all its runs (with
 #   the random policy's value where the group measures one), then the Reproduction table.
@@ -162,7 +162,8 @@ worker() {  # $1 = its number
     # shellcheck disable=SC2086  # a job is a list of arguments
     bench_one ${JOBS[$i]} > /dev/null || echo "$(date -u +%FT%TZ) job $i FAILED (its log is in $RUNS/<group>/)"
     # a recorded run needs its checkpoint no more (the tables read the record): keep RUNS small
-    if [ -f "$RECORDS/$(job_run "$i")/summary.json" ]; then rm -rf "$RUNS/$(job_run "$i")/checkpoints"; fi
+    run=$(job_run "$i")
+    if [ -f "$RECORDS/$run/summary.json" ]; then rm -rf "${RUNS:?}/$run/checkpoints"; fi
   done
 }
 for w in $(seq 1 "$WORKERS"); do

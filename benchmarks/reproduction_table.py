@@ -9,9 +9,9 @@ bootstrap interval; P(X > Y): rliable's probability of improvement with its inte
 all runs and tasks of the final values normalised between the random policy (0) and the task's best run (1), across
 the MA-MuJoCo tasks (returns) and across every task (with SMAX's win rates), RACE's MARL team a row of its own.
 Only seeds 1-5 count (the beta-tuning seeds 101-102 live in their own groups and are never read). Further tables
-hold the ablations (HalfCheetah-6x1 on seeds 1-3, SMAX 3m on seeds 1-5), another the diagnostics that say why a result went the way it
-did: the gradient each encoder-loss term puts on the shared encoders (VMM's and the MARL actor's relative to VFM's,
-the median over the evaluations after 20k steps), the MI bound's estimate and the MARL critic's bias (`q_bias_marl`)
+hold the ablations (HalfCheetah-6x1 on seeds 1-3, SMAX 3m on seeds 1-5), another the diagnostics that say why a
+result went the way it did: the gradient each encoder-loss term puts on the shared encoders (VMM's and the MARL
+actor's relative to VFM's, the median over the evaluations after 20k steps), the MI bound's estimate and the MARL critic's bias (`q_bias_marl`)
 at the last evaluation within the budget. Writes `benchmarks/results/reproduction.json` and `.md`, and per task a
 figure of the learning curves (`docs/figures/reproduction_<task>.png`: every method of the task's groups, seeds
 1-5, RACE's and MERL's MARL teams dashed beside their headline, 95% bootstrap bands, the random policy's value).
@@ -69,6 +69,11 @@ COLUMNS = [("race", "eval"), ("race", "marl"), ("merl", "eval"), ("base", "eval"
 DIAGNOSED = {**{group: "" for group in GROUPS}, **{group: f" ({label})" for group, (label, _) in ABLATIONS.items()}}
 
 
+def has_runs(folder: Path) -> bool:
+    """Does `folder` (a group's folder of run folders or records) hold any run with metrics yet?"""
+    return folder.is_dir() and any(folder.rglob("metrics.csv"))
+
+
 def finals(runs, metric: str, budget: int, seeds: set[int]) -> dict[tuple[str, str], dict[int, float]]:
     """{(task, algo): {seed: the last value of `metric` at or before `budget`}} for runs with a value."""
     out: dict[tuple[str, str], dict[int, float]] = {}
@@ -107,7 +112,7 @@ def collect(runs_dir: Path, results: Path) -> tuple[dict, dict, dict]:
     budgets: dict[str, tuple[str, int]] = {}
     for group, (metric, budget) in GROUPS.items():
         folder = runs_dir / group
-        if not folder.is_dir() or not any(folder.rglob("metrics.csv")):
+        if not has_runs(folder):
             continue
         runs = load_runs([folder])
         for team, m in (("eval", metric), ("marl", metric + "_marl")):
@@ -158,7 +163,7 @@ def ablation_table(runs_dir: Path, values: dict) -> list[str]:
         rows = [("RACE", values.get((task, "race", "eval")), values.get((task, "race", "marl")))]
         for group, (label, ablated) in ABLATIONS.items():
             folder = runs_dir / group
-            if ablated == task and folder.is_dir() and any(folder.rglob("metrics.csv")):
+            if ablated == task and has_runs(folder):
                 runs = load_runs([folder])
                 got = [finals(runs, m, budget, seeds).get((task, "race")) for m in (metric, metric + "_marl")]
                 rows.append((label, *got))
@@ -203,7 +208,7 @@ def diagnostics_table(runs_dir: Path) -> tuple[list[str], dict]:
     rows, data = [], {}
     for group, label in DIAGNOSED.items():
         folder = runs_dir / group
-        if not folder.is_dir() or not any(folder.rglob("metrics.csv")):
+        if not has_runs(folder):
             continue
         per: dict[tuple[str, str], list[dict]] = {}
         for run in load_runs([folder]):
@@ -247,7 +252,7 @@ def figures(runs_dir: Path, randoms: dict[str, float], budgets: dict[str, tuple[
     by_task: dict[str, list] = {}
     for group in GROUPS:
         folder = runs_dir / group
-        if folder.is_dir() and any(folder.rglob("metrics.csv")):
+        if has_runs(folder):
             for run in load_runs([folder]):
                 if run.seed in SEEDS:
                     by_task.setdefault(run.config.env.task, []).append(run)
