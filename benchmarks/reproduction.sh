@@ -76,6 +76,7 @@ GROUP_LIST=(
   "repro_smax_3m;smax/3m;race,facmac;1,2,3,4,5;150000;--eval-episodes 32;64"
   "ablation_smax_3m_no_vmm;smax/3m;race;1,2,3,4,5;150000;--eval-episodes 32 --set race.vmm_beta=0;0"
   "ablation_smax_3m_no_repr;smax/3m;race;1,2,3,4,5;150000;--eval-episodes 32 --set race.vmm_beta=0 --set race.vfm_pevfa=false;0"
+  "ablation_smax_3m_own_data;smax/3m;race;1,2,3,4,5;150000;--eval-episodes 32 --set discrete.marl_data=own;0"
   "repro_race_mamujoco;$MUJOCO;race;1,2,3,4,5;200000;--set race.vmm_beta=$beta;0"
   "repro_base_mamujoco;$MUJOCO;matd3,ea;1,2,3,4,5;200000;;20"
   "repro_smax_2s3z;smax/2s3z;race,facmac;1,2,3,4,5;150000;--eval-episodes 32;64"
@@ -147,7 +148,7 @@ fi
 CLAIMS="$RUNS/claims"  # a job is taken by creating its folder here (atomic); cleared at every start
 rm -rf "$CLAIMS"
 mkdir -p "$CLAIMS"
-SHORT=" ablation_smax_3m_no_vmm ablation_smax_3m_no_repr repro_base_mamujoco repro_smax_2s3z "
+SHORT=" ablation_smax_3m_no_vmm ablation_smax_3m_no_repr ablation_smax_3m_own_data repro_base_mamujoco repro_smax_2s3z "
 order() {  # $1 = a worker's number: the jobs' indices in the order it tries them (each is taken once, by one worker)
   local i
   if [ "$1" -gt 1 ]; then

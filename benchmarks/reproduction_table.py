@@ -52,6 +52,7 @@ ABLATIONS = {  # folder -> (label, task)
     "ablation_no_pevfa": ("RACE without the PeVFA term", "mamujoco/HalfCheetah-6x1"),
     "ablation_smax_3m_no_vmm": ("RACE without VMM", "smax/3m"),
     "ablation_smax_3m_no_repr": ("RACE without VMM and the PeVFA term", "smax/3m"),
+    "ablation_smax_3m_own_data": ("RACE, its MARL critic on the MARL team's episodes", "smax/3m"),
 }
 ABLATED = {  # task -> (seeds, metric, budget) of its ablations
     "mamujoco/HalfCheetah-6x1": ({1, 2, 3}, "eval_return", 200_000),

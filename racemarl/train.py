@@ -97,6 +97,9 @@ class Trainer(RunState):
                 self.pop_encoders = self.learner.fresh_encoder_params(cfg.race.pop_size)
             self.best_heads = self.population[0].clone()
         self.buffer = self.family.make_buffer(self.learner, self.device)
+        # discrete.marl_data=own: the MARL critic and actor term learn from a second batch, of the MARL team's episodes
+        # (only RACE's buffer holds other teams' episodes)
+        self.marl_own_data = cfg.uses_marl and cfg.uses_population and cfg.discrete.marl_data == "own"
         self.progress = Progress(next_eval=0)
         if resume:
             self._load(self.run_dir / "checkpoints" / LATEST)
@@ -258,7 +261,9 @@ class Trainer(RunState):
             if self._checkpoint_due():
                 self._raise_if_non_finite(fallback)  # a checkpoint holds only checked updates
             self.maybe_checkpoint()
-            losses = self.learner.update(self.buffer.sample(batch_size), population, pop_encoders)
+            batch = self.buffer.sample(batch_size)
+            marl_batch = self.buffer.sample(batch_size, marl_only=True) if self.marl_own_data else None
+            losses = self.learner.update(batch, population, pop_encoders, marl_batch)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.double()  # float64 on the device: the sums Python floats gave
                 counts[k] = counts.get(k, 0) + 1

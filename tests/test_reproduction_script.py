@@ -25,15 +25,21 @@ def test_the_queue_puts_what_done_needs_first_and_says_where_each_run_stands(tmp
     lines = listing(runs, records)
     names = [line.split(" ")[1].rstrip(":") for line in lines]
     assert [line.split(" ")[0] for line in lines] == [str(i) for i in range(len(lines))]
-    assert len(names) == len(set(names)) == 10 + 5 + 5 + 10 + 20 + 10 + 3 * 3
+    assert len(names) == len(set(names)) == 10 + 5 + 5 + 5 + 10 + 20 + 10 + 3 * 3
     groups = [n.split("/")[0] for n in names]
-    order = ["repro_smax_3m", "ablation_smax_3m_no_vmm", "ablation_smax_3m_no_repr", "repro_race_mamujoco"]
-    assert [g for i, g in enumerate(groups) if i == 0 or groups[i - 1] != g][:4] == order
+    order = [
+        "repro_smax_3m",
+        "ablation_smax_3m_no_vmm",
+        "ablation_smax_3m_no_repr",
+        "ablation_smax_3m_own_data",
+        "repro_race_mamujoco",
+    ]
+    assert [g for i, g in enumerate(groups) if i == 0 or groups[i - 1] != g][:5] == order
     assert names[:2] == ["repro_smax_3m/smax_3m__race__s1", "repro_smax_3m/smax_3m__facmac__s1"]  # seed-major
-    assert sum(n.endswith("__s5") for n in names) == 2 + 1 + 1 + 2 + 4 + 2  # HalfCheetah's ablations stop at seed 3
+    assert sum(n.endswith("__s5") for n in names) == 2 + 1 + 1 + 1 + 2 + 4 + 2  # HalfCheetah's ablations stop at seed 3
     state = dict(line.split(": ", 1) for line in lines)
     assert state["1 repro_smax_3m/smax_3m__facmac__s1"] == "recorded"
-    assert state["23 repro_race_mamujoco/mamujoco_Hopper-3x1__race__s2"] == "started, 10021 of 200000 env steps"
+    assert state["28 repro_race_mamujoco/mamujoco_Hopper-3x1__race__s2"] == "started, 10021 of 200000 env steps"
     assert state["0 repro_smax_3m/smax_3m__race__s1"] == "not started"
     assert not (runs / "claims").exists()  # listing takes no job
 
@@ -89,7 +95,7 @@ def test_the_tuning_then_every_job_once_then_each_groups_results(tmp_path):
     assert len(race) == 10 and all("--set race.vmm_beta=1.0 " in c for c in race)  # the chosen beta
     collect = [c for c in lines if "--seeds 1,2,3" in c]
     assert tuning[6:] and not any("--no-results" in c for c in tuning[6:] + collect)
-    assert len(collect) == 9 and "--random-episodes 20 --name repro_base_mamujoco" in collect[4]
+    assert len(collect) == 10 and "--random-episodes 20 --name repro_base_mamujoco" in collect[5]
     assert lines[-1].startswith("benchmarks/reproduction_table.py --runs")
     # a recorded run's checkpoints are deleted, an unrecorded run keeps its own
     assert not (tmp_path / "runs" / recorded / "checkpoints").exists()

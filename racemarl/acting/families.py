@@ -111,6 +111,10 @@ class ContinuousFamily:
 
     @staticmethod
     def config_problem(cfg: Config) -> str | None:
+        if cfg.discrete.marl_data != "shared":
+            return (
+                f"discrete.marl_data={cfg.discrete.marl_data} is for discrete tasks only ({cfg.env.task} is continuous)"
+            )
         return None
 
     def learner_class(self) -> type:
@@ -339,7 +343,10 @@ class DiscreteFamily:
         if cfg.uses_marl:
             eps[0] = self.epsilon(p.env_steps)
         rngs = [np.random.default_rng(slot_stream(cfg.seed, p.generation, row)) for row in range(self.n_slots)]
-        stats = run_discrete_episodes(self.envs, run.actor, heads, rngs, epsilon=eps, buffer=run.buffer)
+        marl_row = 0 if cfg.uses_marl else None
+        stats = run_discrete_episodes(
+            self.envs, run.actor, heads, rngs, epsilon=eps, buffer=run.buffer, marl_row=marl_row
+        )
         return Played(stats.returns, self._wins(self.envs, stats.won), int(stats.lengths.sum()))
 
     def epsilon(self, env_steps: int) -> float:

@@ -46,8 +46,10 @@ def run_discrete_episodes(
     epsilon: np.ndarray | None = None,
     greedy: np.ndarray | None = None,
     buffer: EpisodeBuffer | None = None,
+    marl_row: int | None = None,
 ) -> DiscreteEpisodeStats:
-    """Play one episode in every row of `envs` (rows = teams; heads `[B, N, A, h+1]`).
+    """Play one episode in every row of `envs` (rows = teams; heads `[B, N, A, h+1]`); with a `buffer`, store them
+    there in row order, row `marl_row` tagged as the MARL team's episode.
 
     `learner` provides `encoders` (`RecurrentEncoders`) and `act_step`; `rngs[b]` seeds row b's env
     and draws its actions.
@@ -94,5 +96,5 @@ def run_discrete_episodes(
         last = F.one_hot(torch.from_numpy(actions.astype(np.int64)), n_act).float()
     if buffer is not None:
         for b in range(b_size):
-            buffer.add({k: np.stack(v[b]) for k, v in record.items()})
+            buffer.add({k: np.stack(v[b]) for k, v in record.items()}, marl=b == marl_row)
     return DiscreteEpisodeStats(returns=returns, lengths=lengths, won=won)

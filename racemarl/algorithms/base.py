@@ -64,9 +64,10 @@ class Learner(nn.Module):
     _guard_record: dict[str, torch.Tensor] | None
 
     def update(
-        self, batch, population: torch.Tensor | None = None, pop_encoders: dict | None = None
+        self, batch, population: torch.Tensor | None = None, pop_encoders: dict | None = None, marl_batch=None
     ) -> dict[str, torch.Tensor]:
-        """One gradient update on `batch`; the losses as 0-dim tensors on the device (each learner's own)."""
+        """One gradient update on `batch` (the MARL critic and actor term on `marl_batch` instead when given:
+        `discrete.marl_data=own`); the losses as 0-dim tensors on the device (each learner's own)."""
         raise NotImplementedError
 
     def target_pairs(self) -> list:

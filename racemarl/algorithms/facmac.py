@@ -169,49 +169,69 @@ class FACMAC(Learner):
         return (self.encoders_targ if target else self.encoders)(batch.obs, last)
 
     def update(
-        self, batch: EpisodeBatch, population: torch.Tensor | None = None, pop_encoders: dict | None = None
+        self,
+        batch: EpisodeBatch,
+        population: torch.Tensor | None = None,
+        pop_encoders: dict | None = None,
+        marl_batch: EpisodeBatch | None = None,
     ) -> dict[str, torch.Tensor]:
         """One update on a batch of episodes; no host synchronisation (see `Learner`): losses returned as
-        detached 0-dim tensors, a non-finite batch or loss skips the steps and targets on the device."""
+        detached 0-dim tensors, a non-finite batch or loss skips the steps and targets on the device.
+        `marl_batch` (`discrete.marl_data=own`): the batch the MARL critic and the actor term learn from instead
+        of `batch` (which RACE's PeVFA, V_zeta, VFM and VMM keep)."""
         del pop_encoders  # unshared encoders are a continuous-task ablation only
         with self.amp():
-            return self._update(batch, population)
+            return self._update(batch, population, batch if marl_batch is None else marl_batch)
 
-    def _update(self, batch: EpisodeBatch, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        dc = self.dcfg
-        ok = self.batch_ok([t for t in batch.tensors() if t.is_floating_point()])
-        t_max = batch.reward.shape[1]
-        actions = F.one_hot(batch.actions, self.n_actions).float()
-        obs, state, mask = batch.obs[:, :t_max], batch.state[:, :t_max], batch.mask
+    def marl_targets(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target encoders' hidden states `[B, T+1, N, h]` and the target critic's Q_tot of the MARL team's target
+        greedy actions `[B, T+1]` on `batch` (no gradient)."""
         with torch.no_grad():
-            z_targ = self.unroll(batch, target=True)  # [B, T+1, N, h]
+            z_targ = self.unroll(batch, target=True)
             greedy = masked_logits(team_logits(z_targ, self.marl_heads_targ), batch.avail).argmax(-1)
-            q_next = self.critic_targ(batch.obs, F.one_hot(greedy, self.n_actions).float(), batch.state)
-            y = td_lambda_targets(batch.reward, batch.terminated, mask, q_next, dc.gamma, dc.td_lambda)
-        q = self.critic(obs, actions, state)
-        losses: dict[str, torch.Tensor] = {"critic": masked_mean((q - y).pow(2), mask)}
+            return z_targ, self.critic_targ(batch.obs, F.one_hot(greedy, self.n_actions).float(), batch.state)
+
+    def _update(
+        self, batch: EpisodeBatch, population: torch.Tensor | None, marl_batch: EpisodeBatch
+    ) -> dict[str, torch.Tensor]:
+        dc, mb = self.dcfg, marl_batch
+        batches = [batch] if mb is batch else [batch, mb]
+        ok = self.batch_ok([t for b in batches for t in b.tensors() if t.is_floating_point()])
+        t_max = mb.reward.shape[1]
+        actions = F.one_hot(mb.actions, self.n_actions).float()
+        z_targ, q_next = self.marl_targets(mb)
+        with torch.no_grad():
+            y = td_lambda_targets(mb.reward, mb.terminated, mb.mask, q_next, dc.gamma, dc.td_lambda)
+        q = self.critic(mb.obs[:, :t_max], actions, mb.state[:, :t_max])
+        losses: dict[str, torch.Tensor] = {"critic": masked_mean((q - y).pow(2), mb.mask)}
+        if mb is not batch:
+            z_targ, q_next = self.marl_targets(batch)
         losses.update(self.extra_critic_losses(batch, z_targ, q_next, population))
         ok = self._step(loss_sum(losses), self.critic_optimizers(), losses, ok)
 
         with frozen(self.critic_modules()):
-            enc_losses = self.encoder_losses(batch, population)
+            enc_losses = self.encoder_losses(batch, population, mb)
             ok = self._step(loss_sum(enc_losses), self.encoder_optimizers(), enc_losses, ok)
         losses.update(enc_losses)
         self.n_updates += 1
         self.update_targets(ok)
         return {k: v.detach() for k, v in losses.items()}
 
-    def encoder_losses(self, batch: EpisodeBatch, population: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def encoder_losses(
+        self, batch: EpisodeBatch, population: torch.Tensor | None, marl_batch: EpisodeBatch | None = None
+    ) -> dict[str, torch.Tensor]:
         """The terms of the MARL heads' and the encoder's loss: the actor term (-Q_tot of Gumbel-softmax
-        straight-through actions, plus the logit penalty) and the hook's extra terms (RACE: VFM, beta * VMM).
-        The critics are read, not trained (the caller freezes them)."""
-        t_max = batch.reward.shape[1]
-        obs, state, avail, mask = batch.obs[:, :t_max], batch.state[:, :t_max], batch.avail[:, :t_max], batch.mask
-        z = self.unroll(batch)
-        logits = team_logits(z[:, :t_max], self.marl_heads)
+        straight-through actions, plus the logit penalty; on `marl_batch` when given) and the hook's extra terms
+        on `batch` (RACE: VFM, beta * VMM). The critics are read, not trained (the caller freezes them)."""
+        mb = batch if marl_batch is None else marl_batch
+        t_max = mb.reward.shape[1]
+        obs, state, avail, mask = mb.obs[:, :t_max], mb.state[:, :t_max], mb.avail[:, :t_max], mb.mask
+        z_m = self.unroll(mb)
+        logits = team_logits(z_m[:, :t_max], self.marl_heads)
         pi = gumbel_straight_through(masked_logits(logits, avail), self.generator)
         q_pi = self.critic(obs, pi, state)
         reg = masked_mean((logits * avail).pow(2).mean(-1), mask[..., None])
+        z = z_m if mb is batch else self.unroll(batch)
         return {
             "actor": -masked_mean(q_pi, mask) + self.dcfg.logit_reg * reg,
             **self.extra_encoder_losses(batch, z, population),

@@ -172,7 +172,11 @@ class MATD3(Learner):
 
     # ------------------------------------------------------------------ learning
     def update(
-        self, batch: Batch, population: torch.Tensor | None = None, pop_encoders: dict[str, torch.Tensor] | None = None
+        self,
+        batch: Batch,
+        population: torch.Tensor | None = None,
+        pop_encoders: dict[str, torch.Tensor] | None = None,
+        marl_batch: None = None,
     ) -> dict[str, torch.Tensor]:
         """One gradient update. `population` `[P, N, A, d+1]` holds the evolved teams' heads and
         `pop_encoders` their own encoders when encoders are not shared (both used by RACE only), on the
@@ -184,7 +188,10 @@ class MATD3(Learner):
         Sections carry `torch.profiler.record_function` labels (critic_target, critic_loss, ...,
         critic_backward, critic_optim, encoder_forward, actor_loss, actor_backward, actor_optim,
         target_update) so a profile splits an update by loss; they cost microseconds when no profiler runs.
+        `marl_batch` (a separate batch for the MARL critic) is for the discrete learner only.
         """
+        if marl_batch is not None:
+            raise ValueError("a separate MARL batch (discrete.marl_data=own) is for discrete tasks only")
         self.pop_encoders = pop_encoders
         with self.amp():
             return self._update(batch, population)

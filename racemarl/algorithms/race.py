@@ -50,9 +50,9 @@ class RaceParts(Learner):
         return resolve_vmm_beta(self.rcfg.vmm_beta, self.spec.discrete)
 
     def update(
-        self, batch, population: torch.Tensor | None = None, pop_encoders: dict | None = None
+        self, batch, population: torch.Tensor | None = None, pop_encoders: dict | None = None, marl_batch=None
     ) -> dict[str, torch.Tensor]:
-        losses = super().update(batch, population, pop_encoders)
+        losses = super().update(batch, population, pop_encoders, marl_batch)
         if "vmm" in losses:  # report L_VMM itself, not beta * L_VMM (divided in double precision, as reported before)
             losses["vmm"] = losses["vmm"].double() / self.vmm_beta
             losses["mi"] = self.last_mi

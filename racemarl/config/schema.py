@@ -159,6 +159,10 @@ class DiscreteConfig:
     vmm_time_reduction: Literal["sum", "mean"] = "sum"
     """RACE-discrete: L_VMM summed over an episode's time steps (official code: at beta 0.001 the loss is about
     T times what its mean would be) or averaged over them."""
+    marl_data: Literal["shared", "own"] = "shared"
+    """RACE-discrete: the episodes the MARL critic and the MARL heads' actor term learn from. shared = a batch of
+    the shared buffer, every team's episodes (both reference codes); own = a second batch drawn from the MARL
+    team's own episodes only (a diagnostic: the PeVFA, V_zeta, VFM and VMM keep the shared batch)."""
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Episode e of length L stores L + 1 observations, states and action masks (the last one is where the
 episode ended, used to bootstrap truncated episodes) and L actions, rewards and termination flags.
-A sampled batch is cut to the longest episode in it; `mask[b, t]` marks real steps.
+A sampled batch is cut to the longest episode in it; `mask[b, t]` marks real steps. Each episode is tagged with
+whether the MARL team played it, so that a batch can be drawn from those alone (`sample(n, marl_only=True)`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class EpisodeBuffer:
             "terminated": torch.zeros(capacity, t, **dev),
         }
         self.lengths = torch.zeros(capacity, dtype=torch.int64)  # host: a batch's time extent without a device read
+        self.marl = torch.zeros(capacity, dtype=torch.bool)  # host: the MARL team played this episode
         self.size = 0
         self.pos = 0
         self.generator = torch.Generator().manual_seed(seed)
@@ -65,8 +67,9 @@ class EpisodeBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, episode: dict[str, np.ndarray]) -> None:
-        """Store one episode: obs/state/avail with L + 1 rows, actions/reward/terminated with L rows."""
+    def add(self, episode: dict[str, np.ndarray], marl: bool = False) -> None:
+        """Store one episode: obs/state/avail with L + 1 rows, actions/reward/terminated with L rows; `marl`: the
+        MARL team played it."""
         length = len(episode["reward"])
         if not 1 <= length <= self.limit:
             raise ValueError(f"episode length {length} outside [1, {self.limit}]")
@@ -77,11 +80,23 @@ class EpisodeBuffer:
             value = torch.as_tensor(episode[name])
             target[: value.shape[0]] = value.to(self.device, target.dtype)
         self.lengths[e] = length
+        self.marl[e] = marl
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, batch_episodes: int) -> EpisodeBatch:
-        return self.batch(torch.randint(0, self.size, (batch_episodes,), generator=self.generator))
+    def sample(self, batch_episodes: int, marl_only: bool = False) -> EpisodeBatch:
+        """`batch_episodes` stored episodes drawn uniformly with replacement; `marl_only`: from the episodes the
+        MARL team played (ValueError when there is none)."""
+        if not marl_only:
+            return self.batch(torch.randint(0, self.size, (batch_episodes,), generator=self.generator))
+        own = self.marl[: self.size].nonzero().squeeze(1)
+        if not len(own):
+            raise ValueError("the buffer holds no episode of the MARL team")
+        return self.batch(own[torch.randint(0, len(own), (batch_episodes,), generator=self.generator)])
+
+    def marl_episodes(self) -> int:
+        """Stored episodes the MARL team played."""
+        return int(self.marl[: self.size].sum())
 
     def batch(self, idx: torch.Tensor) -> EpisodeBatch:
         """The stored episodes `idx` (a CPU index tensor) as one batch, cut to the longest of them. Lengths, the mask
@@ -107,6 +122,7 @@ class EpisodeBuffer:
         return {
             "data": {k: v[: self.size].clone() for k, v in self.data.items()},
             "lengths": self.lengths[: self.size].clone(),
+            "marl": self.marl[: self.size].clone(),
             "size": self.size,
             "pos": self.pos,
             "rng": self.generator.get_state(),
@@ -119,5 +135,6 @@ class EpisodeBuffer:
         for k, v in sd["data"].items():
             self.data[k][:size] = v.to(self.device)
         self.lengths[:size] = sd["lengths"]
+        self.marl[:size] = sd.get("marl", torch.zeros(size, dtype=torch.bool))  # none before the tags existed
         self.size, self.pos = size, int(sd["pos"])
         self.generator.set_state(sd["rng"])
