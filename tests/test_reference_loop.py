@@ -412,7 +412,7 @@ def test_discrete_vmm_is_summed_over_each_episodes_steps(fake_smac):
         )
         batch = buffer.sample(3)
         learner.rcfg.vfm_pevfa = False
-        losses[mode] = float(learner.extra_encoder_losses(batch, learner.unroll(batch), None)["vmm"])
+        losses[mode] = learner.extra_encoder_losses(batch, learner.unroll(batch), None)["vmm"].item()
         steps_per_episode = float(batch.mask.sum()) / batch.mask.shape[0]
     assert steps_per_episode > 1
     assert losses["sum"] == pytest.approx(losses["mean"] * steps_per_episode, rel=1e-5)
