@@ -26,11 +26,12 @@
 #   on MA-MuJoCo takes longer than a session). The queue's order puts first what the "done" needs:
 #   SMAX 3m (RACE, FACMAC, seeds 1-5, 150k), then RACE without VMM there (seeds 1-5, a few hours in all: do two of
 #   RACE's five seeds fail there because of VMM? no) and without both representation losses (VMM and the PeVFA
-#   term: does the MARL critic still fail with only the population's episodes added?), then RACE with the chosen
-#   beta on HalfCheetah-6x1 and Hopper-3x1 (seeds 1-5, 200k); MATD3 and EA-only there (seeds 1-5, 200k); then SMAX 2s3z like 3m; then the HalfCheetah-6x1
-#   ablations, seeds 1-3, 200k: MERL, RACE without VMM (beta 0), RACE without the PeVFA term in the encoder loss
-#   (race.vfm_pevfa=false). Once every run is done each group's results JSON is written from all its runs (with
-#   the random policy's value where the group measures one), then the Reproduction table.
+#   term: does the MARL critic still fail with only the population's episodes added?) and with the MARL critic on
+#   the MARL team's own episodes (discrete.marl_data=own), then RACE with the chosen beta on HalfCheetah-6x1 and
+#   Hopper-3x1 (seeds 1-5, 200k); MATD3 and EA-only there (seeds 1-5, 200k); then SMAX 2s3z like 3m; then the
+#   HalfCheetah-6x1 ablations, seeds 1-3, 200k: MERL, RACE without VMM (beta 0), RACE without the PeVFA term in
+#   the encoder loss (race.vfm_pevfa=false). Once every run is done each group's results JSON is written from all
+#   its runs (with the random policy's value where the group measures one), then the Reproduction table.
 # Every run uses the defaults of the code it starts with (precision included); a resumed run keeps its config.
 # Measured speeds with two runs sharing the cores (fp32): RACE on HalfCheetah-6x1 ~14-16 env steps/s (3.5-4 h per
 # 200k), MATD3 ~35/s, RACE on SMAX ~100/s.

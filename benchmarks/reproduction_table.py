@@ -11,8 +11,8 @@ the MA-MuJoCo tasks (returns) and across every task (with SMAX's win rates), RAC
 Only seeds 1-5 count (the beta-tuning seeds 101-102 live in their own groups and are never read). Further tables
 hold the ablations (HalfCheetah-6x1 on seeds 1-3, SMAX 3m on seeds 1-5), another the diagnostics that say why a
 result went the way it did: the gradient each encoder-loss term puts on the shared encoders (VMM's and the MARL
-actor's relative to VFM's, the median over the evaluations after 20k steps), the MI bound's estimate and the MARL critic's bias (`q_bias_marl`)
-at the last evaluation within the budget. Writes `benchmarks/results/reproduction.json` and `.md`, and per task a
+actor's relative to VFM's, the median over the evaluations after 20k steps), the MI bound's estimate and the MARL
+critic's bias (`q_bias_marl`) at the last evaluation within the budget. Writes `benchmarks/results/reproduction.json` and `.md`, and per task a
 figure of the learning curves (`docs/figures/reproduction_<task>.png`: every method of the task's groups, seeds
 1-5, RACE's and MERL's MARL teams dashed beside their headline, 95% bootstrap bands, the random policy's value).
 

@@ -1,5 +1,5 @@
-"""`discrete.marl_data=own`: RACE-discrete's MARL critic and actor term learn from the MARL team's own episodes while the
-PeVFA, V_zeta, VFM and VMM keep the shared batch (a diagnostic of the shared buffer, docs/results.md)."""
+"""`discrete.marl_data=own`: RACE-discrete's MARL critic and actor term learn from the MARL team's own episodes while
+the PeVFA, V_zeta, VFM and VMM keep the shared batch (a diagnostic of the shared buffer, docs/results.md)."""
 
 from __future__ import annotations
 
@@ -50,12 +50,16 @@ def _learners(spec, cfg) -> tuple[RaceDiscreteLearner, RaceDiscreteLearner]:
         torch.manual_seed(0)
         out.append(RaceDiscreteLearner(spec, cfg, torch.Generator().manual_seed(0)))
     a, b = out
-    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert _same(a, b)
     return a, b
 
 
+def _same_weights(a: dict, b: dict) -> bool:
+    return all(torch.equal(v, b[k]) for k, v in a.items())
+
+
 def _same(m1: torch.nn.Module, m2: torch.nn.Module) -> bool:
-    return all(torch.equal(v, m2.state_dict()[k]) for k, v in m1.state_dict().items())
+    return _same_weights(m1.state_dict(), m2.state_dict())
 
 
 def test_the_marl_batch_alone_trains_the_marl_critic_and_the_shared_batch_the_pevfa(fake_smac):
@@ -108,11 +112,7 @@ def test_race_run_with_its_own_marl_data_learns_from_tagged_episodes(fake_smac, 
         generations = trainer.progress.generation
         assert generations > 0 and trainer.buffer.marl_episodes() == generations  # one MARL episode per generation
         assert len(trainer.buffer) == generations * (1 + cfg.race.pop_size)
-        assert trainer.progress.updates > 0 and not _same_dict(critic, trainer.learner.critic.state_dict())
-
-
-def _same_dict(a: dict, b: dict) -> bool:
-    return all(torch.equal(v, b[k]) for k, v in a.items())
+        assert trainer.progress.updates > 0 and not _same_weights(critic, trainer.learner.critic.state_dict())
 
 
 def test_own_marl_data_is_refused_on_continuous_tasks(tmp_path):
