@@ -19,8 +19,10 @@ $(BIN)/racemarl: pyproject.toml
 
 setup: $(BIN)/racemarl
 
+# runs/demo is the demo's own folder and is replaced on every `make demo`; a DEMO_OUT of your own must not exist yet
+# (examples/demo.py refuses a folder that is there: nothing of yours is deleted).
 demo: setup
-	rm -rf $(DEMO_OUT)
+	@if [ "$(DEMO_OUT)" = runs/demo ]; then rm -rf runs/demo; fi
 	$(BIN)/python examples/demo.py --config configs/demo.yaml --out $(DEMO_OUT)
 	@echo "Look at it with: tensorboard --logdir $(DEMO_OUT)/tb   or   $(BIN)/racemarl info $(DEMO_OUT)"
 
@@ -45,5 +47,6 @@ docs-serve: setup
 bench-learning: setup
 	$(BIN)/python benchmarks/learning.py
 
+# The built site, tool caches and the demo's folder; your runs under runs/ stay.
 clean:
-	rm -rf runs site .pytest_cache .ruff_cache .mypy_cache
+	rm -rf runs/demo site .pytest_cache .ruff_cache .mypy_cache

@@ -96,7 +96,16 @@ class Trainer(RunState):
             if cfg.team_encoders:
                 self.pop_encoders = self.learner.fresh_encoder_params(cfg.race.pop_size)
             self.best_heads = self.population[0].clone()
-        self.buffer = self.family.make_buffer(self.learner, self.device)
+        try:  # reserved whole (pages are committed as rows fill): the system may refuse a huge capacity outright
+            self.buffer = self.family.make_buffer(self.learner, self.device)
+        except (RuntimeError, MemoryError) as e:
+            if not isinstance(e, MemoryError) and "alloc" not in str(e).lower():
+                raise
+            size = "discrete.buffer_episodes" if self.spec.discrete else "learner.buffer_size"
+            raise RunError(
+                f"the replay buffer cannot be reserved: the system refused its memory ({size} too large for this "
+                f"machine); lower {size}"
+            ) from None
         # discrete.marl_data=own: the MARL critic and actor term learn from a second batch, of the MARL team's episodes
         # (only RACE's buffer holds other teams' episodes)
         self.marl_own_data = cfg.uses_marl and cfg.uses_population and cfg.discrete.marl_data == "own"

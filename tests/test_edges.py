@@ -132,6 +132,16 @@ def test_memory_estimate_grows_with_the_buffer_and_is_checked():
         memory.check(large, spec, available=10**9)
 
 
+def test_a_buffer_the_system_cannot_reserve_is_a_clear_error(tmp_path, capsys):
+    # the estimate counts the rows a short run fills (min(buffer_size, total_steps)); the buffer reserves them all,
+    # and 10^12 rows (~1 PB) are more than any address space
+    out = tmp_path / "run"
+    assert main(_train_args(out, extra=["learner.buffer_size=1000000000000"])) == 2
+    line = _one_line_error(capsys)
+    assert "learner.buffer_size" in line and "reserved" in line
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- 4. an unreachable Ray address
 
 

@@ -145,6 +145,9 @@ def _resume_copy(tiny_run, tmp_path):
         ("pickle", "loading it could run code"),
         ("foreign", "not a racemarl training checkpoint"),
         ("text", "not a readable checkpoint"),
+        ("hello", "not a readable checkpoint"),  # torch's legacy unpickler: KeyError
+        ("abc", "not a readable checkpoint"),  # IndexError
+        ("legacy", "not a readable checkpoint"),  # a plain pickle, not torch's zip format (and no warning printed)
     ],
 )
 def test_a_bad_checkpoint_is_a_clear_error(tiny_run, tmp_path, capsys, damage, needle):
@@ -156,6 +159,12 @@ def test_a_bad_checkpoint_is_a_clear_error(tiny_run, tmp_path, capsys, damage, n
         torch.save({"config": argparse.Namespace(x=1)}, path)
     elif damage == "foreign":
         torch.save({"model": torch.zeros(2)}, path)
+    elif damage == "legacy":
+        import pickle
+
+        path.write_bytes(pickle.dumps({"config": {"x": 1}}, protocol=4))
+    elif damage in ("hello", "abc"):
+        path.write_text(damage + "\n")
     else:
         path.write_text("not a checkpoint")
     before = _snapshot(run)
@@ -213,6 +222,7 @@ def test_tasks_table_is_cached(tmp_path, monkeypatch, capsys):
         (["eval", "{run}", "--seed", "-1"], "--seed must be >= 0"),
         (["sweep", "--tasks", "mamujoco/HalfCheetah-6x1", "--total-steps", "10", "--out", "{p}/afile"], "is a file"),
         (["sweep", "--tasks", "mamujoco/HalfCheetah-6x1", "--total-steps", "10", "--out", "{p}"], "not a sweep folder"),
+        (["export", "{runs}", "--out", "{p}/e.json", "--name", " "], "--name must not be empty"),
     ],
 )
 def test_other_commands_reject_bad_input(place, tiny_run, capsys, command, needle):
@@ -222,3 +232,33 @@ def test_other_commands_reject_bad_input(place, tiny_run, capsys, command, needl
     assert main([c.format(p=place, runs=runs, run=tiny_run) for c in command]) == 2
     _one_line_error(capsys, needle)
     assert _snapshot(place) == before
+
+
+def test_a_mujoco_gl_that_cannot_load_is_one_line(tmp_path):
+    pytest.importorskip("mujoco")
+    out = tmp_path / "run"
+    env = {**os.environ, "MUJOCO_GL": "nosuchbackend"}  # mujoco reads it at import: a fresh process
+    res = subprocess.run(
+        [sys.executable, "-m", "racemarl", "train", "--task", "mamujoco/Hopper-3x1", "--total-steps", "50"]
+        + ["--out", str(out), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "MUJOCO_GL=nosuchbackend" in res.stderr and "unset MUJOCO_GL" in res.stderr
+    assert not out.exists()
+
+
+def test_a_resume_applies_the_session_settings_given_with_set(tiny_run):
+    # `--set` on a resume may change what never changes what is learned, like the flags; it is not dropped
+    from racemarl.cli import build_parser
+    from racemarl.cli.commands import _resume_config
+
+    def resumed(*extra):
+        return _resume_config(build_parser().parse_args(["train", "--resume", str(tiny_run), *extra]), tiny_run)
+
+    cfg = resumed("--set", "rollout.backend=process", "--set", "rollout.workers=2", "--set", "progress=false")
+    assert (cfg.rollout.backend, cfg.rollout.workers, cfg.progress) == ("process", 2, False)
+    cfg = resumed("--set", "rollout.workers=2", "--backend", "inline")  # the flag has the last word
+    assert (cfg.rollout.backend, cfg.rollout.workers, cfg.progress) == ("inline", 0, True)

@@ -100,6 +100,8 @@ def test_info_of_a_real_run(tmp_path, capsys):
         "race.pop_size=3",
     ):
         assert needle in out, (needle, out)
+    config_line = next(line for line in out.splitlines() if line.startswith("config "))
+    assert "vmm_beta" not in config_line  # the default `auto`, recorded as the number it stood for, is no override
     assert main(["info", str(run), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["finished"] is True and info["env_steps"] == steps and "latest.pt" in info["checkpoints"]
@@ -284,6 +286,11 @@ def test_table_aggregates_normalised_scores_across_tasks(tmp_path, capsys):
     # without --random: no aggregate
     assert main(["table", str(tmp_path / "runs")]) == 0
     assert "normalised per task" not in capsys.readouterr().out
+    # a random value above every run of its task: no aggregate, and a line that says why
+    assert main(["table", str(tmp_path / "runs"), "--random", "mamujoco/Hopper-3x1=500"]) == 0
+    out = capsys.readouterr().out
+    assert "normalised per task" not in out
+    assert "No across-task aggregate of eval_return: on mamujoco/Hopper-3x1 no run ends above the --random" in out
 
 
 @pytest.mark.parametrize(

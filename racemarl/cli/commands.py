@@ -77,13 +77,14 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
         cfg.total_steps = args.total_steps
     cfg.checkpoint_minutes = wanted.checkpoint_minutes  # never changes what is learned
     cfg.device = args.device if args.device is not None else wanted.device  # checkpoints are device-independent
+    cfg.rollout = wanted.rollout  # the saved one, or as --set rollout.* changed it: never changes what is learned
     rollout = _rollout_flags(args)
-    if rollout:  # never changes what is learned
+    if rollout:  # the flags have the last word
         if "backend" in rollout:  # another backend: its own defaults unless given
             rollout = {"workers": 0, "ray_address": None, **rollout}
         for key, value in rollout.items():
             setattr(cfg.rollout, key, value)
-    cfg.progress = not args.no_progress
+    cfg.progress = wanted.progress and not args.no_progress  # --set progress=false or --no-progress
     return cfg.validate()
 
 
@@ -455,6 +456,8 @@ def _export(args: argparse.Namespace) -> int:
     from racemarl.experiment.report import export_marl_eval
     from racemarl.records.runs import check_output_file, load_runs
 
+    if not args.name.strip():
+        raise RunDirError("--name must not be empty: it is the metric's key in marl-eval's JSON")
     check_output_file(args.out)
     runs = load_runs(args.dirs)
     _warn(duplicate_seeds(runs))

@@ -10,6 +10,7 @@ ParallelEnv) or a name registered with `register_env`. Simulator packages are im
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -74,7 +75,7 @@ def _make_mamujoco(
     render_mode: str | None,
     kwargs: dict[str, Any],
 ) -> MultiAgentEnv:
-    _no_kwargs(f"mamujoco/{scenario}", kwargs)
+    _no_kwargs(f"mamujoco/{scenario}" + (f"-{partition}" if partition else ""), kwargs)
     from racemarl.envs.mamujoco import _import_mamujoco
 
     try:
@@ -84,6 +85,15 @@ def _make_mamujoco(
     except ImportError as e:
         raise MissingDependencyError(
             f"MaMuJoCo tasks need gymnasium-robotics and mujoco ({e}): pip install 'racemarl[mamujoco]'"
+        ) from e
+    except Exception as e:  # mujoco loads the GL backend MUJOCO_GL names at import: a bad value or missing library
+        gl = os.environ.get("MUJOCO_GL")
+        if gl is None:
+            raise
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+        raise MissingDependencyError(
+            f"mujoco cannot load with MUJOCO_GL={gl} ({why}); unset MUJOCO_GL (training needs no rendering) or "
+            f"name a backend that works here: egl, or osmesa (apt-get install -y libosmesa6)"
         ) from e
     from racemarl.envs.mamujoco import MaMuJoCoEnv
 

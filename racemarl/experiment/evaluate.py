@@ -1,8 +1,8 @@
 """Greedy evaluation of a saved run: `racemarl eval RUN_DIR`.
 
-The learner is rebuilt from the checkpoint's own config (RaceLearner for `race`, MATD3 otherwise),
-its model weights are loaded from `learner.model`, and the chosen team plays greedy episodes with
-the same batched policy as the continuous family's `team_policy` (all episodes step in lockstep, one forward pass).
+The learner is rebuilt from the checkpoint's own config (`learner_class`: RaceLearner, MATD3, RaceDiscreteLearner
+or FACMAC), its model weights are loaded from `learner.model`, and the chosen team plays greedy episodes with the
+same batched policy as the continuous family's `team_policy` (all episodes step in lockstep, one forward pass).
 
 Teams: `marl` = the MARL learner's heads (race, matd3); `best` = the fittest population team of the
 last generation, the one behind `eval_return_best_team` (race, ea); `K` = population slot K

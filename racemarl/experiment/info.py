@@ -23,6 +23,19 @@ def _duration(seconds: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def _auto_vmm_beta(task: str) -> float | str:
+    """The number the default `race.vmm_beta: auto` stands for on `task`, for the families whose action type the name
+    tells (MaMuJoCo: continuous; SMAX, SMAC: discrete); `auto` elsewhere (deciding would mean building the env)."""
+    from racemarl.config.schema import resolve_vmm_beta
+
+    family = task.split("/", 1)[0]
+    if family == "mamujoco":
+        return resolve_vmm_beta("auto", discrete=False)
+    if family in ("smax", "smac"):
+        return resolve_vmm_beta("auto", discrete=True)
+    return "auto"
+
+
 def run_info(path: str | Path) -> dict:
     """What `racemarl info` shows, as a dict (JSON-ready)."""
     from racemarl.config import Config, to_dict
@@ -32,6 +45,7 @@ def run_info(path: str | Path) -> dict:
     last = next((r for r in reversed(run.rows) if r.get("env_steps") is not None), None)
     defaults = flatten(to_dict(Config()))
     skip = {"algo", "seed", "total_steps", "env.task", "progress", "eval_interval", "eval_episodes"}
+    defaults["race.vmm_beta"] = _auto_vmm_beta(run.task)  # config.yaml records the number `auto` stood for
     overrides = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in skip and defaults.get(k) != v}
     ckpt_dir = run.path / "checkpoints"
     checkpoints = {}

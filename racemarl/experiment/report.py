@@ -159,6 +159,8 @@ def results_table(
     aggregate = aggregate_table(blocks[0][1], random or {}, metric)
     if aggregate:
         lines += ["", *aggregate]
+    elif random:  # asked for, but nothing to normalise: say why instead of leaving the section out
+        lines += ["", _no_aggregate_note(blocks[0][1], random, metric)]
     if twin is not None and len(blocks) > 1:
         lines += [
             "",
@@ -177,6 +179,14 @@ def results_table(
         if aggregate:
             lines += ["", *aggregate]
     return "\n".join(lines) + "\n"
+
+
+def _no_aggregate_note(stats: list[GroupStats], random: dict[str, float], metric: str) -> str:
+    given = sorted(t for t in random if any(g.task == t for g in stats))  # `table` refuses a task no run trained
+    return (
+        f"No across-task aggregate of {metric}: on {', '.join(given)} no run ends above the --random value, or no "
+        "algorithm ran every such task with the same number of runs."
+    )
 
 
 def _stats_rows(stats: list[GroupStats], metric: str, digits: int) -> list[str]:

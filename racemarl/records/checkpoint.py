@@ -42,6 +42,8 @@ def load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch's legacy reader fails in many ways
+        raise CheckpointError(f"{path} is not a readable checkpoint (not a PyTorch zip archive: corrupt or foreign)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -51,7 +53,7 @@ def load(path: str | Path) -> dict:
                 f"written by racemarl and is refused, since loading it could run code"
             ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except Exception as e:  # whatever the reader raises on a damaged file, the user gets one line
         raise CheckpointError(
             f"{path} is not a readable checkpoint (corrupt or truncated: {type(e).__name__})"
         ) from None
