@@ -262,3 +262,15 @@ def test_a_resume_applies_the_session_settings_given_with_set(tiny_run):
     assert (cfg.rollout.backend, cfg.rollout.workers, cfg.progress) == ("process", 2, False)
     cfg = resumed("--set", "rollout.workers=2", "--backend", "inline")  # the flag has the last word
     assert (cfg.rollout.backend, cfg.rollout.workers, cfg.progress) == ("inline", 0, True)
+
+
+def test_resuming_a_finished_run_leaves_it_untouched(tiny_run, tmp_path, capsys):
+    run = _resume_copy(tiny_run, tmp_path)
+
+    def state():
+        return sorted((str(p.relative_to(run)), p.stat().st_size, p.stat().st_mtime_ns) for p in run.rglob("*"))
+
+    before = state()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert "run already finished" in capsys.readouterr().out
+    assert state() == before  # no summary.json rewritten, no new TensorBoard file

@@ -134,7 +134,7 @@ def last_error_line(log_path: Path) -> str | None:
     lines = [
         ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip() and not ln.startswith("# ")
     ]
-    return lines[-1][:300] if lines else None
+    return lines[-1][:1000] if lines else None  # one line; long enough for a resume hint with its path
 
 
 # ---------------------------------------------------------------- the sweep
