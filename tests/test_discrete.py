@@ -228,6 +228,17 @@ def test_recurrent_state_restarts_with_every_episode(fake_smac):
 # ---------------------------------------------------------------- learners
 
 
+def test_race_discrete_draws_pevfa_teams_uniformly_from_the_population_and_the_marl_team(fake_smac):
+    from tests.test_learner_gradients import assert_uniform_over_population_and_marl
+
+    cfg = discrete_config("race", extra=["race.pevfa_teams_per_update=2000"])
+    learner = RaceDiscreteLearner(fake_batch(1).spec, cfg, torch.Generator().manual_seed(0))
+    population = torch.randn(4, *learner.marl_heads.shape)
+    drawn = learner.draw_teams(population)
+    assert not drawn.requires_grad
+    assert_uniform_over_population_and_marl(drawn, population, learner.marl_heads.detach())
+
+
 def test_race_discrete_gradients_reach_only_their_targets(fake_smac):
     cfg = discrete_config("race", extra=["race.vmm_beta=0.1"])
     envs = fake_batch(2)

@@ -266,6 +266,7 @@ def test_reference_scheme_keeps_selected_parents_and_clones_elites():
     """mutation off: the tournament winners stay bit-identical in their slots, each elite is cloned into a
     protected slot, and crossover only rewrites the unselected slots, from an elite clone and a winner."""
     rng = np.random.default_rng(11)
+    crossed = from_winner = 0
     for trial in range(40):
         pop = int(rng.integers(5, 10))  # int(0.2 * pop) = 1 elite
         heads = population(pop, 100 + trial)
@@ -278,9 +279,16 @@ def test_reference_scheme_keeps_selected_parents_and_clones_elites():
             assert same(new[s], heads[s])  # a surviving parent is not replaced
         untouched = set(report.selected) | {elite} | set(report.protected)
         assert set(report.children) == set(range(pop)) - untouched
-        for c in report.children:
-            for i in range(N):  # every agent head of a child comes from the elite or a selected winner
-                assert any(same(new[c, i], heads[src, i]) for src in [elite, *report.selected])
+        for c, (pa, pb) in zip(report.children, report.parents):
+            # a child's parents are the elite's clone and a tournament winner, and each of its agent heads is a
+            # copy of that agent's head in one of the two
+            assert pa == elite and pb in report.selected
+            assert set(report.sources[c]) <= {pa, pb}
+            for i in range(N):
+                assert same(new[c, i], heads[report.sources[c, i], i])
+            crossed += len(set(report.sources[c])) > 1
+            from_winner += pb != elite and pb in set(report.sources[c])
+    assert crossed > 0 and from_winner > 0  # crossover mixes the two, and winners other than the elite pass genes on
 
 
 def test_reference_scheme_mutates_everything_but_the_elite_clone_and_never_biases():

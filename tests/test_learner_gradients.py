@@ -347,3 +347,22 @@ def test_nan_in_observations_rejects_the_whole_update():
     assert changed == [], f"parameters stepped by a non-finite update: {changed[:5]}"
     with pytest.raises(NonFiniteLossError, match=f"at update {n_before + 1}"):
         learner.raise_if_non_finite()
+
+
+def assert_uniform_over_population_and_marl(drawn: torch.Tensor, population: torch.Tensor, marl: torch.Tensor) -> None:
+    """Every drawn team is exactly one team of population + MARL team, and each of those P + 1 teams (the MARL team
+    included) is drawn about 1/(P + 1) of the time (the poster: K teams drawn from the population and the MARL team)."""
+    pool = torch.cat([population, marl[None]]).flatten(1)
+    match = (drawn.flatten(1)[:, None, :] == pool[None]).all(-1)  # [K, P + 1]
+    assert torch.equal(match.sum(1), torch.ones(len(drawn), dtype=torch.long))
+    share = match.float().mean(0)  # K = 2000: the standard error of a share is under 0.01
+    assert share[-1] > 0.1, "the MARL team is never drawn"
+    assert torch.allclose(share, torch.full_like(share, 1 / len(pool)), atol=0.05), share
+
+
+def test_pevfa_teams_are_drawn_uniformly_from_the_population_and_the_marl_team():
+    learner = make_learner(tiny_cfg(pevfa_teams_per_update=2000))
+    pop = make_population(learner)
+    drawn, encoders = learner.draw_teams(pop)
+    assert encoders is None and not drawn.requires_grad
+    assert_uniform_over_population_and_marl(drawn, pop, learner.marl_heads.detach())

@@ -237,10 +237,28 @@ def test_short_fitness_rollouts_are_cut_and_bootstrapped_by_the_pevfa(tmp_path):
 
 
 def test_full_episode_fitness_when_theta_is_one(tmp_path):
-    cfg = tiny_config("race", extra=["learner.start_steps=0", "race.fitness_mc_prob=1"])
+    # theta = 1: every team plays whole episodes and its fitness is the mean return of its own episodes, in slot order
+    # (slot 0 the MARL team, then each population team's `episodes_per_team` slots)
+    cfg = tiny_config("race", extra=["learner.start_steps=0", "race.fitness_mc_prob=1", "race.episodes_per_team=2"])
     with Trainer(cfg, tmp_path) as trainer:
         plan = trainer.generation_plan()
-        assert list(plan.step_limit) == [-1] * (1 + cfg.race.pop_size)
+        assert list(plan.step_limit) == [-1] * (1 + 2 * cfg.race.pop_size)
+        seen = {}
+        play = trainer.workers.play
+
+        def recording(plan):
+            seen["results"] = play(plan)
+            return seen["results"]
+
+        trainer.workers.play = recording
+        fitness, steps = trainer.play_generation()
+    results = seen["results"]
+    assert [r.slot for r in results] == list(range(1 + 2 * cfg.race.pop_size))
+    assert not any(r.cut for r in results) and steps == sum(r.length for r in results)
+    returns = np.array([r.episode_return for r in results])
+    assert len(set(returns[1:].round(6))) > 1  # the teams differ, so a mix-up of slots shows
+    expected = [(returns[1 + 2 * j] + returns[2 + 2 * j]) / 2 for j in range(cfg.race.pop_size)]
+    np.testing.assert_allclose(fitness, expected, rtol=1e-12)
 
 
 def test_critic_bias_is_zero_for_exact_values_and_skips_the_unseen_tail():

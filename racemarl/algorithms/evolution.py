@@ -216,10 +216,13 @@ def _reference_generation(
         src_a, src_b = sources[pa].copy(), sources[pb].copy()
         new[i], new[j] = kid_a, kid_b
         sources[i], sources[j] = np.where(swap, src_b, src_a), np.where(swap, src_a, src_b)
-        for slot in (i, j):
-            if slot not in children:
+        for slot in (i, j):  # a slot repeated to even the pairs keeps its last pair's genes: report that pair
+            pair = (int(sources[pa][0]), int(sources[pb][0]))
+            if slot in children:
+                parents[children.index(slot)] = pair
+            else:
                 children.append(slot)
-                parents.append((int(sources[pa][0]), int(sources[pb][0])))
+                parents.append(pair)
     mutated = [
         (slot, i) for slot in range(pop) if slot not in protected for i in _mutate(new[slot], row_mask, cfg, rng)
     ]
