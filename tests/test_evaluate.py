@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from racemarl.cli import main
 from racemarl.experiment.evaluate import GL_BACKENDS, _probe_gl, evaluate_run
@@ -92,6 +93,21 @@ def test_eval_teams(runs, tmp_path, capsys):
     )
     assert main(["eval", str(runs["ea"]), "--episodes", "1", "--out", str(tmp_path / "ea.json")]) == 0
     assert json.loads((tmp_path / "ea.json").read_text())["team"] == "best"  # ea's default team
+
+
+def test_a_population_slot_is_that_slots_team_with_its_own_encoders(runs):
+    from racemarl.experiment.evaluate import load_checkpoint, rebuild, select_team
+
+    _, sd = load_checkpoint(runs["race"])
+    label, heads, enc = select_team(rebuild(sd), "2")
+    assert label == "slot 2" and torch.equal(heads, sd["population"][2]) and enc is None
+    assert not torch.equal(sd["population"][2], sd["population"][0])  # the slots differ, so a wrong index shows
+    _, sd = load_checkpoint(runs["unshared"])
+    label, heads, enc = select_team(rebuild(sd), "1")
+    assert torch.equal(heads, sd["population"][1]) and enc is not None
+    assert enc.keys() == sd["pop_encoders"].keys()
+    for k, v in sd["pop_encoders"].items():  # slot 1's own encoders, not the MARL team's or another slot's
+        assert torch.equal(enc[k], v[1:2]) and not torch.equal(v[1], v[0])
 
 
 def _error(capsys, argv):

@@ -291,6 +291,26 @@ def test_reference_scheme_keeps_selected_parents_and_clones_elites():
     assert crossed > 0 and from_winner > 0  # crossover mixes the two, and winners other than the elite pass genes on
 
 
+def test_reference_scheme_with_row_operators_mixes_rows_within_an_agent():
+    """race.operators=row under the default (reference) scheme: each row of a child's agent head comes from one of
+    its two parents, and some agent ends with rows of both (agent crossover would keep an agent's rows together)."""
+    rng = np.random.default_rng(21)
+    mixed = False
+    for trial in range(40):
+        heads = population(6, 200 + trial)
+        new, report = evolve(heads, rng.normal(size=6), ROW_MASK, _reference(mutation_prob=0.0, operators="row"), rng)
+        for c, (pa, pb) in zip(report.children, report.parents):
+            for i in range(N):
+                rows = [r for r in range(A) if ROW_MASK[i, r]]
+                from_a = [same(new[c, i, r], heads[pa, i, r]) for r in rows]
+                from_b = [same(new[c, i, r], heads[pb, i, r]) for r in rows]
+                assert all(x or y for x, y in zip(from_a, from_b))
+                mixed |= any(x and not y for x, y in zip(from_a, from_b)) and any(
+                    y and not x for x, y in zip(from_a, from_b)
+                )
+    assert mixed
+
+
 def test_reference_scheme_mutates_everything_but_the_elite_clone_and_never_biases():
     pop = 6
     base = population(1, 12)[0]

@@ -134,8 +134,8 @@ def next_state_values(learner: RaceLearner, batch: Batch) -> tuple[torch.Tensor,
 
 def test_race_update_never_steps_population_but_trains_marl_heads_and_encoders():
     learner = make_learner(tiny_cfg())
-    pop = make_population(learner)
-    pop_before = pop.clone()
+    pop = make_population(learner).requires_grad_(True)  # so that a gradient reaching it would show in pop.grad
+    pop_before = pop.detach().clone()
     before = snapshot(learner)
     losses = learner.update(make_batch(), pop)
     after = snapshot(learner)

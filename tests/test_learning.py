@@ -43,5 +43,6 @@ def test_race_learns_the_inverted_pendulum_and_so_does_its_marl_team(tmp_path):
     assert float(first["eval_return_marl"]) < 15
     marl = [float(r["eval_return_marl"]) for r in rows[-2:]]
     assert max(marl) > 30, marl  # the gradient-trained team itself learned, not only a lucky evolved one
-    assert float(last["eval_return"]) >= float(last["eval_return_marl"])  # the headline is the better team
+    # the headline is the better of the MARL team and the champion, played on the same episodes
+    assert float(last["eval_return"]) == max(float(last["eval_return_marl"]), float(last["eval_return_best_team"]))
     assert float(last["grad_enc_vfm"]) > 0 and float(last["grad_enc_vmm"]) > 0  # VFM and VMM reached the encoders

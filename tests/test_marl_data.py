@@ -101,14 +101,22 @@ def test_race_run_with_its_own_marl_data_learns_from_tagged_episodes(fake_smac, 
     with Trainer(cfg, tmp_path) as trainer:
         critic = {k: v.clone() for k, v in trainer.learner.critic.state_dict().items()}
         update, seen = trainer.learner.update, []
+        sample, drawn = trainer.buffer.sample, {}
+
+        def recording_sample(n, marl_only=False):
+            out = sample(n, marl_only=marl_only)
+            drawn[id(out)] = marl_only
+            return out
 
         def recording_update(batch, population=None, pop_encoders=None, marl_batch=None):
-            seen.append(marl_batch)
+            seen.append((drawn.get(id(batch)), None if marl_batch is None else drawn.get(id(marl_batch))))
             return update(batch, population, pop_encoders, marl_batch)
 
+        trainer.buffer.sample = recording_sample
         trainer.learner.update = recording_update
         trainer.train()
-        assert seen and all(b is not None for b in seen)  # every update had its MARL batch
+        # every update: the shared batch drawn from all episodes, the MARL batch from the MARL team's tagged ones
+        assert seen and set(seen) == {(False, True)}
         generations = trainer.progress.generation
         assert generations > 0 and trainer.buffer.marl_episodes() == generations  # one MARL episode per generation
         assert len(trainer.buffer) == generations * (1 + cfg.race.pop_size)

@@ -156,9 +156,21 @@ def test_soft_update_equals_per_parameter_lerp():
     assert all(torch.equal(t, e) for t, e in zip(target.parameters(), expected))
 
 
-def test_tune_allocator_is_idempotent():
+def test_tune_allocator_sets_both_thresholds_once(monkeypatch):
+    import racemarl.algorithms.matd3 as matd3
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(matd3, "_ALLOCATOR_TUNED", False)
+    monkeypatch.setattr(matd3.ctypes, "CDLL", lambda name: FakeLibc())
     tune_allocator()
-    tune_allocator()
+    tune_allocator()  # process-wide: the second call does nothing
+    assert calls == [(-3, 32 * 2**20), (-1, 256 * 2**20)]  # M_MMAP_THRESHOLD 32 MB, M_TRIM_THRESHOLD 256 MB
 
 
 def test_conditioned_critic_gradients_equal_concatenated_input():
