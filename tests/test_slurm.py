@@ -224,3 +224,26 @@ def test_without_sbatch_the_slurm_backend_is_one_line(tmp_path, capsys, monkeypa
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sbatch" in err[0] and not out.exists()
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_grid_sbatch_refuses_is_one_line_and_leaves_the_folder_as_it_was(tmp_path, capfd, monkeypatch, existing):
+    pytest.importorskip("submitit")
+    from racemarl.cli import main
+
+    bin_dir = tmp_path / "bin"  # an sbatch that refuses, as Slurm does for an unknown partition
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/sh\necho 'sbatch: error: invalid partition specified: nosuch' >&2\n"
+        "echo 'sbatch: error: Batch job submission failed: Invalid partition name specified' >&2\nexit 1\n"
+    )
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "grid"
+    if existing:
+        out.mkdir()
+    args = ["sweep", "--tasks", "mpe/simple_spread", "--total-steps", "100", "--out", str(out), "--backend", "slurm"]
+    assert main([*args, "--slurm-partition", "nosuch"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sbatch refused the job array" in err[0] and "Invalid partition name" in err[0], err
+    assert (sorted(out.iterdir()) == []) if existing else not out.exists()

@@ -21,6 +21,8 @@ instead of submitting them twice. Ctrl-C stops only the following: the tasks go 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shlex
@@ -297,9 +299,10 @@ def submit(out: Path, tasks: list[SlurmTask], options: SlurmOptions, workers: in
     submitit = require_submitit()
     executor = submitit.SlurmExecutor(folder=out / SLURM_DIR / "%j", max_num_timeout=options.max_requeues)
     executor.update_parameters(**options.executor_parameters(workers))
-    try:
-        jobs = executor.submit_array(tasks)
+    try:  # submitit prints sbatch's complaints to sys.stderr before raising them: one line instead
+        with contextlib.redirect_stderr(io.StringIO()):
+            jobs = executor.submit_array(tasks)
     except Exception as e:  # noqa: BLE001 - sbatch refused (a partition, a limit): its message, one line
         text = " ".join(str(e).split())
-        raise RunDirError(f"sbatch refused the job array: {text[:400]}") from None
+        raise RunDirError(f"sbatch refused the job array: {text[:600]}") from None
     return [str(j.job_id) for j in jobs]

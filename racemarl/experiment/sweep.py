@@ -306,8 +306,13 @@ class Sweep:
             self.slurm.validate()
             require_submitit()
         self._check_out()
+        from racemarl.records.runs import has_content
+
+        fresh = not has_content(self.out)  # what this command writes there, a refused Slurm submission removes
+        existed = self.out.is_dir()
         self.out.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
+        refused = False
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def interrupt(signum, _frame):  # only a flag: the loops stop their children, then raise
@@ -338,7 +343,12 @@ class Sweep:
             )
             if self.backend == "slurm":
                 if todo or following:
-                    if not self._run_slurm(todo, following):
+                    try:
+                        submitted = self._run_slurm(todo, following)
+                    except RunDirError:
+                        refused = fresh
+                        raise
+                    if not submitted:
                         return 0  # --no-wait: submitted
             elif todo:
                 (self._run_ray if self.backend == "ray" else self._run_local)(todo)
@@ -356,6 +366,12 @@ class Sweep:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._release_lock()
+            if refused:  # sbatch refused the grid of a new (or empty) folder: leave it as it was
+                for child in list(self.out.iterdir()) if existed else [self.out]:
+                    if child.is_dir():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink(missing_ok=True)
         self.write_index()
         statuses = [self.status[p]["status"] for p in self.points]
         failed, stopped = statuses.count("failed"), statuses.count("interrupted") + statuses.count("busy")
