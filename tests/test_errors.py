@@ -274,3 +274,19 @@ def test_resuming_a_finished_run_leaves_it_untouched(tiny_run, tmp_path, capsys)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert "run already finished" in capsys.readouterr().out
     assert state() == before  # no summary.json rewritten, no new TensorBoard file
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--algo", "bogus"], "racemarl train: error: argument --algo: invalid choice: 'bogus'"),
+        (["tasks", "--agent-obsk", "x"], "racemarl tasks: error: argument --agent-obsk: invalid int value: 'x'"),
+        (["nosuchcommand"], "racemarl: error: argument command: invalid choice"),
+    ],
+)
+def test_a_usage_error_is_one_line(capsys, argv, needle):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = _one_line_error(capsys, needle)
+    assert "usage:" not in err and "--help" in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from racemarl.cli.commands import _config, _eval, _export, _info, _plot, _sweep, _table, _tasks, _train
 from racemarl.config import ALGOS, ROLLOUT_BACKENDS, Config, ConfigError
@@ -14,10 +15,17 @@ from racemarl.envs.base import TRACEBACK_ENV, EnvFailure
 from racemarl.records.runs import RunDirError
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error in one line, like every other bad input: `racemarl train: error: ... (see ...)`, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from racemarl import __version__
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="racemarl",
         description="RACE (evolutionary MARL with shared encoders) and its "
         "baselines MATD3, FACMAC, EA and MERL: train, evaluate, sweep, plot.",
