@@ -110,10 +110,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         cfg = _resume_config(args, run_dir)
-        done = _finished_steps(run_dir)
-        if done is not None and done >= cfg.total_steps:  # nothing to do: leave the finished run as it is
+        from racemarl.experiment.sweep import run_state
+
+        if run_state(run_dir, cfg.total_steps) == "finished":  # nothing to do: leave the finished run as it is
             print(
-                f"run already finished: {run_dir} ({done} env steps of a budget of {cfg.total_steps}); nothing to do "
+                f"run already finished: {run_dir} (its budget of {cfg.total_steps} env steps); nothing to do "
                 "(a larger --total-steps extends it)"
             )
             return 0
@@ -181,16 +182,6 @@ def _train(args: argparse.Namespace) -> int:
         )
         _warn([f"the learner made no updates: {why}; the result is that of an untrained team (raise --total-steps)"])
     return 0
-
-
-def _finished_steps(run_dir: Path) -> int | None:
-    """The env steps of a finished run (its summary.json), or None."""
-    import json
-
-    try:
-        return int(json.loads((run_dir / "summary.json").read_text())["total_env_steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _env_kwargs(cfg) -> dict:
