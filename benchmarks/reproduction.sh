@@ -21,9 +21,11 @@
 #   benchmarks/results/vmm_beta.json holds a choice).
 # Phase 2, a queue of single runs that the workers (one per core) take in order, each the next one no worker has
 #   taken, so that the cores stay busy whatever a run costs. Worker 1 takes the queue in order; the others take the
-#   groups whose runs fit in a working session (SHORT: SMAX, MATD3, EA-only) first and then the queue, so
-#   that runs finish in every session even where a machine loses its unfinished runs between sessions (a RACE run
-#   on MA-MuJoCo takes longer than a session). The queue's order puts first what the issue's "done" needs:
+#   groups whose runs fit in a working session (SHORT: the SMAX 3m ablations, MATD3 and EA-only on MA-MuJoCo) first
+#   and then the queue, so that runs finish in every session even where a machine loses its unfinished runs between
+#   sessions (a RACE run on MA-MuJoCo takes longer than a session). SMAX 2s3z is not SHORT: once the MA-MuJoCo base
+#   learners are done, the other workers help with RACE on MA-MuJoCo (about 4 hours a run, 10 runs) before it.
+#   The queue's order puts first what the issue's "done" needs:
 #   SMAX 3m (RACE, FACMAC, seeds 1-5, 150k), then RACE without VMM there (seeds 1-5, a few hours in all: do two of
 #   RACE's five seeds fail there because of VMM? no) and without both representation losses (VMM and the PeVFA
 #   term: does the MARL critic still fail with only the population's episodes added?) and with the MARL critic on
@@ -149,7 +151,7 @@ fi
 CLAIMS="$RUNS/claims"  # a job is taken by creating its folder here (atomic); cleared at every start
 rm -rf "$CLAIMS"
 mkdir -p "$CLAIMS"
-SHORT=" ablation_smax_3m_no_vmm ablation_smax_3m_no_repr ablation_smax_3m_own_data repro_base_mamujoco repro_smax_2s3z "
+SHORT=" ablation_smax_3m_no_vmm ablation_smax_3m_no_repr ablation_smax_3m_own_data repro_base_mamujoco "
 order() {  # $1 = a worker's number: the jobs' indices in the order it tries them (each is taken once, by one worker)
   local i
   if [ "$1" -gt 1 ]; then
