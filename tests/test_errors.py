@@ -276,6 +276,22 @@ def test_resuming_a_finished_run_leaves_it_untouched(tiny_run, tmp_path, capsys)
     assert state() == before  # no summary.json rewritten, no new TensorBoard file
 
 
+@pytest.mark.parametrize("summary", ["[]", '"done"', '{"total_env_steps": "abc"}', "{not json", "\xff\xfe"])
+def test_a_foreign_summary_is_not_a_finished_run(tmp_path, summary):
+    # `train --resume` and `sweep` ask run_state whether a run is finished: a summary.json they cannot read as
+    # a step count must say "not finished" (and resume from the checkpoint), never crash
+    from racemarl.experiment.sweep import run_state
+    from racemarl.records.runs import LATEST_CHECKPOINT
+
+    (tmp_path / "summary.json").write_bytes(summary.encode("latin-1"))
+    assert run_state(tmp_path, 10) == "new"
+    (tmp_path / LATEST_CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / LATEST_CHECKPOINT).write_bytes(b"")
+    assert run_state(tmp_path, 10) == "resume"
+    (tmp_path / "summary.json").write_text('{"total_env_steps": 10}')
+    assert run_state(tmp_path, 10) == "finished"
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [

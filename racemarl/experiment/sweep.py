@@ -63,9 +63,9 @@ def run_state(run_dir: Path, total_steps: int) -> str:
     """'finished', 'resume' (a checkpoint to continue from) or 'new'."""
     summary = run_dir / "summary.json"
     if summary.is_file():
-        try:
+        try:  # an unreadable or foreign summary.json (not an object, no step count) is no proof of a finished run
             done = json.loads(summary.read_text()).get("total_env_steps", 0) >= total_steps
-        except (json.JSONDecodeError, TypeError):
+        except (OSError, ValueError, AttributeError, TypeError):
             done = False
         if done:
             return "finished"
