@@ -186,3 +186,31 @@ def test_the_smax_ablation_sits_beside_race_and_facmac_on_the_same_seeds(tmp_pat
     assert rows["FACMAC"].startswith("0.50") and "MERL" not in rows and "MATD3" not in rows
     assert "Ablations, mamujoco/HalfCheetah-6x1, seeds 1-3" in text  # the MA-MuJoCo ablations keep their table
     assert "ablation_smax_3m_no_vmm|smax/3m|race" in out["diagnostics"]
+
+
+def test_the_late_mean_averages_each_runs_evaluations_in_the_last_tenth_of_the_budget(tmp_path):
+    runs = tmp_path / "runs"
+    steps = [100_000, 179_000, 180_000, 190_000, 200_000, 205_000]  # 180k-200k: the last tenth of 200k
+    for seed, shift in ((1, 0.0), (2, 600.0)):
+        head = [9000.0, 9000.0, 100.0 + shift, 200.0 + shift, 3000.0 + shift, 9000.0]
+        marl = {i: {"eval_return_marl": v - 50.0} for i, v in enumerate(head)}
+        write_fake_run(runs / "repro_race_mamujoco" / f"r{seed}", "race", seed, steps, head, extra=marl)
+        base = [0.0, 0.0, 1000.0, 1000.0, 1000.0 + shift, 0.0]
+        write_fake_run(runs / "repro_base_mamujoco" / f"m{seed}", "matd3", seed, steps, base)
+    out = table.main(
+        ["--runs", str(runs), "--results", str(tmp_path), "--out", str(tmp_path / "rep"), "--figures", "none"]
+    )
+    task = "mamujoco/HalfCheetah-6x1"
+    # per seed the mean of the evaluations at 180k, 190k and 200k (not 179k, not 205k): 1100 and 1700; MARL 50 less
+    assert out["late_means"][f"{task}|race|eval"] == {1: 1100.0, 2: 1700.0}
+    assert out["late_means"][f"{task}|race|marl"] == {1: 1050.0, 2: 1650.0}
+    assert out["late_means"][f"{task}|base|eval"] == {1: 1000.0, 2: 1200.0}
+    # the final values are unchanged: the last evaluation within 200k
+    assert out["values"][f"{task}|race|eval"] == {1: 3000.0, 2: 3600.0}
+    text = out["table"]
+    late = text[text.index("The late mean") :].splitlines()
+    row = next(line for line in late if line.startswith(f"| {task}"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1].startswith("1400 [1100, 1700] (n=2)") and cells[4].startswith("1100 [1000, 1200] (n=2)")
+    # P(RACE > MATD3) on the late means: 1100, 1700 vs 1000, 1200 -> (1 + 0 + 1 + 1) / 4; no paper column
+    assert cells[6].startswith("0.75") and len(cells) == 8
