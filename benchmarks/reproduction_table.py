@@ -6,7 +6,8 @@ Reads the finished runs' records that `benchmarks/learning.py` keeps for `benchm
 as the script's RUNS_DIR, with `--runs`) and the random-policy values in the groups' results JSON (`--random-episodes`). Per task and algorithm: the final value
 within the task's budget (`eval_return` on MA-MuJoCo, `eval_win_rate` on SMAX), mean over seeds with rliable's
 bootstrap interval; P(X > Y): rliable's probability of improvement with its interval; the same per-task table
-of the late mean (each run's mean over its evaluations in the last tenth of the budget); the aggregates: the IQM over
+of the late mean (each run's mean over its evaluations in the last tenth of the budget); per task each seed's final
+value of every method; the aggregates: the IQM over
 all runs and tasks of the final values normalised between the random policy (0) and the task's best run (1), across
 the MA-MuJoCo tasks (returns) and across every task (with SMAX's win rates), RACE's MARL team a row of its own.
 Only seeds 1-5 count (the beta-tuning seeds 101-102 live in their own groups and are never read). Further tables
@@ -306,6 +307,40 @@ def task_table(values: dict, budgets: dict[str, tuple[str, int]], with_order: bo
     return lines
 
 
+def per_seed_tables(values: dict, budgets: dict[str, tuple[str, int]]) -> list[str]:
+    """Per task, a row per method (RACE's headline and MARL team, MERL's, the base learner, EA-only): its final value
+    in each of seeds 1-5 and their mean with its bootstrap interval; the numbers the results page quotes."""
+    labels = {"race": "RACE", "merl": "MERL", "ea": "EA-only"}
+    lines: list[str] = []
+    for task in sorted(budgets):
+        metric, budget = budgets[task]
+        digits = 2 if metric == "eval_win_rate" else 0
+        base = "MATD3" if task.startswith("mamujoco/") else "FACMAC"
+        rows = []
+        for col, team in (("race", "eval"), ("race", "marl"), ("merl", "eval"), ("merl", "marl"), ("base", "eval")):
+            per_seed = values.get((task, col, team))
+            if not per_seed:
+                continue
+            label = base if col == "base" else labels[col] + (": MARL team" if team == "marl" else " (headline)")
+            rows.append((label, per_seed))
+        if values.get((task, "ea", "eval")):
+            rows.append(("EA-only", values[(task, "ea", "eval")]))
+        if not rows:
+            continue
+        seeds = sorted(SEEDS)
+        lines += [
+            *([""] if lines else []),
+            f"Per seed, {task}, final {metric} within {budget // 1000}k:",
+            "",
+            "| method | " + " | ".join(f"seed {k}" for k in seeds) + " | mean [95% CI] (n) |",
+            "|---|" + "---|" * (len(seeds) + 1),
+        ]
+        for label, per_seed in rows:
+            got = [f"{per_seed[k]:.{digits}f}" if k in per_seed else "-" for k in seeds]
+            lines.append(f"| {label} | " + " | ".join(got) + f" | {cell(per_seed, digits)} |")
+    return lines
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default=str(ROOT / "results" / "run_records"))
@@ -334,6 +369,7 @@ def main(argv=None) -> dict:
         *task_table(late, budgets, with_order=False),
     ]
     lines += ["", *ablation_table(Path(args.runs), values)]
+    lines += ["", *per_seed_tables(values, budgets)]
     diagnostics, diagnosed = diagnostics_table(Path(args.runs))
     if diagnostics:
         lines += ["", *diagnostics]

@@ -214,3 +214,21 @@ def test_the_late_mean_averages_each_runs_evaluations_in_the_last_tenth_of_the_b
     assert cells[1].startswith("1400 [1100, 1700] (n=2)") and cells[4].startswith("1100 [1000, 1200] (n=2)")
     # P(RACE > MATD3) on the late means: 1100, 1700 vs 1000, 1200 -> (1 + 0 + 1 + 1) / 4; no paper column
     assert cells[6].startswith("0.75") and len(cells) == 8
+
+
+def test_the_per_seed_table_puts_each_seeds_final_value_in_its_column(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (2, 5, 101):  # seeds 1, 3 and 4 missing; 101 a tuning seed, never read
+        marl = {1: {"eval_return_marl": 10.0 * seed}}
+        write_fake_run(runs / "repro_race_mamujoco" / f"r{seed}", "race", seed, [0, 200_000], [0.0, seed], extra=marl)
+    write_fake_run(runs / "repro_base_mamujoco" / "e3", "ea", 3, [0, 200_000], [0.0, -7.0])
+    out = table.main(
+        ["--runs", str(runs), "--results", str(tmp_path), "--out", str(tmp_path / "rep"), "--figures", "none"]
+    )
+    part = out["table"][out["table"].index("Per seed, mamujoco/HalfCheetah-6x1, final eval_return within 200k:") :]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in part.splitlines()[4:7]}
+    assert rows["RACE (headline)"][:5] == ["-", "2", "-", "-", "5"]
+    assert rows["RACE (headline)"][5].startswith("4 [2, 5] (n=2)")  # (2 + 5) / 2 = 3.5, printed 4
+    assert rows["RACE: MARL team"][:5] == ["-", "20", "-", "-", "50"]
+    assert rows["EA-only"][:5] == ["-", "-", "-7", "-", "-"]
+    assert not part.splitlines()[7].startswith("| ")  # no MATD3 nor MERL runs: no rows for them
