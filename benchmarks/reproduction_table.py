@@ -117,10 +117,11 @@ def p_improvement(x: dict[int, float] | None, y: dict[int, float] | None) -> str
     return f"{p:.2f}" + ("" if lo is None else f" [{lo:.2f}, {hi:.2f}]")
 
 
-def collect(runs_dir: Path, results: Path, late: bool = False) -> tuple[dict, dict, dict]:
-    """(values, randoms, budgets): values[(task, column, team)] = {seed: final} (`late`: {seed: late mean}, see
-    LATE_WINDOW); the random policy per task."""
+def collect(runs_dir: Path, results: Path) -> tuple[dict, dict, dict, dict]:
+    """(values, late, randoms, budgets), each group's runs read once: values[(task, column, team)] = {seed: final},
+    late[(task, column, team)] = {seed: late mean} (see LATE_WINDOW); the random policy per task."""
     values: dict = {}
+    late: dict = {}
     randoms: dict[str, float] = {}
     budgets: dict[str, tuple[str, int]] = {}
     for group, (metric, budget) in GROUPS.items():
@@ -129,16 +130,20 @@ def collect(runs_dir: Path, results: Path, late: bool = False) -> tuple[dict, di
             continue
         runs = load_runs([folder])
         for team, m in (("eval", metric), ("marl", metric + "_marl")):
-            window = round(LATE_WINDOW * budget) if late else 0
-            for (task, algo), per_seed in finals(runs, m, budget, SEEDS, window).items():
-                column = "base" if algo in ("matd3", "facmac") else algo
-                values[(task, column, team)] = per_seed
-                budgets[task] = (metric, budget)
+            for into, window in ((values, 0), (late, round(LATE_WINDOW * budget))):
+                for (task, algo), per_seed in finals(runs, m, budget, SEEDS, window).items():
+                    into[(task, "base" if algo in ("matd3", "facmac") else algo, team)] = per_seed
+                    budgets[task] = (metric, budget)
         summary = results / f"{group}.json"
         if summary.is_file():
             for task, b in (json.loads(summary.read_text()).get("random_policy") or {}).items():
                 randoms[task] = b["win_rate"] if metric == "eval_win_rate" else b["mean"]
-    return values, randoms, budgets
+    return values, late, randoms, budgets
+
+
+def base_learner(task: str) -> str:
+    """The base learner RACE extends on `task`: MATD3 on continuous (MA-MuJoCo) tasks, FACMAC on SMAX."""
+    return "MATD3" if task.startswith("mamujoco/") else "FACMAC"
 
 
 ALL_TASKS_METRIC = "value (the return on MA-MuJoCo, the win rate on SMAX)"
@@ -183,8 +188,8 @@ def ablation_table(runs_dir: Path, values: dict) -> list[str]:
                 rows.append((label, *got))
         if task.startswith("mamujoco/"):
             rows.append(("MERL", values.get((task, "merl", "eval")), values.get((task, "merl", "marl"))))
-        base = "MATD3" if task.startswith("mamujoco/") else "FACMAC"
-        rows.append((base, values.get((task, "base", "eval")), values.get((task, "base", "eval"))))
+        base = values.get((task, "base", "eval"))
+        rows.append((base_learner(task), base, base))
         digits = 2 if metric == "eval_win_rate" else 0
         first, last = min(seeds), max(seeds)
         lines += [
@@ -310,21 +315,19 @@ def task_table(values: dict, budgets: dict[str, tuple[str, int]], with_order: bo
 def per_seed_tables(values: dict, budgets: dict[str, tuple[str, int]]) -> list[str]:
     """Per task, a row per method (RACE's headline and MARL team, MERL's, the base learner, EA-only): its final value
     in each of seeds 1-5 and their mean with its bootstrap interval; the numbers the results page quotes."""
-    labels = {"race": "RACE", "merl": "MERL", "ea": "EA-only"}
     lines: list[str] = []
     for task in sorted(budgets):
         metric, budget = budgets[task]
         digits = 2 if metric == "eval_win_rate" else 0
-        base = "MATD3" if task.startswith("mamujoco/") else "FACMAC"
-        rows = []
-        for col, team in (("race", "eval"), ("race", "marl"), ("merl", "eval"), ("merl", "marl"), ("base", "eval")):
-            per_seed = values.get((task, col, team))
-            if not per_seed:
-                continue
-            label = base if col == "base" else labels[col] + (": MARL team" if team == "marl" else " (headline)")
-            rows.append((label, per_seed))
-        if values.get((task, "ea", "eval")):
-            rows.append(("EA-only", values[(task, "ea", "eval")]))
+        methods = [
+            ("race", "eval", "RACE (headline)"),
+            ("race", "marl", "RACE: MARL team"),
+            ("merl", "eval", "MERL (headline)"),
+            ("merl", "marl", "MERL: MARL team"),
+            ("base", "eval", base_learner(task)),
+            ("ea", "eval", "EA-only"),
+        ]
+        rows = [(label, values[(task, col, team)]) for col, team, label in methods if values.get((task, col, team))]
         if not rows:
             continue
         seeds = sorted(SEEDS)
@@ -354,12 +357,11 @@ def main(argv=None) -> dict:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    values, randoms, budgets = collect(Path(args.runs), Path(args.results))
+    values, late, randoms, budgets = collect(Path(args.runs), Path(args.results))
     tasks = sorted(budgets)
     lines = task_table(values, budgets)
     lines += ["", "mean over seeds [95% bootstrap CI] (n = seeds); P(X > Y): rliable's probability of improvement [CI]"]
     lines += aggregates(values, randoms)
-    late, _, _ = collect(Path(args.runs), Path(args.results), late=True)
     lines += [
         "",
         f"The late mean: each run's mean over its evaluations in the last {LATE_WINDOW:.0%} of the budget (at steps "
