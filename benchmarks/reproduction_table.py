@@ -357,6 +357,9 @@ def main(argv=None) -> dict:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    if not Path(args.out).parent.is_dir():
+        print(f"reproduction_table.py: error: --out: {Path(args.out).parent} is not a folder", file=sys.stderr)
+        raise SystemExit(2)
     values, late, randoms, budgets = collect(Path(args.runs), Path(args.results))
     tasks = sorted(budgets)
     lines = task_table(values, budgets)

@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.test_plot import write_fake_run
 
 spec = importlib.util.spec_from_file_location(
@@ -232,3 +234,14 @@ def test_the_per_seed_table_puts_each_seeds_final_value_in_its_column(tmp_path):
     assert rows["RACE: MARL team"][:5] == ["-", "20", "-", "-", "50"]
     assert rows["EA-only"][:5] == ["-", "-", "-7", "-", "-"]
     assert not part.splitlines()[7].startswith("| ")  # no MATD3 nor MERL runs: no rows for them
+
+
+def test_an_out_path_in_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write_fake_run(runs / "repro_base_mamujoco" / "m1", "matd3", 1, [0, 200_000], [0.0, 1.0])
+    with pytest.raises(SystemExit) as stop:
+        table.main(["--runs", str(runs), "--out", str(tmp_path / "missing" / "rep"), "--figures", "none"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"reproduction_table.py: error: --out: {tmp_path / 'missing'} is not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing written
