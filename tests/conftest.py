@@ -31,6 +31,27 @@ TINY_CLI_SETS = [
 ]
 
 
+def tiny_train_args(out, *extra: str, algo: str = "matd3", total_steps: int = 40, eval_interval: int = 20) -> list[str]:
+    """`racemarl train` arguments of a tiny run into `out`: the TINY_CLI_SETS networks, one evaluation episode, no
+    progress bar; `extra` arguments follow (a later `--set` of the same key wins)."""
+    return [
+        "train",
+        "--algo",
+        algo,
+        "--total-steps",
+        str(total_steps),
+        "--eval-interval",
+        str(eval_interval),
+        "--eval-episodes",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        *TINY_CLI_SETS,
+        *extra,
+    ]
+
+
 def tiny_config(algo: str = "race", total_steps: int = 160, extra: list[str] = (), **top) -> Config:
     """A config that trains in about a second: short episodes, tiny networks."""
     top = {"eval_interval": 40, "eval_episodes": 1, "progress": False, **top}

@@ -13,7 +13,7 @@ from racemarl.config import ConfigError, build_config, from_dict, to_dict
 from racemarl.records import checkpoint as ckpt
 from racemarl.records.metrics import WALL_CLOCK_COLUMNS, read_metrics
 from racemarl.train import Trainer, train
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_train_args
 
 
 def _rows(path):
@@ -65,34 +65,7 @@ def test_resume_keeps_the_runs_precision_and_refuses_another(tmp_path, capsys):
     from racemarl.cli import main
 
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--algo",
-        "matd3",
-        "--total-steps",
-        "40",
-        "--eval-interval",
-        "40",
-        "--eval-episodes",
-        "1",
-        "--no-progress",
-        "--out",
-        str(out),
-        "--set",
-        "net.encoder_hidden=16",
-        "--set",
-        "net.embed_dim=8",
-        "--set",
-        "net.critic_hidden=[16,16]",
-        "--set",
-        "learner.batch_size=16",
-        "--set",
-        "learner.start_steps=20",
-        "--set",
-        "env.max_episode_steps=20",
-        "--precision",
-        "fp32",
-    ]
+    args = tiny_train_args(out, "--precision", "fp32", eval_interval=40)
     assert main(args) == 0
     assert main(["train", "--resume", str(out), "--total-steps", "60", "--no-progress"]) == 0  # auto: keeps fp32
     assert yaml.safe_load((out / "config.yaml").read_text())["precision"] == "fp32"

@@ -11,7 +11,7 @@ from racemarl.cli import main
 from racemarl.records import checkpoint as ckpt
 from racemarl.records.metrics import WALL_CLOCK_COLUMNS, read_metrics
 from racemarl.train import RunError, Trainer, TrainingInterrupted, _eval_postfix, train
-from tests.conftest import TINY_CLI_SETS, tiny_config
+from tests.conftest import TINY_CLI_SETS, tiny_config, tiny_train_args
 
 
 def _rows(run_dir):
@@ -184,40 +184,7 @@ def test_an_early_start_with_precision_auto_is_reused_where_auto_resolves_the_sa
 
 def test_resume_flags(tmp_path, capsys):
     out = tmp_path / "run"
-    sets = [
-        "--set",
-        "env.max_episode_steps=20",
-        "--set",
-        "net.encoder_hidden=16",
-        "--set",
-        "net.embed_dim=8",
-        "--set",
-        "net.critic_hidden=[16,16]",
-        "--set",
-        "learner.batch_size=16",
-        "--set",
-        "learner.start_steps=20",
-    ]
-    assert (
-        main(
-            [
-                "train",
-                "--algo",
-                "matd3",
-                "--total-steps",
-                "40",
-                "--eval-interval",
-                "20",
-                "--eval-episodes",
-                "1",
-                "--no-progress",
-                "--out",
-                str(out),
-                *sets,
-            ]
-        )
-        == 0
-    )
+    assert main(tiny_train_args(out)) == 0
     config = (out / "config.yaml").read_text()
     # a smaller budget is refused, and nothing changes
     assert main(["train", "--resume", str(out), "--total-steps", "20"]) == 2
@@ -242,7 +209,7 @@ def test_resume_flags(tmp_path, capsys):
                 "--eval-interval",
                 "20",
                 "--no-progress",
-                *sets,
+                *TINY_CLI_SETS,
             ]
         )
         == 0

@@ -14,7 +14,7 @@ from racemarl.records.metrics import read_metrics
 from racemarl.records.runs import load_runs
 from racemarl.records.tracking import TrackingError, make_trackers
 from racemarl.train import train
-from tests.conftest import TINY_CLI_SETS, tiny_config
+from tests.conftest import tiny_config, tiny_train_args
 from tests.test_plot import write_fake_run
 
 
@@ -148,24 +148,7 @@ def test_tracking_without_the_package_is_a_clear_error(tmp_path, monkeypatch, ca
     ):
         train(tiny_config("matd3", total_steps=40, extra=[f"{key}=true"]), tmp_path / "r")
     # and through the CLI: one line, exit 2
-    args = [
-        "train",
-        "--algo",
-        "matd3",
-        "--total-steps",
-        "40",
-        "--eval-interval",
-        "40",
-        "--eval-episodes",
-        "1",
-        "--no-progress",
-        "--out",
-        str(tmp_path / "c"),
-        "--set",
-        f"{key}=true",
-    ]
-    args += TINY_CLI_SETS
-    assert main(args) == 2
+    assert main(tiny_train_args(tmp_path / "c", "--set", f"{key}=true", eval_interval=40)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "racemarl[tracking]" in err
 

@@ -10,7 +10,7 @@ import torch
 from racemarl.records import checkpoint as ckpt
 from racemarl.records.metrics import COLUMNS, WALL_CLOCK_COLUMNS, read_metrics
 from racemarl.train import RunError, Trainer, train
-from tests.conftest import TINY_CLI_SETS, poison_replay_batch, tiny_config
+from tests.conftest import poison_replay_batch, tiny_config, tiny_train_args
 
 
 def _deterministic_columns(rows):
@@ -142,23 +142,7 @@ def test_cli_resume_of_a_non_run(tmp_path):
 
 def test_cli_train_and_resume(tmp_path):
     out = tmp_path / "run"
-    sets = TINY_CLI_SETS
-    res = _cli(
-        "train",
-        "--algo",
-        "matd3",
-        "--total-steps",
-        "40",
-        "--eval-interval",
-        "20",
-        "--eval-episodes",
-        "1",
-        "--no-progress",
-        "--out",
-        str(out),
-        *sets,
-        cwd=tmp_path,
-    )
+    res = _cli(*tiny_train_args(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "run finished" in res.stdout
     res = _cli("train", "--resume", str(out), "--algo", "race", "--total-steps", "80", cwd=tmp_path)

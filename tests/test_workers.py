@@ -18,7 +18,7 @@ from racemarl.config import ConfigError
 from racemarl.records import checkpoint as ckpt
 from racemarl.records.metrics import WALL_CLOCK_COLUMNS, read_metrics
 from racemarl.train import RunError, Trainer
-from tests.conftest import TINY_CLI_SETS, tiny_config
+from tests.conftest import tiny_config, tiny_train_args
 
 STEPS = 320  # 4 generations of 4 slots (MARL team + 3 population teams) x 20 steps
 
@@ -261,28 +261,9 @@ def test_workers_stop_when_the_run_fails_between_generations(tmp_path, monkeypat
 
 def test_cli_process_backend_and_resume_inline(tmp_path):
     out = tmp_path / "run"
-    sets = TINY_CLI_SETS
-    base = [sys.executable, "-m", "racemarl", "train"]
+    base = [sys.executable, "-m", "racemarl"]
     res = subprocess.run(
-        [
-            *base,
-            "--algo",
-            "matd3",
-            "--total-steps",
-            "40",
-            "--eval-interval",
-            "20",
-            "--eval-episodes",
-            "1",
-            "--no-progress",
-            "--out",
-            str(out),
-            "--backend",
-            "process",
-            "--workers",
-            "2",
-            *sets,
-        ],
+        [*base, *tiny_train_args(out, "--backend", "process", "--workers", "2")],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -291,7 +272,7 @@ def test_cli_process_backend_and_resume_inline(tmp_path):
     assert res.returncode == 0, res.stderr
     assert (out / "config.yaml").read_text().count("backend: process") == 1
     res = subprocess.run(
-        [*base, "--resume", str(out), "--total-steps", "80", "--backend", "inline", "--no-progress"],
+        [*base, "train", "--resume", str(out), "--total-steps", "80", "--backend", "inline", "--no-progress"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
