@@ -31,15 +31,15 @@ TINY_CLI_SETS = [
 ]
 
 
-def tiny_train_args(out, *extra: str, algo: str = "matd3", total_steps: int = 40, eval_interval: int = 20) -> list[str]:
-    """`racemarl train` arguments of a tiny run into `out`: the TINY_CLI_SETS networks, one evaluation episode, no
-    progress bar; `extra` arguments follow (a later `--set` of the same key wins)."""
+def tiny_train_args(out, *extra: str, eval_interval: int = 20) -> list[str]:
+    """`racemarl train` arguments of a tiny MATD3 run of 40 env steps into `out`: the TINY_CLI_SETS networks, one
+    evaluation episode, no progress bar; then the `extra` arguments."""
     return [
         "train",
         "--algo",
-        algo,
+        "matd3",
         "--total-steps",
-        str(total_steps),
+        "40",
         "--eval-interval",
         str(eval_interval),
         "--eval-episodes",
