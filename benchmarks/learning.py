@@ -87,14 +87,18 @@ def run_one(
     extra: list[str],
     log_dir: Path,
     record: Path | None = None,
+    threads: int | None = None,
 ) -> dict:
-    """Run (or resume, or take from its record) one benchmark run, and return its summary with its curve."""
+    """Run (or resume, or take from its record) one benchmark run, and return its summary with its curve.
+    `threads`: the PyTorch threads of this session of the run (not part of what the run is: a resume may change it)."""
     summary = out / "summary.json"
     request = request_of(task, algo, seed, steps, extra)
     if record is not None:
         restore_record(out, record)
     if not summary.exists():
         cmd = [sys.executable, "-m", "racemarl", "train", "--total-steps", str(steps), "--no-progress"]
+        if threads is not None:
+            cmd += ["--set", f"torch_threads={threads}"]
         if (out / "checkpoints" / "latest.pt").exists():  # an interrupted run: continue it
             cmd += ["--resume", str(out)]
         else:
@@ -230,6 +234,13 @@ def main() -> None:
         "--eval-episodes", type=int, default=None, help="evaluation episodes per team (default: the config's)"
     )
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="PyTorch threads of each run (default: the config's, 1); a resumed run takes it too. It is not part of"
+        " a run's request: its record stands for the run whatever the threads",
+    )
     ap.add_argument("--name", default="learning", help="results file stem and run folder")
     ap.add_argument("--runs-dir", default=str(ROOT / "_runs"))
     ap.add_argument(
@@ -260,6 +271,8 @@ def main() -> None:
         write_results_page()
         return
 
+    if args.torch_threads is not None and args.torch_threads < 1:
+        ap.error(f"--torch-threads must be at least 1, got {args.torch_threads}")
     runs_dir = Path(args.runs_dir) / args.name
     records = None if args.records == "none" else Path(args.records) / args.name
     extra = ["--eval-interval", str(args.eval_interval)] + [x for s in args.set for x in ("--set", s)]
@@ -287,6 +300,7 @@ def main() -> None:
                 extra,
                 runs_dir,
                 None if records is None else records / run_name(t, a, s),
+                args.torch_threads,
             )
             for t, a, s in grid
         ]

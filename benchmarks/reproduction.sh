@@ -10,6 +10,10 @@
 #                                                    # (a run's checkpoints are deleted once its record is written;
 #                                                    # one script at a time per RUNS_DIR: a second one exits 2)
 #   WORKERS=1 benchmarks/reproduction.sh             # one run at a time (default 2: one per core)
+#   WORKERS=1 THREADS=2 benchmarks/reproduction.sh   # one run at a time on 2 PyTorch threads (default 1): on a 2-core
+#                                                    # machine that loses unfinished runs between sessions, so that
+#                                                    # a RACE run on MA-MuJoCo ends within a session (see below);
+#                                                    # a started run resumes with the threads of this start
 #   benchmarks/reproduction.sh --list [RUNS_DIR]     # the queue of runs and where each stands; nothing runs
 #   benchmarks/reproduction.sh --collect [RUNS_DIR]  # no training: write the results JSON of every group whose runs
 #                                                    # are all recorded, then the Reproduction table and figures
@@ -35,8 +39,9 @@
 #   the encoder loss (race.vfm_pevfa=false). Once every run is done each group's results JSON is written from all
 #   its runs (with the random policy's value where the group measures one), then the Reproduction table.
 # Every run uses the defaults of the code it starts with (precision included); a resumed run keeps its config.
-# Measured speeds with two runs sharing the cores (fp32): RACE on HalfCheetah-6x1 ~14-16 env steps/s (3.5-4 h per
-# 200k), MATD3 ~35/s, RACE on SMAX ~100/s.
+# Measured speeds with two runs sharing the cores (fp32): RACE on HalfCheetah-6x1 ~11-16 env steps/s (3.5-5 h per
+# 200k), on Hopper-3x1 ~17/s (3.2 h), MATD3 ~35/s, RACE on SMAX ~100/s. A RACE update on Hopper-3x1 takes 36 ms
+# on one thread alone and 24 ms on two (benchmarks/update_speed.py --a torch_threads=1 --b torch_threads=2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=run
@@ -44,6 +49,7 @@ case "${1:-}" in --collect | --list) MODE="${1#--}"; shift ;; esac
 RUNS="${1:-$HOME/racemarl_repro}"
 PY="${PYTHON:-.venv/bin/python}"
 WORKERS="${WORKERS:-2}"
+THREADS="${THREADS:-1}"
 RECORDS="${RECORDS:-benchmarks/results/run_records}"  # learning.py's default
 mkdir -p "$RUNS"
 if [ "$MODE" = run ]; then  # one script per RUNS_DIR: a second one would find every started run locked, and fail it
@@ -52,7 +58,10 @@ if [ "$MODE" = run ]; then  # one script per RUNS_DIR: a second one would find e
 fi
 MUJOCO=mamujoco/HalfCheetah-6x1,mamujoco/Hopper-3x1
 
-bench() { "$PY" benchmarks/learning.py --workers 1 --runs-dir "$RUNS" --records "$RECORDS" --eval-interval 5000 "$@"; }
+bench() {
+  "$PY" benchmarks/learning.py --workers 1 --torch-threads "$THREADS" --runs-dir "$RUNS" --records "$RECORDS" \
+    --eval-interval 5000 "$@"
+}
 # One run of a group (a tuning run, a queue's job): its record, not the group's results file, which a single run
 # would overwrite with itself alone; the group's results come from one call with all its runs (tune, collect).
 bench_one() { bench --no-results "$@"; }

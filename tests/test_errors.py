@@ -262,6 +262,8 @@ def test_a_resume_applies_the_session_settings_given_with_set(tiny_run):
     assert (cfg.rollout.backend, cfg.rollout.workers, cfg.progress) == ("process", 2, False)
     cfg = resumed("--set", "rollout.workers=2", "--backend", "inline")  # the flag has the last word
     assert (cfg.rollout.backend, cfg.rollout.workers, cfg.progress) == ("inline", 0, True)
+    # the number of PyTorch threads too: the run keeps its own unless one is given
+    assert (resumed().torch_threads, resumed("--set", "torch_threads=2").torch_threads) == (1, 2)
 
 
 def test_resuming_a_finished_run_leaves_it_untouched(tiny_run, tmp_path, capsys):

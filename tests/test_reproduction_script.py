@@ -63,7 +63,13 @@ def test_the_tuning_then_every_job_once_then_each_groups_results(tmp_path):
     python.write_text(FAKE_PYTHON.format(python=sys.executable))
     python.chmod(0o755)
     calls = tmp_path / "calls"
-    env = {**os.environ, "PYTHON": str(python), "CALLS": str(calls), "RECORDS": str(tmp_path / "records")}
+    env = {
+        **os.environ,
+        "PYTHON": str(python),
+        "CALLS": str(calls),
+        "RECORDS": str(tmp_path / "records"),
+        "THREADS": "2",
+    }
     recorded, unrecorded = "repro_smax_3m/smax_3m__race__s1", "repro_smax_3m/smax_3m__facmac__s1"
     (tmp_path / "records" / recorded).mkdir(parents=True)
     (tmp_path / "records" / recorded / "summary.json").write_text("{}")
@@ -91,6 +97,10 @@ def test_the_tuning_then_every_job_once_then_each_groups_results(tmp_path):
     assert "--name repro_smax_3m" in (tmp_path / "runs" / "worker1.out").read_text().splitlines()[0]
     single = tuning[:6] + jobs  # one run each: its record only, never its group's results file
     assert all("--no-results" in c for c in single)
+    bench = [c for c in lines if c.startswith("benchmarks/learning.py")]
+    assert len(bench) > len(single) and all(
+        c.startswith("benchmarks/learning.py --workers 1 --torch-threads 2 ") for c in bench
+    )
     race = [c for c in jobs if "--name repro_race_mamujoco" in c]
     assert len(race) == 10 and all("--set race.vmm_beta=1.0 " in c for c in race)  # the chosen beta
     collect = [c for c in lines if "--seeds 1,2,3" in c]

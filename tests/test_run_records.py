@@ -53,6 +53,27 @@ def test_a_run_that_trains_is_recorded_when_it_finishes(tmp_path, monkeypatch):
     assert (records / "summary.json").exists()
 
 
+def test_the_threads_reach_every_session_of_a_run_but_not_its_request(tmp_path, monkeypatch):
+    """--torch-threads is how this machine runs the run, not what the run is: a started run resumes with it (the
+    resume accepts another thread count), and its record stands for the run whatever the threads."""
+    out, records = tmp_path / "runs" / "r", tmp_path / "records" / "r"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "latest.pt").write_bytes(b"")  # an interrupted run
+    started = []
+
+    def fake_train(cmd, **kwargs):  # the run finishes
+        started.append(cmd)
+        write_fake_run(tmp_path / "finished", "race", 1, [5000, 10_000], [2.0, 4.0])
+        for f in (tmp_path / "finished").iterdir():
+            f.rename(out / f.name)
+
+    monkeypatch.setattr(learning.subprocess, "run", fake_train)
+    learning.run_one(TASK, "race", 1, 10_000, out, EXTRA, tmp_path, records, threads=2)
+    (cmd,) = started
+    assert cmd[cmd.index("--resume") + 1] == str(out) and cmd[cmd.index("torch_threads=2") - 1] == "--set"
+    assert json.loads((records / "request.json").read_text()) == learning.request_of(TASK, "race", 1, 10_000, EXTRA)
+
+
 def test_a_record_made_with_other_settings_stops_the_benchmark_before_anything_runs(tmp_path, monkeypatch, capsys):
     records, runs = tmp_path / "records", tmp_path / "runs"
     name = learning.run_name(TASK, "race", 101)

@@ -65,7 +65,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
     if changed:
         raise RunError(
             f"--resume keeps the run's settings; these differ: {'; '.join(changed)}. Only a larger "
-            "--total-steps, --device and where the episodes are played (--backend, --workers, "
+            "--total-steps, --device, torch_threads and where the episodes are played (--backend, --workers, "
             "--ray-address) may change"
         )
     if args.total_steps is not None:
@@ -77,6 +77,7 @@ def _resume_config(args: argparse.Namespace, run_dir: Path):
         cfg.total_steps = args.total_steps
     cfg.checkpoint_minutes = wanted.checkpoint_minutes  # never changes what is learned
     cfg.device = args.device if args.device is not None else wanted.device  # checkpoints are device-independent
+    cfg.torch_threads = wanted.torch_threads  # the saved one or --set's: another rounding of the same functions
     cfg.rollout = wanted.rollout  # the saved one, or as --set rollout.* changed it: never changes what is learned
     rollout = _rollout_flags(args)
     if rollout:  # the flags have the last word

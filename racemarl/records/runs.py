@@ -190,14 +190,18 @@ def check_preset_file(path: str | Path, what: str) -> Path:
 
 
 def experiment_settings(cfg: Config) -> dict:
-    """The config as flat dotted keys, without the settings that never change what is learned."""
+    """The config as flat dotted keys, without the settings that never change what is learned (the session's
+    display, where the episodes are played, how often it checkpoints, and the hardware it computes on: the device
+    and the number of PyTorch threads, which round differently but compute the same functions)."""
     from racemarl.config import SESSION_KEYS, to_dict
 
     flat = flatten(to_dict(cfg))
     return {
         k: v
         for k, v in flat.items()
-        if k not in SESSION_KEYS and not k.startswith("rollout.") and k not in ("checkpoint_minutes", "device")
+        if k not in SESSION_KEYS
+        and not k.startswith("rollout.")
+        and k not in ("checkpoint_minutes", "device", "torch_threads")
     }
 
 
