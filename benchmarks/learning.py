@@ -215,7 +215,8 @@ def write_results_page() -> None:
             f"Command: `python benchmarks/{data['command']}`",
             "",
             f"Budget {data['total_steps']} env steps per run, seeds {data['seeds']}, config overrides: {overrides}; "
-            f"runs executed two at a time on a {data['machine_cpus']}-core machine (wall times include that sharing).",
+            f"each run's wall time is its own, on a {data['machine_cpus']}-core machine that other runs may have shared "
+            "(one command runs up to `--workers` at a time; the reproduction's pacing is in docs/results.md).",
             "",
             data["table_markdown"],
             "",

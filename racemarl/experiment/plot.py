@@ -233,7 +233,7 @@ def plot_curves(
     for ax in list(axes.flat)[len(tasks) :]:
         ax.set_visible(False)
     smooth_txt = f", moving average over {smooth} evaluations" if smooth > 1 else ""
-    fig.suptitle(title or f"{metric}: mean over seeds, shaded {band}{smooth_txt}", fontsize=11)
+    fig.suptitle(title or f"{metric}: mean over seeds, shaded {band}{smooth_txt}", fontsize=11, wrap=True)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=150)
