@@ -34,9 +34,11 @@
 #   RACE's five seeds fail there because of VMM? no) and without both representation losses (VMM and the PeVFA
 #   term: does the MARL critic still fail with only the population's episodes added?) and with the MARL critic on
 #   the MARL team's own episodes (discrete.marl_data=own), then RACE with the chosen beta on HalfCheetah-6x1 and
-#   Hopper-3x1 (seeds 1-5, 200k); MATD3 and EA-only there (seeds 1-5, 200k); then SMAX 2s3z like 3m; then the
-#   HalfCheetah-6x1 ablations, seeds 1-3, 200k: MERL, RACE without VMM (beta 0), RACE without the PeVFA term in
-#   the encoder loss (race.vfm_pevfa=false). Once every run is done each group's results JSON is written from all
+#   Hopper-3x1 (seeds 1-5, 200k); MATD3 and EA-only there (seeds 1-5, 200k); then RACE without VMM (beta 0) on
+#   HalfCheetah-6x1, seeds 1-3, 200k (moved ahead of SMAX 2s3z on 2026-12-06: RACE's seeds 1-2 there ended lower
+#   with beta 10 than with the inert 0.001 of earlier runs, see the results page); then SMAX 2s3z like 3m; then
+#   the other HalfCheetah-6x1 ablations, seeds 1-3, 200k: MERL, RACE without the PeVFA term in the encoder loss
+#   (race.vfm_pevfa=false). Once every run is done each group's results JSON is written from all
 #   its runs (with the random policy's value where the group measures one), then the Reproduction table.
 # Every run uses the defaults of the code it starts with (precision included); a resumed run keeps its config.
 # Measured speeds with two runs sharing the cores (fp32): RACE on HalfCheetah-6x1 ~11-16 env steps/s (3.5-5 h per
@@ -91,9 +93,9 @@ GROUP_LIST=(
   "ablation_smax_3m_own_data;smax/3m;race;1,2,3,4,5;150000;--eval-episodes 32 --set discrete.marl_data=own;0"
   "repro_race_mamujoco;$MUJOCO;race;1,2,3,4,5;200000;--set race.vmm_beta=$beta;0"
   "repro_base_mamujoco;$MUJOCO;matd3,ea;1,2,3,4,5;200000;;20"
+  "ablation_no_vmm;mamujoco/HalfCheetah-6x1;race;1,2,3;200000;--set race.vmm_beta=0;0"
   "repro_smax_2s3z;smax/2s3z;race,facmac;1,2,3,4,5;150000;--eval-episodes 32;64"
   "ablation_merl;mamujoco/HalfCheetah-6x1;merl;1,2,3;200000;;0"
-  "ablation_no_vmm;mamujoco/HalfCheetah-6x1;race;1,2,3;200000;--set race.vmm_beta=0;0"
   "ablation_no_pevfa;mamujoco/HalfCheetah-6x1;race;1,2,3;200000;--set race.vmm_beta=$beta --set race.vfm_pevfa=false;0"
 )
 
